@@ -1,0 +1,163 @@
+"""The `logkey` command: argument parsing and one-line errors. main(argv) -> exit status.
+
+Exit 0: ran; 1: a check failed (packs test); 2: bad usage, config, pack or unreadable input.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import datetime, timezone
+
+from . import __version__
+from . import config as config_mod
+from .dryrun import DryRunError
+from .headers import Clock
+from .packs import PackError, load_packs
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parse_now(text: str) -> datetime:
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--now: {text!r} is not an ISO 8601 time "
+                         "(e.g. 2026-11-27T23:42:17+00:00)") from None
+    return dt if dt.tzinfo else dt.astimezone()
+
+
+def _load_config(args):
+    return config_mod.load(args.config, optional=True)
+
+
+def _packs(args, cfg):
+    names = args.pack or cfg.packs
+    return load_packs(names, cfg.patterns_dir)
+
+
+def cmd_dry_run(args) -> int:
+    from .dryrun import run
+    cfg = _load_config(args)
+    packs = _packs(args, cfg)
+    now = _parse_now(args.now) if args.now else None
+    own_rules = None
+    if args.own_file:
+        pack = packs.packs.get(args.own_file)
+        if pack is None or not pack.untagged:
+            raise UsageError(f"--own-file: pack {args.own_file!r} is not loaded or has no "
+                             "untagged rules")
+        own_rules = pack.untagged
+    run(args.files, packs, Clock(now, cfg.timezone), window=cfg.window,
+        join_window=cfg.join_window, json_out=args.json, out=sys.stdout,
+        line_max=cfg.line_max, own_rules=own_rules)
+    return 0
+
+
+def cmd_packs_list(args) -> int:
+    cfg = _load_config(args)
+    packs = _packs(args, cfg)
+    for pack in packs.packs.values():
+        sources = sorted({str(s.get("source", "?")).split(" ")[0] for s in pack.samples})
+        print(f"{pack.name}: {pack.description}")
+        print(f"  programs: {', '.join(pack.programs)}")
+        print(f"  events:   {', '.join(r.id for r in pack.rules + pack.untagged)}")
+        print(f"  samples:  {len(pack.samples)} from {', '.join(sources)}")
+        print(f"  file:     {pack.path}")
+    return 0
+
+
+def cmd_packs_test(args) -> int:
+    from .packtest import test_pack
+    cfg = _load_config(args)
+    packs = load_packs(cfg.packs, cfg.patterns_dir)
+    names = args.names or list(packs.packs)
+    missing = [n for n in names if n not in packs.packs]
+    if missing:
+        raise UsageError(f"no pack named {missing[0]!r} (have: {', '.join(packs.packs)})")
+    total = failed = 0
+    for name in names:
+        n, failures = test_pack(packs, packs.packs[name])
+        total += n
+        failed += len(failures)
+        for f in failures:
+            print(f"FAIL {f.pack} samples[{f.index}]: {f.problem}\n     {f.line[:200]!r}")
+        print(f"{name}: {n - len(failures)}/{n} samples pass")
+    print(f"{total - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logkey",
+        description="POP-before-SMTP from mail logs: a successful POP3/IMAP login opens "
+                    "relay for the client's IP for a while.")
+    parser.add_argument("--version", action="version", version=f"logkey {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add_config(p):
+        p.add_argument("--config", metavar="FILE",
+                       help="configuration file (default: $LOGKEY_CONFIG, else "
+                            f"{config_mod.DEFAULT_PATH}; optional for this command)")
+
+    p = sub.add_parser("dry-run", help="read logs and report the logins logkey would see",
+                       description="Read mail logs (plain, .gz, or - for stdin) and report "
+                                   "events, header formats, near-misses, rejected IPs and the "
+                                   "gates that would be open. Changes nothing.")
+    add_config(p)
+    p.add_argument("--pack", action="append", metavar="NAME",
+                   help="use only this pack (repeatable); default: all")
+    p.add_argument("--json", action="store_true",
+                   help="JSON Lines: one object per event, then a summary object")
+    p.add_argument("--now", metavar="ISO8601",
+                   help="pin 'now' (year of RFC 3164 stamps, gates open at the end)")
+    p.add_argument("--own-file", metavar="PACK",
+                   help="the files are PACK's own log: try its untagged rules on every line")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_dry_run)
+
+    p = sub.add_parser("packs", help="list or test pattern packs",
+                       description="List the pattern packs, or run the samples they carry.")
+    psub = p.add_subparsers(dest="packs_command", metavar="ACTION")
+    pl = psub.add_parser("list", help="packs, programs, events, samples",
+                         description="Show every loaded pack.")
+    add_config(pl)
+    pl.add_argument("--pack", action="append", metavar="NAME", help="only this pack")
+    pl.set_defaults(func=cmd_packs_list)
+    pt = psub.add_parser("test", help="run the packs' samples (exit 1 on any mismatch)",
+                         description="Run every sample of the named packs (default: all).")
+    add_config(pt)
+    pt.add_argument("names", nargs="*", metavar="PACK")
+    pt.set_defaults(func=cmd_packs_test)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (config_mod.ConfigError, PackError, UsageError, DryRunError) as exc:
+        print(f"logkey: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:                     # `logkey dry-run ... | head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:                    # a bug: one line unless asked for more
+        if os.environ.get("LOGKEY_DEBUG"):
+            raise
+        print(f"logkey: internal error: {type(exc).__name__}: {exc} "
+              "(LOGKEY_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""`logkey dry-run`: read logs, report what logkey would see, change nothing.
+
+Reads: the files named (plain, .gz, or '-' for stdin). Writes: the report on `out` (human or
+JSON Lines), a progress line on a terminal's stderr. Trust: events are what the lines say,
+before any gate policy; the gates shown use only the window.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import datetime
+
+from .engine import Engine
+from .events import LOGIN, LOGOUT
+from .gates import GateTable
+from .headers import Clock, parse
+from .bulk import scanned_blocks
+from .lines import open_log, read_lines
+from .scan import Scanner
+from .packs import PackSet
+
+PROGRESS_MIN_BYTES = 16 << 20
+
+
+class DryRunError(Exception):
+    """One line for the user: a file that cannot be read."""
+
+
+class _Progress:
+    """A one-line progress report on a terminal's stderr, for large inputs only."""
+
+    def __init__(self, paths, stream):
+        self.stream = stream
+        total = 0
+        for p in paths:
+            try:
+                total += os.path.getsize(p) if p != "-" else PROGRESS_MIN_BYTES
+            except OSError:
+                pass
+        self.enabled = stream.isatty() and total >= PROGRESS_MIN_BYTES
+        self.next_at = 0.0
+
+    def update(self, path, lines):
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now >= self.next_at:
+            self.next_at = now + 0.25
+            self.stream.write(f"\r{path[-50:]}: {lines:,} lines")
+            self.stream.flush()
+
+    def finish_file(self, path):
+        pass
+
+    def close(self):
+        if self.enabled:
+            self.stream.write("\r" + " " * 78 + "\r")
+            self.stream.flush()
+
+
+def _why_unreadable(path) -> str:
+    try:
+        open(path, "rb").close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return "cannot be read"
+
+
+def _line_blocks(path, line_max):
+    """Per-line blocks for --own-file: every line is picked, nothing counted in advance."""
+    f = open_log(path)
+    try:
+        batch = []
+        for line in read_lines(f, line_max):
+            if line is None:
+                yield len(batch) + 1, None, [(i, l, False) for i, l in enumerate(batch)], 1
+                batch = []
+                continue
+            batch.append(line)
+            if len(batch) >= 4096:
+                yield len(batch), None, [(i, l, False) for i, l in enumerate(batch)], 0
+                batch = []
+        if batch:
+            yield len(batch), None, [(i, l, False) for i, l in enumerate(batch)], 0
+    finally:
+        if f is not sys.stdin.buffer:
+            f.close()
+
+
+def _later(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def _last_line_time(path, clock, fallback):
+    """The time of the file's last line with a header (read from the end for plain files)."""
+    tail = fallback
+    if path != "-":
+        try:
+            with open(path, "rb") as f:
+                if f.read(2) != b"\x1f\x8b":
+                    size = f.seek(0, os.SEEK_END)
+                    f.seek(max(0, size - 8192))
+                    lines = f.read().rstrip(b"\r\n").split(b"\n")
+                    tail = lines[-1] if lines else fallback
+        except OSError:
+            pass
+    if tail is None:
+        return None
+    header = parse(tail.rstrip(b"\r"))
+    return clock.time(header) if header is not None else None
+
+
+def _event_json(path, lineno, e) -> str:
+    return json.dumps({
+        "type": "event", "file": path, "line": lineno, "event": e.kind, "pack": e.pack,
+        "protocol": e.protocol, "user": e.user, "ip": e.ip,
+        "time": e.time.isoformat() if e.time else None})
+
+
+def run(paths: list[str], packs: PackSet, clock: Clock, *, window: float, join_window: float,
+        json_out: bool, out, err=sys.stderr, line_max: int = 65536, own_rules=None) -> dict:
+    engine = Engine(packs, clock, join_window)
+    stats = engine.stats
+    gates = GateTable(window)
+    progress = _Progress(paths, err)
+    last_time: datetime | None = None
+    write = out.write
+    scanner = Scanner(packs) if own_rules is None else None
+    for path in paths:
+        if not os.path.isdir(path) and (path == "-" or os.access(path, os.R_OK)):
+            pass
+        else:
+            raise DryRunError(f"{path}: " + ("is a directory" if os.path.isdir(path)
+                                              else _why_unreadable(path)))
+        lineno = 0
+        last_line = None
+        try:
+            if scanner is None:
+                blocks = _line_blocks(path, line_max)
+            else:
+                blocks = scanned_blocks(path, scanner, line_max)
+            for n, formats, picks, too_long in blocks:
+                stats.lines += n
+                stats.too_long += too_long
+                if formats:
+                    stats.formats.update(formats)
+                for index, line, counted in picks:
+                    if scanner is None:
+                        events = engine.feed_line(line, (path, lineno + index + 1), own_rules)
+                    else:
+                        events = engine.feed_picked(line, (path, lineno + index + 1), counted,
+                                                    line_max)
+                    for e in events:
+                        gates.apply(e)
+                        if e.time is not None and (last_time is None or e.time > last_time):
+                            last_time = e.time
+                        if json_out:
+                            write(_event_json(path, lineno + index + 1, e) + "\n")
+                    last_line = line
+                lineno += n
+                progress.update(path, lineno)
+        except BrokenPipeError:
+            raise
+        except (OSError, EOFError) as exc:        # unreadable, or a truncated .gz
+            raise DryRunError(f"{path}: line {lineno + 1}: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
+        progress.finish_file(path)
+        last_time = _later(last_time, _last_line_time(path, clock, last_line))
+    progress.close()
+    at = clock.now or last_time
+    open_gates = gates.open_at(at) if at is not None else []
+    summary = _summary(stats, paths, at, open_gates)
+    if json_out:
+        write(json.dumps(summary) + "\n")
+    else:
+        _human(summary, stats, out)
+    return summary
+
+
+def _summary(stats, paths, at, open_gates) -> dict:
+    hits: dict[str, dict[str, int]] = {}
+    for (pack, rule), n in sorted(stats.hits.items()):
+        hits.setdefault(pack, {})[rule] = n
+    events = {LOGIN: 0, LOGOUT: 0}
+    per_pack: dict[str, dict[str, int]] = {}
+    for (pack, kind), n in sorted(stats.events.items()):
+        if kind in events:
+            events[kind] += n
+            per_pack.setdefault(pack, {})[kind] = n
+    return {
+        "type": "summary", "files": len(paths), "lines": stats.lines,
+        "events": events, "events_by_pack": per_pack, "rule_hits": hits,
+        "formats": dict(sorted(stats.formats.items())),
+        "unparsed": stats.unparsed, "too_long": stats.too_long, "timeouts": stats.timeouts,
+        "rejected_ips": stats.rejected_ips, "refused_lines": stats.refused_lines,
+        "not_pop_imap": stats.not_pop_imap, "ignored": stats.ignored,
+        "near_misses": stats.near_misses,
+        "at": at.isoformat() if at else None,
+        "open_gates": [{"ip": g.ip, "until": g.expires.isoformat(), "user": g.user,
+                        "protocol": g.protocol} for g in open_gates],
+    }
+
+
+def _where(w):
+    return f"{w[0]}:{w[1]}" if w else "-"
+
+
+def _human(s: dict, stats, out) -> None:
+    p = out.write
+    p(f"Lines read: {s['lines']} in {s['files']} file(s)\n")
+    p("Header formats:\n")
+    for fmt, n in s["formats"].items():
+        p(f"  {fmt:<14} {n}\n")
+    p(f"  {'unparsed':<14} {s['unparsed']}\n")
+    p(f"Events: {s['events'][LOGIN]} login, {s['events'][LOGOUT]} logout\n")
+    for pack, rules in s["rule_hits"].items():
+        p(f"  {pack}:\n")
+        for rule, n in rules.items():
+            p(f"    {rule:<28} {n}\n")
+    p(f"Too long lines: {s['too_long']}   match time-outs: {s['timeouts']}   "
+      f"known non-events: {s['ignored']}   not POP3/IMAP: {s['not_pop_imap']}\n")
+    p(f"Rejected: {s['rejected_ips']} IP(s) not a literal address, "
+      f"{s['refused_lines']} line(s) with a repeated or missing field\n")
+    for where, reason in stats.rejected_examples:
+        p(f"  {_where(where)}: {reason}\n")
+    p(f"Near-misses: {s['near_misses']} (lines of a covered program that look like a login "
+      f"but matched no rule)\n")
+    for where, text in stats.near_miss_lines:
+        p(f"  {_where(where)}: {text}\n")
+    if s["near_misses"] > len(stats.near_miss_lines):
+        p(f"  ... {s['near_misses'] - len(stats.near_miss_lines)} more\n")
+    p(f"Gates open at {s['at'] or '-'}: {len(s['open_gates'])}\n")
+    for g in s["open_gates"]:
+        p(f"  {g['ip']:<40} until {g['until']}  {g['protocol'] or '-'} {g['user'] or '-'}\n")

@@ -1,0 +1,152 @@
+"""Line -> events: header, dispatch by program tag, rule match, IP check, correlation.
+
+Pure: no files, no clock of its own (time comes from the line, "now" from the Clock the
+caller passes), no threads. Shared by `dry-run` and the watcher. Everything it refuses is
+counted in `Stats`, never raised.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import regex
+
+from . import headers
+from .correlate import Correlator
+from .events import CONNECT, GATE_PROTOCOLS, LOGIN, Event, canonical_ip
+from .packs import PackSet, match_rules
+
+NEAR_MISS_WORDS = regex.compile(r"(?i)log(?:ged |\s?)in|logout|auth|user|pass|session")
+NEAR_MISS_KEEP = 20
+REJECTED_KEEP = 20
+_NONE: list = []
+
+
+@dataclass
+class Stats:
+    lines: int = 0
+    too_long: int = 0
+    unparsed: int = 0
+    timeouts: int = 0
+    rejected_ips: int = 0
+    refused_lines: int = 0           # duplicate / missing key=value fields
+    not_pop_imap: int = 0            # logins of other protocols (managesieve, smtp ...)
+    near_misses: int = 0
+    ignored: int = 0
+    formats: Counter = field(default_factory=Counter)
+    hits: Counter = field(default_factory=Counter)          # (pack, rule id) -> count
+    events: Counter = field(default_factory=Counter)        # (pack, kind) -> count
+    near_miss_lines: list = field(default_factory=list)     # (where, text)
+    rejected_examples: list = field(default_factory=list)   # (where, reason)
+
+
+class Engine:
+    def __init__(self, packs: PackSet, clock: headers.Clock, join_window: float = 600.0):
+        self.packs = packs
+        self.clock = clock
+        self.correlator = Correlator(join_window)
+        self.stats = Stats()
+        self._by_tag: dict[bytes, list] = {}
+
+    def feed_line(self, line: bytes, where=None, own_rules=None) -> list[Event]:
+        """One line without its newline (the caller counts lines). `own_rules`: untagged rules of the pack whose own
+        file this is, tried on every line's text after the time stamp."""
+        stats = self.stats
+        # Fast path: most lines are syslog lines of programs no pack covers (Postfix ...);
+        # they cost one regex match and one dict lookup, and no Header object.
+        m = headers.SYSLOG_3339.match(line) or headers.SYSLOG_3164.match(line)
+        if m is not None and own_rules is None:
+            stats.formats["rfc3164" if m.re is headers.SYSLOG_3164 else "rfc3339"] += 1
+            tag = m.group("tag")
+            rules = self._by_tag.get(tag)
+            if rules is None:
+                rules = self.packs.rules_for(tag.decode("ascii"))
+                if len(self._by_tag) < 65536:
+                    self._by_tag[tag] = rules
+            if not rules:
+                return _NONE
+            header = headers.parse(line)
+            return self.feed_header(header, where, own_rules)
+        header = headers.parse(line)
+        if header is None:
+            self.stats.unparsed += 1
+            return []
+        self.stats.formats[header.format] += 1
+        return self.feed_header(header, where, own_rules)
+
+    def feed_picked(self, line: bytes, where, header_counted: bool, cap: int) -> list[Event]:
+        """A line the bulk scanner picked; it already counted the line (and, when
+        `header_counted`, its header format)."""
+        stats = self.stats
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        header = headers.parse(line[:cap + 1] if header_counted else line)
+        if len(line) > cap:
+            stats.too_long += 1
+            if header_counted and header is not None:
+                stats.formats[header.format] -= 1
+            return _NONE
+        if not header_counted:
+            if header is None:
+                stats.unparsed += 1
+                return _NONE
+            stats.formats[header.format] += 1
+        elif header is None:
+            return _NONE
+        return self.feed_header(header, where)
+
+    def feed_header(self, header: headers.Header, where=None, own_rules=None) -> list[Event]:
+        program = header.program
+        if own_rules:
+            rules, text = own_rules, header.rest
+        elif program is None:
+            rules, text = self.packs.untagged, header.message
+        else:
+            rules, text = self.packs.rules_for(program), header.message
+        if not rules:
+            return []
+        message = text.decode("utf-8", "surrogateescape")
+        try:
+            m = match_rules(rules, message, program, header.pid)
+        except TimeoutError:
+            self.stats.timeouts += 1
+            return []
+        if m is None:
+            self._no_match(program, message, where)
+            return []
+        stats = self.stats
+        rule = m.rule
+        stats.hits[(rule.pack, rule.id)] += 1
+        if m.rejected:
+            stats.refused_lines += 1
+            self._reject(where, m.rejected)
+            return []
+        ip = None
+        if m.ip is not None:
+            ip = canonical_ip(m.ip)
+            if ip is None:
+                stats.rejected_ips += 1
+                self._reject(where, f"not an IP address: {m.ip!r}")
+                return []
+        if rule.kind == LOGIN and m.protocol not in GATE_PROTOCOLS:
+            stats.not_pop_imap += 1
+            return []
+        event = Event(rule.kind, ip, m.user, m.protocol, self.clock.time(header), rule.pack,
+                      rule.id, m.session, m.pid, rule.join)
+        out = self.correlator.feed(event)
+        for e in out:
+            stats.events[(e.pack, e.kind)] += 1
+        return [e for e in out if e.kind != CONNECT]
+
+    def _no_match(self, program, message, where):
+        if self.packs.ignored(program, message):
+            self.stats.ignored += 1
+            return
+        if NEAR_MISS_WORDS.search(message):
+            self.stats.near_misses += 1
+            if len(self.stats.near_miss_lines) < NEAR_MISS_KEEP:
+                self.stats.near_miss_lines.append((where, f"{program or '-'}: {message[:300]}"))
+
+    def _reject(self, where, reason):
+        if len(self.stats.rejected_examples) < REJECTED_KEEP:
+            self.stats.rejected_examples.append((where, reason))

@@ -1,0 +1,87 @@
+"""The event record and IP canonicalisation.
+
+Reads: nothing. Writes: nothing. Trust: every IP that leaves this module has passed
+`ipaddress`; anything else (host names, zone ids, garbage) is refused here, once, for all packs.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime
+
+LOGIN = "login"
+LOGOUT = "logout"
+CONNECT = "connect"
+KINDS = (LOGIN, LOGOUT, CONNECT)
+
+# Protocol names as servers and program tags spell them; anything not here is not POP3/IMAP
+# (managesieve, sieve, submission, smtp, lmtp ...) and never opens a gate.
+PROTOCOL_ALIASES = {
+    **dict.fromkeys(
+        ("pop3", "pop", "pop3s", "pops", "pop3d", "pop3d-ssl", "ipop3d", "ipop3sd", "popa3d",
+         "spop3d", "solid-pop3d", "courierpop3login", "courierpop3d", "gnu-pop3d", "vm-pop3d",
+         "qpopper", "popper", "in.qpopper", "in.popper", "qmail-pop3d", "pop3-login"),
+        "pop3"),
+    **dict.fromkeys(
+        ("imap", "imaps", "imap4", "imap4s", "imapd", "imapd-ssl", "imapsd", "imaplogin",
+         "courierimaplogin", "imap-login"),
+        "imap"),
+}
+GATE_PROTOCOLS = frozenset(("pop3", "imap"))
+
+MAX_IP_TEXT = 64
+
+
+@dataclass(slots=True)
+class Event:
+    """What one log line (or a correlated pair of lines) says happened."""
+    kind: str                  # login | logout | connect
+    ip: str | None             # canonical address, or None (logouts joined by nothing)
+    user: str | None
+    protocol: str | None       # pop3 | imap | None
+    time: datetime | None
+    pack: str
+    rule: str
+    session: str | None = None
+    pid: str | None = None
+    join: str | None = None    # "pid" when the rule joins by pid
+
+
+def canonical_ip(text: str) -> str | None:
+    """The canonical form of a literal IPv4/IPv6 address, or None.
+
+    IPv4-mapped IPv6 becomes the IPv4 address, IPv6 is compressed; zone ids, host names,
+    leading-zero octets and non-ASCII digits are refused.
+    """
+    if not text or len(text) > MAX_IP_TEXT or not text.isascii():
+        return None
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if addr.version == 6:
+        if addr.scope_id is not None:
+            return None
+        mapped = addr.ipv4_mapped
+        if mapped is not None:
+            return str(mapped)
+    return str(addr)
+
+
+def normalise_protocol(raw: str | None, extra: dict[str, str] | None = None) -> str | None:
+    """pop3 / imap / None for a protocol name or a program tag's last component."""
+    if not raw:
+        return None
+    name = raw.lower()
+    if extra and name in extra:
+        return extra[name]
+    if name in PROTOCOL_ALIASES:
+        return PROTOCOL_ALIASES[name]
+    for sep in "/.":
+        if sep in name:
+            name = name.rsplit(sep, 1)[1]
+            if extra and name in extra:
+                return extra[name]
+            if name in PROTOCOL_ALIASES:
+                return PROTOCOL_ALIASES[name]
+    return None

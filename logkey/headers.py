@@ -1,0 +1,192 @@
+"""Log-line headers: one line (bytes) -> format, time stamp, host, program tag, pid, message.
+
+Reads: nothing (pure). Trust: the header is the only part of a syslog line the log daemon
+writes itself; packs see only the message after the tag, so no rule can take an address from
+another program's line.
+
+Formats, recognised per line without being told:
+  rfc3339       2026-11-27T23:42:17.185890+00:00 host prog[pid]: msg   (rsyslog file format)
+  rfc3164       Nov  7 10:00:00 host prog[pid]: msg   (<PRI> and host optional)
+  dovecot-file  dovecot's own log_path: "Nov 27 10:00:00 imap-login: Info: msg",
+                "2026-11-27 10:00:00 imap-login: Info: msg", 1.x "dovecot: 2008-10-02
+                23:34:07 Info: pop3-login: msg", "Jun 23 15:04:06 Info: IMAP(u): msg"
+  tai64n        daemontools/multilog "@4000000063b5c2d1... prog: msg"
+  qpopper-file  full-date stamps: "Mon Nov 27 10:00:00 2006 host prog[pid]: msg",
+                "Nov 27 2006 10:00:00 ...", Solaris "[ID 702911 mail.notice]" msgids dropped
+Dovecot's own-file lines are handed to packs as program "dovecot" with the message dovecot's
+syslog lines carry ("imap-login: Login: ..."), so one rule set covers both.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone, tzinfo
+
+# --- the fast path: "<stamp> host tag[pid]: " covers nearly every line of a mail log -------
+_TAG = rb"(?P<tag>[A-Za-z0-9_][A-Za-z0-9_./@+-]{0,63})(?:\[(?P<pid>\d{1,10})\])?: "
+SYSLOG_3339 = re.compile(
+    rb"(?:<\d{1,3}>)?(?P<stamp>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?) "
+    rb"(?P<host>[^\s:\[\]]{1,255}) " + _TAG)
+SYSLOG_3164 = re.compile(
+    rb"(?:<\d{1,3}>)?(?P<stamp>[A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d) "
+    rb"(?P<host>[^\s:\[\]]{1,255}) " + _TAG)
+
+# --- the slow path --------------------------------------------------------------------------
+_STAMPS = (
+    ("rfc3339", re.compile(rb"(?:<\d{1,3}>)?(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?"
+                           rb"(?:Z|[+-]\d\d:?\d\d)?) ")),
+    ("rfc3164", re.compile(rb"(?:<\d{1,3}>)?([A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d) ")),
+    ("tai64n", re.compile(rb"@([0-9a-f]{24}) ")),
+    ("iso-space", re.compile(rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,9})?) ")),
+    ("qpopper-file", re.compile(
+        rb"(?:<\d{1,3}>)?((?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) )?[A-Z][a-z]{2} [ \d]?\d "
+        rb"(?:\d\d:\d\d:\d\d \d{4}|\d{4} \d\d:\d\d:\d\d)) ")),
+)
+_DOVECOT1 = re.compile(
+    rb"dovecot: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (Info|Warning|Error|Fatal|Panic|Debug): ")
+_LEVELS = rb"(?P<level>Info|Warning|Error|Fatal|Panic|Debug): "
+_DOVECOT_SERVICE = re.compile(
+    rb"(?P<svc>[A-Za-z][A-Za-z0-9_-]{0,39}(?:\([^()\n]{0,256}\))?(?:<[^<>\s]{0,64}>){0,3}): "
+    + _LEVELS)
+_LEVEL_FIRST = re.compile(_LEVELS)
+_HOSTLESS = re.compile(_TAG)
+_HOSTED = re.compile(rb"(?P<host>[^\s\[\]]{1,255}) " + _TAG)
+_SOLARIS_MSGID = re.compile(rb"\[ID \d{1,10} [a-z0-9]{1,16}\.[a-z]{1,10}\] ")
+
+MONTHS = {m.encode(): i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+TAI64_EPOCH = 4611686018427387914      # 2**62 + 10: daemontools' label of the Unix epoch
+
+
+class Header:
+    """A parsed header. `message` is bytes; `stamp` is parsed into a datetime on demand."""
+    __slots__ = ("format", "stamp", "host", "program", "pid", "message", "rest")
+
+    def __init__(self, fmt, stamp, host, program, pid, message, rest=None):
+        self.format = fmt           # one of the format names above
+        self.stamp = stamp          # raw stamp bytes
+        self.host = host            # bytes or None
+        self.program = program      # str or None (untagged)
+        self.pid = pid              # str or None
+        self.message = message      # bytes
+        self.rest = rest if rest is not None else message   # everything after the stamp
+
+
+def parse(line: bytes) -> Header | None:
+    """Parse one line (without its newline). None when no known header is found."""
+    m = SYSLOG_3339.match(line) or SYSLOG_3164.match(line)
+    if m is not None:
+        fmt = "rfc3164" if m.re is SYSLOG_3164 else "rfc3339"
+        pid = m.group("pid")
+        return _tagged(fmt, m.group("stamp"), m.group("host"), m.group("tag"),
+                       pid, line[m.end():], line[m.end("stamp") + 1:])
+    return parse_slow(line)
+
+
+def _tagged(fmt, stamp, host, tag, pid, message, rest):
+    message = _SOLARIS_MSGID.sub(b"", message, count=1) if message[:4] == b"[ID " else message
+    return Header(fmt, stamp, host, tag.decode("ascii"), pid.decode("ascii") if pid else None,
+                  message, rest)
+
+
+def parse_slow(line: bytes) -> Header | None:
+    m = _DOVECOT1.match(line)
+    if m is not None:
+        return _dovecot_file(m.group(1), b"", m.group(2), line[m.end():], line[m.end(1) + 1:])
+    for fmt, stamp_re in _STAMPS:
+        m = stamp_re.match(line)
+        if m is None:
+            continue
+        stamp, rest = m.group(1), line[m.end():]
+        if fmt == "iso-space":
+            fmt = "dovecot-file"
+        d = _LEVEL_FIRST.match(rest)
+        if d is not None:                       # "Jun 23 15:04:06 Info: IMAP(u): ..."
+            return _dovecot_file(stamp, b"", d.group("level"), rest[d.end():], rest,
+                                 fmt="tai64n" if fmt == "tai64n" else "dovecot-file")
+        d = _DOVECOT_SERVICE.match(rest)
+        if d is not None:                       # "imap-login: Info: Login: ..."
+            return _dovecot_file(stamp, d.group("svc") + b": ", d.group("level"),
+                                 rest[d.end():], rest,
+                                 fmt="tai64n" if fmt == "tai64n" else "dovecot-file")
+        t = _HOSTLESS.match(rest)
+        if t is None and fmt != "tai64n":
+            t = _HOSTED.match(rest)
+        if t is not None:
+            host = t.group("host") if "host" in t.re.groupindex else None
+            return _tagged(fmt, stamp, host, t.group("tag"), t.group("pid"), rest[t.end():], rest)
+        return Header(fmt, stamp, None, None, None, rest, rest)
+    return None
+
+
+def _dovecot_file(stamp, service, level, message, rest, fmt="dovecot-file"):
+    if level != b"Info":
+        message = level + b": " + message
+    return Header(fmt, stamp, None, "dovecot", None, service + message, rest)
+
+
+class Clock:
+    """Turns header stamps into aware datetimes.
+
+    Zone-less stamps are read in `tz` (None: the machine's local zone). RFC 3164 stamps have no
+    year: the year chosen puts the time nearest before `now`, allowing one day ahead for skew.
+    """
+
+    def __init__(self, now: datetime | None = None, tz: tzinfo | None = None):
+        self.now = now
+        self.tz = tz
+        self._cache_key = None
+        self._cache_val = None
+
+    def current(self) -> datetime:
+        return self.now if self.now is not None else datetime.now(timezone.utc)
+
+    def time(self, header: Header) -> datetime | None:
+        key = (header.format, header.stamp)
+        if key == self._cache_key:
+            return self._cache_val
+        try:
+            value = self._parse(header.format, header.stamp)
+        except (ValueError, OverflowError):
+            value = None
+        self._cache_key, self._cache_val = key, value
+        return value
+
+    def _local(self, naive: datetime) -> datetime:
+        if self.tz is not None:
+            return naive.replace(tzinfo=self.tz)
+        return naive.astimezone()
+
+    def _parse(self, fmt: str, stamp: bytes) -> datetime | None:
+        text = stamp.decode("ascii")
+        if fmt == "tai64n":
+            label = int(text[:16], 16)
+            nanos = int(text[16:], 16)
+            seconds = label - TAI64_EPOCH
+            dt = datetime.fromtimestamp(seconds, timezone.utc) + timedelta(microseconds=nanos // 1000)
+            return dt.astimezone(self.tz) if self.tz else dt.astimezone()
+        if text[:4].isdigit():                  # ISO 8601 / RFC 3339 ("T" or space)
+            dt = datetime.fromisoformat(text)
+            return dt if dt.tzinfo is not None else self._local(dt)
+        parts = text.split()
+        if parts[0] in ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"):
+            parts = parts[1:]
+        month = MONTHS[parts[0].encode()]
+        day = int(parts[1])
+        if len(parts) == 4:                     # full date: "Nov 27 10:00:00 2006" / "Nov 27 2006 10:00:00"
+            year_text, clock = (parts[3], parts[2]) if ":" in parts[2] else (parts[2], parts[3])
+            h, mi, s = (int(x) for x in clock.split(":"))
+            return self._local(datetime(int(year_text), month, day, h, mi, s))
+        h, mi, s = (int(x) for x in parts[2].split(":"))
+        return self._infer_year(month, day, h, mi, s)
+
+    def _infer_year(self, month, day, h, mi, s) -> datetime | None:
+        now = self.current()
+        limit = now + timedelta(days=1)
+        for year in range(now.year + 1, now.year - 9, -1):
+            try:
+                dt = self._local(datetime(year, month, day, h, mi, s))
+            except ValueError:                  # Feb 29 in a common year
+                continue
+            if dt <= limit:
+                return dt
+        return None

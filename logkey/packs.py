@@ -1,0 +1,343 @@
+"""Pattern packs: load, validate, lint, compile, and dispatch a message to the rules of its
+program tag.
+
+Reads: patterns/*.yaml (shipped) and a local patterns directory (same name overrides).
+Trust: a pack is refused whole, with "FILE: entry: reason", when any rule fails the safety lint
+(docs/packs.md). Matching is by the tag first (a dict lookup), so the cost per line does not
+grow with the number of packs loaded; every regex runs with a time limit.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import regex
+import yaml
+
+from . import lint
+from .events import CONNECT, KINDS, LOGIN, LOGOUT, normalise_protocol
+
+GROUPS = frozenset(("ip", "user", "protocol", "session", "pid", "fields"))
+FIELD_TARGETS = frozenset(("ip", "user", "session", "protocol", "pid"))
+PACK_KEYS = frozenset(("description", "covers", "programs", "events", "untagged", "ignore",
+                       "protocols", "samples"))
+RULE_KEYS = frozenset(("id", "kind", "regex", "protocol", "fields", "join"))
+MATCH_TIMEOUT = 0.05          # seconds per regex match; a line that hits it gives no event
+
+
+class PackError(Exception):
+    """A pack that cannot be used; str() is one line naming file, entry and reason."""
+
+
+@dataclass(slots=True)
+class Fields:
+    separator: str
+    keys: dict[str, str]
+    strip: tuple[str, str] | None
+
+
+@dataclass(slots=True)
+class Rule:
+    pack: str
+    id: str
+    kind: str
+    pattern: regex.Pattern
+    protocol: str | None          # "pop3" | "imap" | "program" | None (from group)
+    fields: Fields | None
+    join: str | None
+    protocols: dict[str, str]
+
+
+@dataclass(slots=True)
+class Match:
+    """What a rule took from a message, before IP canonicalisation and correlation."""
+    rule: Rule
+    ip: str | None
+    user: str | None
+    protocol: str | None
+    session: str | None
+    pid: str | None
+    rejected: str | None = None   # why the line was refused (duplicate field ...)
+
+
+@dataclass
+class Pack:
+    name: str
+    path: Path
+    description: str
+    covers: list[str]
+    programs: list[str]
+    rules: list[Rule]
+    untagged: list[Rule]
+    ignore: list[regex.Pattern]
+    samples: list[dict]
+    protocols: dict[str, str] = field(default_factory=dict)
+
+
+def shipped_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "patterns", here.parent / "patterns"):
+        if candidate.is_dir():
+            return candidate
+    return here / "patterns"
+
+
+def _fail(path, where, reason):
+    raise PackError(f"{path}: {where}: {reason}" if where else f"{path}: {reason}")
+
+
+def _compile_rule(path, name, where, entry, protocols) -> Rule:
+    if not isinstance(entry, dict):
+        _fail(path, where, "must be a mapping")
+    unknown = set(entry) - RULE_KEYS
+    if unknown:
+        _fail(path, where, f"unknown key {sorted(unknown)[0]!r}")
+    rid = entry.get("id")
+    if not isinstance(rid, str) or not regex.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", rid):
+        _fail(path, where, "id must be [a-z0-9-]+")
+    where = f"{where} ({rid})"
+    kind = entry.get("kind")
+    if kind not in KINDS:
+        _fail(path, where, f"kind must be one of {', '.join(KINDS)}")
+    src = entry.get("regex")
+    if not isinstance(src, str):
+        _fail(path, where, "regex missing")
+    try:
+        pattern = regex.compile(src)
+    except regex.error as exc:
+        _fail(path, where, f"regex does not compile: {exc}")
+    groups = set(pattern.groupindex)
+    if groups - GROUPS:
+        _fail(path, where, f"unknown group {sorted(groups - GROUPS)[0]!r}; allowed: "
+                           + ", ".join(sorted(GROUPS)))
+    fields = None
+    if "fields" in entry:
+        spec = entry["fields"]
+        if not isinstance(spec, dict) or not isinstance(spec.get("keys"), dict):
+            _fail(path, where, "fields needs keys: {logkey: field}")
+        bad = set(spec) - {"separator", "keys", "strip"}
+        if bad:
+            _fail(path, where, f"fields: unknown key {sorted(bad)[0]!r}")
+        targets = spec["keys"]
+        for k, v in targets.items():
+            if v not in FIELD_TARGETS:
+                _fail(path, where, f"fields: {k}: target must be one of {sorted(FIELD_TARGETS)}")
+        strip = spec.get("strip")
+        if strip is not None and (not isinstance(strip, str) or len(strip) != 2):
+            _fail(path, where, "fields: strip must be two characters, the opening and closing one")
+        sep = spec.get("separator", ", ")
+        if not isinstance(sep, str) or not sep:
+            _fail(path, where, "fields: separator must be a non-empty string")
+        if "fields" not in groups:
+            _fail(path, where, "fields given but the regex has no (?P<fields>...) group")
+        fields = Fields(sep, dict(targets), (strip[0], strip[1]) if strip else None)
+    ip_from_fields = fields is not None and "ip" in fields.keys.values()
+    join = entry.get("join")
+    if join not in (None, "pid"):
+        _fail(path, where, "join must be pid")
+    reason = lint.check(src, needs_ip_group=False)
+    if reason:
+        _fail(path, where, reason)
+    has_ip = "ip" in groups or ip_from_fields
+    if kind == CONNECT and not has_ip:
+        _fail(path, where, "a connect rule needs an ip")
+    if kind == LOGIN and not has_ip and join != "pid":
+        _fail(path, where, "a login rule needs an ip group, an ip field or join: pid")
+    protocol = entry.get("protocol")
+    if protocol is not None and protocol not in ("pop3", "imap", "program"):
+        _fail(path, where, "protocol must be pop3, imap or program")
+    if kind == LOGIN and protocol is None and "protocol" not in groups and not (
+            fields and "protocol" in fields.keys.values()):
+        _fail(path, where, "a login rule needs a protocol (pop3, imap, program or a group)")
+    return Rule(name, rid, kind, pattern, protocol, fields, join, protocols)
+
+
+def load_pack(path: Path) -> Pack:
+    name = path.stem
+    if not regex.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name):
+        _fail(path, "", "pack file name must be [a-z0-9_-]+.yaml")
+    try:
+        with open(path, "rb") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        _fail(path, "", exc.strerror or str(exc))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        _fail(path, where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}")
+    if not isinstance(data, dict):
+        _fail(path, "", "a pack must be a YAML mapping")
+    unknown = set(data) - PACK_KEYS
+    if unknown:
+        _fail(path, "", f"unknown key {sorted(unknown)[0]!r}")
+    programs = data.get("programs")
+    if not isinstance(programs, list) or not all(
+            isinstance(p, str) and regex.fullmatch(r"[A-Za-z0-9_*?][A-Za-z0-9_./@+*?-]{0,63}", p)
+            for p in programs):
+        _fail(path, "programs", "must be a list of program tags (letters, digits, _./@+-, "
+                                "and the globs * and ?)")
+    protocols = data.get("protocols") or {}
+    if not isinstance(protocols, dict) or not all(
+            isinstance(k, str) and v in ("pop3", "imap", "none") for k, v in protocols.items()):
+        _fail(path, "protocols", "must map names to pop3, imap or none")
+    protocols = {k.lower(): v for k, v in protocols.items()}
+    rules, untagged, seen = [], [], set()
+    for section, out in (("events", rules), ("untagged", untagged)):
+        entries = data.get(section) or []
+        if not isinstance(entries, list):
+            _fail(path, section, "must be a list")
+        for i, entry in enumerate(entries):
+            rule = _compile_rule(path, name, f"{section}[{i}]", entry, protocols)
+            if rule.id in seen:
+                _fail(path, f"{section}[{i}]", f"duplicate id {rule.id!r}")
+            seen.add(rule.id)
+            out.append(rule)
+    if not rules and not untagged:
+        _fail(path, "events", "a pack needs at least one event rule")
+    ignore = []
+    for i, src in enumerate(data.get("ignore") or []):
+        if not isinstance(src, str) or not src.startswith("^"):
+            _fail(path, f"ignore[{i}]", "must be a regex anchored with ^")
+        try:
+            ignore.append(regex.compile(src))
+        except regex.error as exc:
+            _fail(path, f"ignore[{i}]", f"regex does not compile: {exc}")
+    samples = data.get("samples") or []
+    if not isinstance(samples, list) or not samples:
+        _fail(path, "samples", "a pack needs samples (a rule without samples is untested)")
+    for i, s in enumerate(samples):
+        _check_sample(path, i, s)
+    covers = data.get("covers") or []
+    if not isinstance(covers, list):
+        _fail(path, "covers", "must be a list of strings")
+    return Pack(name, path, str(data.get("description") or ""), [str(c) for c in covers],
+                list(programs), rules, untagged, ignore, samples, protocols)
+
+
+def _check_sample(path, i, s):
+    where = f"samples[{i}]"
+    if not isinstance(s, dict):
+        _fail(path, where, "must be a mapping")
+    bad = set(s) - {"line", "lines", "expect", "source", "file"}
+    if bad:
+        _fail(path, where, f"unknown key {sorted(bad)[0]!r}")
+    lines = s.get("lines") if "lines" in s else [s.get("line")]
+    if not isinstance(lines, list) or not lines or not all(isinstance(x, str) for x in lines):
+        _fail(path, where, "needs line: TEXT or lines: [TEXT, ...]")
+    expect = s.get("expect", "missing")
+    if expect in ("none", None):
+        return
+    if not isinstance(expect, dict) or expect.get("kind") not in (LOGIN, LOGOUT):
+        _fail(path, where, "expect must be none or {kind: login|logout, ip: ..., user: ...}")
+    bad = set(expect) - {"kind", "ip", "user", "protocol", "session"}
+    if bad:
+        _fail(path, where, f"expect: unknown key {sorted(bad)[0]!r}")
+
+
+class PackSet:
+    """The loaded packs, indexed by program tag."""
+
+    def __init__(self, packs: list[Pack]):
+        self.packs = {p.name: p for p in packs}
+        self._exact: dict[str, list[Rule]] = {}
+        self._globs: list[tuple[str, Pack]] = []
+        self._ignore_by_program: dict[str, list[regex.Pattern]] = {}
+        for pack in packs:
+            for prog in pack.programs:
+                if any(c in prog for c in "*?["):
+                    self._globs.append((prog, pack))
+                else:
+                    self._exact.setdefault(prog, []).extend(pack.rules)
+                    self._ignore_by_program.setdefault(prog, []).extend(pack.ignore)
+        self.untagged = [r for p in packs for r in p.untagged]
+        self.untagged_ignore = [i for p in packs if p.untagged for i in p.ignore]
+        self._cache: dict[str, list[Rule]] = dict(self._exact)
+
+    def rules_for(self, program: str) -> list[Rule]:
+        """The rules for a tag ([] for programs no pack covers). O(1) after the first call."""
+        rules = self._cache.get(program)
+        if rules is None:
+            rules, ignore = [], []
+            for glob, pack in self._globs:
+                if fnmatch.fnmatchcase(program, glob):
+                    rules = rules + pack.rules
+                    ignore = ignore + pack.ignore
+            if len(self._cache) < 65536:
+                self._cache[program] = rules
+                if ignore:
+                    self._ignore_by_program[program] = \
+                        self._ignore_by_program.get(program, []) + ignore
+        return rules
+
+    def ignored(self, program: str | None, message: str) -> bool:
+        patterns = (self._ignore_by_program.get(program, ()) if program is not None
+                    else self.untagged_ignore)
+        return any(p.match(message, timeout=MATCH_TIMEOUT) for p in patterns)
+
+
+def match_rules(rules: list[Rule], message: str, program: str | None, header_pid: str | None):
+    """The first rule matching the whole message, as a Match; None when none matches.
+
+    Raises TimeoutError when a regex hits its time limit.
+    """
+    for rule in rules:
+        m = rule.pattern.fullmatch(message, timeout=MATCH_TIMEOUT)
+        if m is None:
+            continue
+        groups = m.groupdict()
+        got = {k: groups.get(k) for k in ("ip", "user", "protocol", "session", "pid")}
+        rejected = None
+        if rule.fields is not None:
+            rejected = _read_fields(rule.fields, groups.get("fields") or "", got)
+        protocol = got["protocol"]
+        if rule.protocol == "program":
+            protocol = program
+        elif rule.protocol is not None:
+            protocol = rule.protocol
+        if protocol is not None:
+            mapped = normalise_protocol(protocol, rule.protocols)
+            protocol = None if mapped in (None, "none") else mapped
+        return Match(rule, got["ip"], got["user"], protocol, got["session"],
+                     got["pid"] or header_pid, rejected)
+    return None
+
+
+def _read_fields(spec: Fields, text: str, got: dict) -> str | None:
+    seen = set()
+    for piece in text.split(spec.separator):
+        key, eq, value = piece.partition("=")
+        if not eq:
+            continue
+        key = key.strip()
+        target = spec.keys.get(key)
+        if target is None:
+            continue
+        if key in seen:
+            return f"field {key}= appears more than once"
+        seen.add(key)
+        if spec.strip and len(value) >= 2 and value[0] == spec.strip[0] \
+                and value[-1] == spec.strip[1]:
+            value = value[1:-1]
+        got[target] = value
+    for key, target in spec.keys.items():
+        if target == "ip" and key not in seen:
+            return f"field {key}= missing"
+    return None
+
+
+def load_packs(names: list[str] | None = None, local_dir: str | os.PathLike | None = None) -> PackSet:
+    """Shipped packs, overridden by name by packs in `local_dir`; only `names` if given."""
+    paths: dict[str, Path] = {}
+    for directory in (shipped_dir(), Path(local_dir) if local_dir else None):
+        if directory is None or not directory.is_dir():
+            continue
+        for p in sorted(directory.glob("*.yaml")):
+            paths[p.stem] = p
+    if names:
+        missing = [n for n in names if n not in paths]
+        if missing:
+            raise PackError(f"no pack named {missing[0]!r} (have: {', '.join(sorted(paths))})")
+        paths = {n: paths[n] for n in names}
+    return PackSet([load_pack(p) for p in paths.values()])

@@ -1,0 +1,66 @@
+"""Run the samples a pack carries (fail2ban-regex's job for logkey packs). Pure.
+
+Each sample is run through a fresh Engine over the whole PackSet, so a line that some other
+pack would wrongly claim fails the sample too. The expectation holds for the last line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .engine import Engine
+from .headers import Clock
+from .packs import Pack, PackSet
+
+SAMPLE_NOW = datetime(2026, 11, 28, tzinfo=timezone.utc)
+
+
+@dataclass
+class Failure:
+    pack: str
+    index: int
+    line: str
+    problem: str
+
+
+def run_sample(packs: PackSet, sample: dict, pack_name: str) -> str | None:
+    """None when the sample holds, else what went wrong."""
+    lines = sample["lines"] if "lines" in sample else [sample["line"]]
+    engine = Engine(packs, Clock(SAMPLE_NOW, timezone.utc))
+    events = []
+    for text in lines:
+        events = engine.feed_line(text.encode("utf-8", "surrogateescape"))
+    expect = sample.get("expect")
+    if expect in (None, "none"):
+        if events:
+            e = events[0]
+            return f"expected no event, got {e.kind} ip={e.ip} user={e.user} ({e.pack}/{e.rule})"
+        return None
+    if not events:
+        why = ""
+        if engine.stats.rejected_examples:
+            why = f" ({engine.stats.rejected_examples[-1][1]})"
+        elif engine.stats.unparsed:
+            why = " (header not recognised)"
+        elif engine.stats.not_pop_imap:
+            why = " (protocol is not pop3/imap)"
+        elif engine.stats.timeouts:
+            why = " (match timed out)"
+        return f"expected {expect.get('kind')} ip={expect.get('ip')}, got no event{why}"
+    e = events[0]
+    if e.pack != pack_name:
+        return f"the event came from pack {e.pack!r} ({e.rule}), not {pack_name!r}"
+    for key in ("kind", "ip", "user", "protocol", "session"):
+        if key in expect and getattr(e, key) != (None if expect[key] is None else str(expect[key])):
+            return f"{key}: expected {expect[key]!r}, got {getattr(e, key)!r} ({e.pack}/{e.rule})"
+    return None
+
+
+def test_pack(packs: PackSet, pack: Pack) -> tuple[int, list[Failure]]:
+    failures = []
+    for i, sample in enumerate(pack.samples):
+        problem = run_sample(packs, sample, pack.name)
+        if problem:
+            line = sample["lines"][-1] if "lines" in sample else sample["line"]
+            failures.append(Failure(pack.name, i, line, problem))
+    return len(pack.samples), failures

@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""A tiny syslog receiver for capturing real daemons' log lines (run by hand, not by CI).
+
+Reads:  datagrams on a unix socket (what glibc's syslog(3) sends to /dev/log).
+Writes: one RFC 3164 line per message to OUTFILE, with host "capture" inserted after the stamp,
+        exactly as rsyslog's traditional file format would write it.
+
+Use it inside a private mount namespace so the machine's /dev/log is left alone, e.g.:
+
+    unshare -m sh -c '
+        python3 tools/capture/syslogsink.py "$TMP/log.sock" "$TMP/syslog.out" &
+        sleep 0.3
+        touch "$TMP/devlog"                       # bind target (must exist)
+        [ -e /dev/log ] || mount -t tmpfs none /run/capture-dev 2>/dev/null
+        mount --bind "$TMP/log.sock" /dev/log     # see capture scripts for the full dance
+        ... start the daemon, drive logins ...'
+"""
+import re
+import socket
+import sys
+import time
+
+PRI_STAMP = re.compile(rb"^<(\d{1,3})>([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) ")
+
+
+def main(sock_path: str, out_path: str, seconds: float = 3600.0) -> int:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(1.0)
+    deadline = time.monotonic() + seconds
+    with open(out_path, "ab", buffering=0) as out:
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                continue
+            data = data.rstrip(b"\n\x00")
+            m = PRI_STAMP.match(data)
+            if m:
+                line = m.group(2) + b" capture " + data[m.end():]
+            else:
+                line = time.strftime("%b %e %H:%M:%S").encode() + b" capture " + data
+            out.write(line.replace(b"\n", b"#012") + b"\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 3600.0))
