@@ -11,8 +11,9 @@ Formats, recognised per line without being told:
                 "2026-11-27 10:00:00 imap-login: Info: msg", 1.x "dovecot: 2008-10-02
                 23:34:07 Info: pop3-login: msg", "Jun 23 15:04:06 Info: IMAP(u): msg"
   tai64n        daemontools/multilog "@4000000063b5c2d1... prog: msg"
-  qpopper-file  full-date stamps: "Mon Nov 27 10:00:00 2006 host prog[pid]: msg",
-                "Nov 27 2006 10:00:00 ...", Solaris "[ID 702911 mail.notice]" msgids dropped
+  qpopper-file  full-date stamps: qpopper's trace file "Mon Nov 27 10:00:00 2006 [4242] msg"
+                (2.x/3.x), "Nov 27 10:00:00.123 2006 [4242] msg" (4.x); untagged, pid kept.
+  Solaris syslog's "[ID 702911 mail.notice] " msgid after the tag is dropped.
 Dovecot's own-file lines are handed to packs as program "dovecot" with the message dovecot's
 syslog lines carry ("imap-login: Login: ..."), so one rule set covers both.
 """
@@ -32,14 +33,14 @@ SYSLOG_3164 = re.compile(
 
 # --- the slow path --------------------------------------------------------------------------
 _STAMPS = (
+    ("qpopper-file", re.compile(
+        rb"(?:<\d{1,3}>)?((?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) )?[A-Z][a-z]{2} [ \d]?\d "
+        rb"(?:\d\d:\d\d:\d\d(?:\.\d{1,6})? \d{4}|\d{4} \d\d:\d\d:\d\d)) ")),
     ("rfc3339", re.compile(rb"(?:<\d{1,3}>)?(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?"
                            rb"(?:Z|[+-]\d\d:?\d\d)?) ")),
     ("rfc3164", re.compile(rb"(?:<\d{1,3}>)?([A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d) ")),
     ("tai64n", re.compile(rb"@([0-9a-f]{24}) ")),
     ("iso-space", re.compile(rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,9})?) ")),
-    ("qpopper-file", re.compile(
-        rb"(?:<\d{1,3}>)?((?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) )?[A-Z][a-z]{2} [ \d]?\d "
-        rb"(?:\d\d:\d\d:\d\d \d{4}|\d{4} \d\d:\d\d:\d\d)) ")),
 )
 _DOVECOT1 = re.compile(
     rb"dovecot: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (Info|Warning|Error|Fatal|Panic|Debug): ")
@@ -50,6 +51,7 @@ _DOVECOT_SERVICE = re.compile(
 _LEVEL_FIRST = re.compile(_LEVELS)
 _HOSTLESS = re.compile(_TAG)
 _HOSTED = re.compile(rb"(?P<host>[^\s\[\]]{1,255}) " + _TAG)
+_QPOPPER_PID = re.compile(rb"\[(\d{1,10})\] {1,2}")
 _SOLARIS_MSGID = re.compile(rb"\[ID \d{1,10} [a-z0-9]{1,16}\.[a-z]{1,10}\] ")
 
 MONTHS = {m.encode(): i for i, m in enumerate(
@@ -99,6 +101,11 @@ def parse_slow(line: bytes) -> Header | None:
         stamp, rest = m.group(1), line[m.end():]
         if fmt == "iso-space":
             fmt = "dovecot-file"
+        elif fmt == "qpopper-file":
+            q = _QPOPPER_PID.match(rest)
+            if q is not None:                   # qpopper's trace file: "<date> [pid] msg"
+                return Header(fmt, stamp, None, None, q.group(1).decode("ascii"),
+                              rest[q.end():], rest)
         d = _LEVEL_FIRST.match(rest)
         if d is not None:                       # "Jun 23 15:04:06 Info: IMAP(u): ..."
             return _dovecot_file(stamp, b"", d.group("level"), rest[d.end():], rest,
@@ -174,8 +181,10 @@ class Clock:
         day = int(parts[1])
         if len(parts) == 4:                     # full date: "Nov 27 10:00:00 2006" / "Nov 27 2006 10:00:00"
             year_text, clock = (parts[3], parts[2]) if ":" in parts[2] else (parts[2], parts[3])
+            clock, _, frac = clock.partition(".")
             h, mi, s = (int(x) for x in clock.split(":"))
-            return self._local(datetime(int(year_text), month, day, h, mi, s))
+            micro = int((frac + "000000")[:6]) if frac else 0
+            return self._local(datetime(int(year_text), month, day, h, mi, s, micro))
         h, mi, s = (int(x) for x in parts[2].split(":"))
         return self._infer_year(month, day, h, mi, s)
 
