@@ -1,32 +1,43 @@
-"""Reading a log in scanned blocks, on every core for a large plain file.
+"""Reading a log in matched blocks, on every core for a large plain file.
 
 Reads: the file (or stdin / gzip stream, then in this process only). Yields, in file order,
-(line count, {format: n}, [(index, line, header_counted)], too_long) per block; see scan.py.
-A large plain file is cut at line boundaries into chunks scanned by worker processes; the
-results come back in order, so line numbers and correlation stay exact.
+one (line count, [(index in block, Event)], Stats) per block: the stateless part of the work
+(pre-filter, header, rules, IP check) is done here; correlation, which needs log order, is
+left to the caller. A large plain file is cut at line boundaries into chunks handled by worker
+processes; results come back in order, so line numbers and correlation stay exact. Line
+references in the Stats are (path, index in block).
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
-from collections import Counter
 
+from .engine import Engine, Stats
 from .lines import BLOCK, open_log, read_blocks
 from .scan import Scanner
 
 PARALLEL_MIN_BYTES = 32 << 20
 CHUNK_MIN_BYTES = 8 << 20
 
-_worker_scanner: Scanner | None = None
+_worker: tuple[Scanner, Engine] | None = None
 
 
-def _scan_blocks(scanner: Scanner, f, cap: int):
+def _match_blocks(scanner: Scanner, matcher: Engine, f, cap: int, path: str):
     for block in read_blocks(f, cap):
+        stats = matcher.stats = Stats()
         if block is None:
-            yield 1, Counter(), [], 1
-        else:
-            n, formats, picks = scanner.scan(block)
-            yield n, formats, picks, 0
+            stats.lines = stats.too_long = 1
+            yield 1, [], stats
+            continue
+        n, formats, picks = scanner.scan(block)
+        stats.lines = n
+        stats.formats.update(formats)
+        events = []
+        for index, line, counted in picks:
+            event = matcher.match_picked(line, (path, index), counted, cap)
+            if event is not None:
+                events.append((index, event))
+        yield n, events, stats
 
 
 def _line_start_at(f, pos: int, size: int) -> int:
@@ -58,12 +69,12 @@ class _Range:
         return data
 
 
-def _worker_init(scanner: Scanner):
-    global _worker_scanner
-    _worker_scanner = scanner
+def _worker_init(scanner: Scanner, matcher: Engine):
+    global _worker
+    _worker = (scanner, matcher)
 
 
-def _scan_chunk(args):
+def _match_chunk(args):
     path, start, end, cap = args
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -71,7 +82,7 @@ def _scan_chunk(args):
         e0 = _line_start_at(f, end, size)
         if e0 <= s0:
             return []
-        return list(_scan_blocks(_worker_scanner, _Range(f, s0, e0), cap))
+        return list(_match_blocks(*_worker, _Range(f, s0, e0), cap, path))
 
 
 def _is_plain_file(path: str) -> int:
@@ -86,13 +97,15 @@ def _is_plain_file(path: str) -> int:
         return 0
 
 
-def scanned_blocks(path: str, scanner: Scanner, cap: int, workers: int | None = None):
+def matched_blocks(path: str, scanner: Scanner, matcher: Engine, cap: int,
+                   workers: int | None = None):
+    """`matcher` is an Engine used for its stateless matching only."""
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     size = _is_plain_file(path)
     if workers < 2 or size < PARALLEL_MIN_BYTES:
         f = open_log(path)
         try:
-            yield from _scan_blocks(scanner, f, cap)
+            yield from _match_blocks(scanner, matcher, f, cap, path)
         finally:
             if path != "-":
                 f.close()
@@ -100,6 +113,6 @@ def scanned_blocks(path: str, scanner: Scanner, cap: int, workers: int | None = 
     chunk = max(CHUNK_MIN_BYTES, size // (workers * 4), BLOCK)
     jobs = [(path, start, min(size, start + chunk), cap) for start in range(0, size, chunk)]
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(scanner,)) as pool:
-        for blocks in pool.imap(_scan_chunk, jobs):
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(scanner, matcher)) as pool:
+        for blocks in pool.imap(_match_chunk, jobs):
             yield from blocks

@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when present: 10x faster
+
 DEFAULT_PATH = "/etc/logkey/config.yaml"
 
 
@@ -128,7 +130,7 @@ def load(explicit: str | None = None, optional: bool = False) -> Config:
         return defaults()
     try:
         with open(path, "rb") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_Loader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except OSError as exc:

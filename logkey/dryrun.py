@@ -12,11 +12,11 @@ import sys
 import time
 from datetime import datetime
 
-from .engine import Engine
+from .engine import Engine, Stats
 from .events import LOGIN, LOGOUT
 from .gates import GateTable
 from .headers import Clock, parse
-from .bulk import scanned_blocks
+from .bulk import matched_blocks
 from .lines import open_log, read_lines
 from .scan import Scanner
 from .packs import PackSet
@@ -68,22 +68,28 @@ def _why_unreadable(path) -> str:
     return "cannot be read"
 
 
-def _line_blocks(path, line_max):
-    """Per-line blocks for --own-file: every line is picked, nothing counted in advance."""
+def _own_file_blocks(path, matcher, own_rules, line_max):
+    """--own-file: every line goes through the pack's untagged rules; same shape as
+    bulk.matched_blocks."""
     f = open_log(path)
     try:
-        batch = []
+        stats, events, n = Stats(), [], 0
+        matcher.stats = stats
         for line in read_lines(f, line_max):
+            stats.lines += 1
             if line is None:
-                yield len(batch) + 1, None, [(i, l, False) for i, l in enumerate(batch)], 1
-                batch = []
-                continue
-            batch.append(line)
-            if len(batch) >= 4096:
-                yield len(batch), None, [(i, l, False) for i, l in enumerate(batch)], 0
-                batch = []
-        if batch:
-            yield len(batch), None, [(i, l, False) for i, l in enumerate(batch)], 0
+                stats.too_long += 1
+            else:
+                event = matcher.match_line(line, (path, n), own_rules)
+                if event is not None:
+                    events.append((n, event))
+            n += 1
+            if n >= 4096:
+                yield n, events, stats
+                stats, events, n = Stats(), [], 0
+                matcher.stats = stats
+        if n:
+            yield n, events, stats
     finally:
         if f is not sys.stdin.buffer:
             f.close()
@@ -97,9 +103,9 @@ def _later(a, b):
     return max(a, b)
 
 
-def _last_line_time(path, clock, fallback):
-    """The time of the file's last line with a header (read from the end for plain files)."""
-    tail = fallback
+def _last_line_time(path, clock):
+    """The time of a plain file's last line (stdin and .gz: their events' times suffice)."""
+    tail = None
     if path != "-":
         try:
             with open(path, "rb") as f:
@@ -132,37 +138,27 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, window: float, join_w
     last_time: datetime | None = None
     write = out.write
     scanner = Scanner(packs) if own_rules is None else None
+    matcher = Engine(packs, clock, join_window)
     for path in paths:
-        if not os.path.isdir(path) and (path == "-" or os.access(path, os.R_OK)):
-            pass
-        else:
+        if os.path.isdir(path) or (path != "-" and not os.access(path, os.R_OK)):
             raise DryRunError(f"{path}: " + ("is a directory" if os.path.isdir(path)
                                               else _why_unreadable(path)))
         lineno = 0
-        last_line = None
+        last_line_time = None
         try:
             if scanner is None:
-                blocks = _line_blocks(path, line_max)
+                blocks = _own_file_blocks(path, matcher, own_rules, line_max)
             else:
-                blocks = scanned_blocks(path, scanner, line_max)
-            for n, formats, picks, too_long in blocks:
-                stats.lines += n
-                stats.too_long += too_long
-                if formats:
-                    stats.formats.update(formats)
-                for index, line, counted in picks:
-                    if scanner is None:
-                        events = engine.feed_line(line, (path, lineno + index + 1), own_rules)
-                    else:
-                        events = engine.feed_picked(line, (path, lineno + index + 1), counted,
-                                                    line_max)
-                    for e in events:
+                blocks = matched_blocks(path, scanner, matcher, line_max)
+            for n, events, block_stats in blocks:
+                base = lineno
+                stats.merge(block_stats, lambda w: (w[0], base + w[1] + 1))
+                for index, event in events:
+                    for e in engine.complete(event):
                         gates.apply(e)
-                        if e.time is not None and (last_time is None or e.time > last_time):
-                            last_time = e.time
+                        last_time = _later(last_time, e.time)
                         if json_out:
-                            write(_event_json(path, lineno + index + 1, e) + "\n")
-                    last_line = line
+                            write(_event_json(path, base + index + 1, e) + "\n")
                 lineno += n
                 progress.update(path, lineno)
         except BrokenPipeError:
@@ -171,7 +167,7 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, window: float, join_w
             raise DryRunError(f"{path}: line {lineno + 1}: "
                               f"{getattr(exc, 'strerror', None) or exc}") from None
         progress.finish_file(path)
-        last_time = _later(last_time, _last_line_time(path, clock, last_line))
+        last_time = _later(last_time, _last_line_time(path, clock))
     progress.close()
     at = clock.now or last_time
     open_gates = gates.open_at(at) if at is not None else []

@@ -39,6 +39,19 @@ class Stats:
     near_miss_lines: list = field(default_factory=list)     # (where, text)
     rejected_examples: list = field(default_factory=list)   # (where, reason)
 
+    def merge(self, other: "Stats", where=lambda w: w) -> None:
+        """Add another Stats' counts (a worker's); `where` re-bases its line references."""
+        for name in ("lines", "too_long", "unparsed", "timeouts", "rejected_ips",
+                     "refused_lines", "not_pop_imap", "near_misses", "ignored"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.formats.update(other.formats)
+        self.hits.update(other.hits)
+        self.events.update(other.events)
+        room = NEAR_MISS_KEEP - len(self.near_miss_lines)
+        self.near_miss_lines += [(where(w), t) for w, t in other.near_miss_lines[:max(0, room)]]
+        room = REJECTED_KEEP - len(self.rejected_examples)
+        self.rejected_examples += [(where(w), t) for w, t in other.rejected_examples[:max(0, room)]]
+
 
 class Engine:
     def __init__(self, packs: PackSet, clock: headers.Clock, join_window: float = 600.0):
@@ -49,8 +62,21 @@ class Engine:
         self._by_tag: dict[bytes, list] = {}
 
     def feed_line(self, line: bytes, where=None, own_rules=None) -> list[Event]:
-        """One line without its newline (the caller counts lines). `own_rules`: untagged rules of the pack whose own
-        file this is, tried on every line's text after the time stamp."""
+        """One line without its newline (the caller counts lines): the events it completes.
+        `own_rules`: untagged rules of the pack whose own file this is, tried on every line's
+        text after the time stamp."""
+        event = self.match_line(line, where, own_rules)
+        return self.complete(event) if event is not None else _NONE
+
+    def complete(self, event: Event) -> list[Event]:
+        """Correlation, in log order: the events that are complete now (connects never)."""
+        out = self.correlator.feed(event)
+        for e in out:
+            self.stats.events[(e.pack, e.kind)] += 1
+        return [e for e in out if e.kind != CONNECT]
+
+    def match_line(self, line: bytes, where=None, own_rules=None) -> Event | None:
+        """The event one line says happened, before correlation (stateless but for counts)."""
         stats = self.stats
         # Fast path: most lines are syslog lines of programs no pack covers (Postfix ...);
         # they cost one regex match and one dict lookup, and no Header object.
@@ -64,17 +90,16 @@ class Engine:
                 if len(self._by_tag) < 65536:
                     self._by_tag[tag] = rules
             if not rules:
-                return _NONE
-            header = headers.parse(line)
-            return self.feed_header(header, where, own_rules)
+                return None
+            return self.match_header(headers.parse(line), where, own_rules)
         header = headers.parse(line)
         if header is None:
             self.stats.unparsed += 1
-            return []
+            return None
         self.stats.formats[header.format] += 1
-        return self.feed_header(header, where, own_rules)
+        return self.match_header(header, where, own_rules)
 
-    def feed_picked(self, line: bytes, where, header_counted: bool, cap: int) -> list[Event]:
+    def match_picked(self, line: bytes, where, header_counted: bool, cap: int) -> Event | None:
         """A line the bulk scanner picked; it already counted the line (and, when
         `header_counted`, its header format)."""
         stats = self.stats
@@ -85,17 +110,17 @@ class Engine:
             stats.too_long += 1
             if header_counted and header is not None:
                 stats.formats[header.format] -= 1
-            return _NONE
+            return None
         if not header_counted:
             if header is None:
                 stats.unparsed += 1
-                return _NONE
+                return None
             stats.formats[header.format] += 1
         elif header is None:
-            return _NONE
-        return self.feed_header(header, where)
+            return None
+        return self.match_header(header, where)
 
-    def feed_header(self, header: headers.Header, where=None, own_rules=None) -> list[Event]:
+    def match_header(self, header: headers.Header, where=None, own_rules=None) -> Event | None:
         program = header.program
         if own_rules:
             rules, text = own_rules, header.rest
@@ -104,48 +129,45 @@ class Engine:
         else:
             rules, text = self.packs.rules_for(program), header.message
         if not rules:
-            return []
+            return None
         message = text.decode("utf-8", "surrogateescape")
         try:
             m = match_rules(rules, message, program, header.pid)
         except TimeoutError:
             self.stats.timeouts += 1
-            return []
+            return None
         if m is None:
             self._no_match(program, message, where)
-            return []
+            return None
         stats = self.stats
         rule = m.rule
         stats.hits[(rule.pack, rule.id)] += 1
         if m.rejected:
             stats.refused_lines += 1
             self._reject(where, m.rejected)
-            return []
+            return None
         ip = None
         if m.ip is not None:
             ip = canonical_ip(m.ip)
             if ip is None:
                 stats.rejected_ips += 1
                 self._reject(where, f"not an IP address: {m.ip!r}")
-                return []
+                return None
         if rule.kind == LOGIN and m.protocol not in GATE_PROTOCOLS:
             stats.not_pop_imap += 1
-            return []
-        event = Event(rule.kind, ip, m.user, m.protocol, self.clock.time(header), rule.pack,
-                      rule.id, m.session, m.pid, rule.join)
-        out = self.correlator.feed(event)
-        for e in out:
-            stats.events[(e.pack, e.kind)] += 1
-        return [e for e in out if e.kind != CONNECT]
+            return None
+        return Event(rule.kind, ip, m.user, m.protocol, self.clock.time(header), rule.pack,
+                     rule.id, m.session, m.pid, rule.join)
 
     def _no_match(self, program, message, where):
-        if self.packs.ignored(program, message):
-            self.stats.ignored += 1
+        if not NEAR_MISS_WORDS.search(message):
             return
-        if NEAR_MISS_WORDS.search(message):
-            self.stats.near_misses += 1
-            if len(self.stats.near_miss_lines) < NEAR_MISS_KEEP:
-                self.stats.near_miss_lines.append((where, f"{program or '-'}: {message[:300]}"))
+        if self.packs.ignored(program, message):
+            self.stats.ignored += 1             # a known non-event (a failure, a statistic)
+            return
+        self.stats.near_misses += 1
+        if len(self.stats.near_miss_lines) < NEAR_MISS_KEEP:
+            self.stats.near_miss_lines.append((where, f"{program or '-'}: {message[:300]}"))
 
     def _reject(self, where, reason):
         if len(self.stats.rejected_examples) < REJECTED_KEEP:

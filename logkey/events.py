@@ -6,6 +6,7 @@ Reads: nothing. Writes: nothing. Trust: every IP that leaves this module has pas
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,6 +31,10 @@ PROTOCOL_ALIASES = {
 GATE_PROTOCOLS = frozenset(("pop3", "imap"))
 
 MAX_IP_TEXT = 64
+# Dotted quads without leading zeros are already canonical: skip ipaddress for them.
+# ([0-9], not \d: \d would take any Unicode digit.)
+_CANONICAL_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                             r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
 
 
 @dataclass(slots=True)
@@ -53,6 +58,8 @@ def canonical_ip(text: str) -> str | None:
     IPv4-mapped IPv6 becomes the IPv4 address, IPv6 is compressed; zone ids, host names,
     leading-zero octets and non-ASCII digits are refused.
     """
+    if _CANONICAL_IPV4.fullmatch(text):
+        return text
     if not text or len(text) > MAX_IP_TEXT or not text.isascii():
         return None
     try:

@@ -23,13 +23,18 @@ import re
 from datetime import datetime, timedelta, timezone, tzinfo
 
 # --- the fast path: "<stamp> host tag[pid]: " covers nearly every line of a mail log -------
-_TAG = rb"(?P<tag>[A-Za-z0-9_][A-Za-z0-9_./@+-]{0,63})(?:\[(?P<pid>\d{1,10})\])?: "
-SYSLOG_3339 = re.compile(
-    rb"(?:<\d{1,3}>)?(?P<stamp>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?) "
-    rb"(?P<host>[^\s:\[\]]{1,255}) " + _TAG)
-SYSLOG_3164 = re.compile(
-    rb"(?:<\d{1,3}>)?(?P<stamp>[A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d) "
-    rb"(?P<host>[^\s:\[\]]{1,255}) " + _TAG)
+# The host is a host name, an IPv4 address or "(none)": nothing with "(" or "<", so a dovecot
+# own-file line such as "<stamp> imap(user name with spaces)<pid><session>: ..." can never be
+# read as "host tag: message". scan.py builds its pre-filter from these same pieces.
+HOST = rb"(?:[A-Za-z0-9._-]{1,255}|\(none\))"
+TAG_CHARS = rb"[A-Za-z0-9_./@+-]"
+TAG = rb"[A-Za-z0-9_]" + TAG_CHARS + rb"{0,63}"
+STAMP_3339 = rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?"
+STAMP_3164 = rb"[A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d"
+PRI = rb"(?:<\d{1,3}>)?"
+_TAG = rb"(?P<tag>" + TAG + rb")(?:\[(?P<pid>\d{1,10})\])?: "
+SYSLOG_3339 = re.compile(PRI + rb"(?P<stamp>" + STAMP_3339 + rb") (?P<host>" + HOST + rb") " + _TAG)
+SYSLOG_3164 = re.compile(PRI + rb"(?P<stamp>" + STAMP_3164 + rb") (?P<host>" + HOST + rb") " + _TAG)
 
 # --- the slow path --------------------------------------------------------------------------
 _STAMPS = (
@@ -50,7 +55,7 @@ _DOVECOT_SERVICE = re.compile(
     + _LEVELS)
 _LEVEL_FIRST = re.compile(_LEVELS)
 _HOSTLESS = re.compile(_TAG)
-_HOSTED = re.compile(rb"(?P<host>[^\s\[\]]{1,255}) " + _TAG)
+_HOSTED = re.compile(rb"(?P<host>[A-Za-z0-9._:-]{1,255}|\(none\)) " + _TAG)
 _QPOPPER_PID = re.compile(rb"\[(\d{1,10})\] {1,2}")
 _SOLARIS_MSGID = re.compile(rb"\[ID \d{1,10} [a-z0-9]{1,16}\.[a-z]{1,10}\] ")
 

@@ -13,11 +13,9 @@ from collections import Counter
 from itertools import compress, count
 from operator import itemgetter
 
+from .headers import HOST as _HOST, PRI, STAMP_3164, STAMP_3339, TAG as _TAG, TAG_CHARS as _TAG_CHARS
 from .packs import PackSet
 
-_TAG_CHARS = rb"[A-Za-z0-9_./@+-]"
-_HOST = rb"[^\s:\[\]]{1,255}"
-_TAG = rb"[A-Za-z0-9_]" + _TAG_CHARS + rb"{0,63}"
 _g0, _g1, _g2 = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
@@ -33,16 +31,39 @@ def _glob_regex(glob: str) -> bytes:
     return b"".join(out)
 
 
+def _trie(words: list[bytes]) -> bytes:
+    """A regex matching exactly `words`, branching on one byte at a time: the engine tries
+    one branch per tag character instead of every covered tag in turn."""
+    if words == [b""]:
+        return b""
+    groups: dict[bytes, list[bytes]] = {}
+    end = False
+    for w in words:
+        if w:
+            groups.setdefault(w[:1], []).append(w[1:])
+        else:
+            end = True
+    branches = [re.escape(first) + _trie(sorted(set(rest))) for first, rest in sorted(groups.items())]
+    body = b"|".join(branches)
+    if end:
+        return b"(?:" + body + b")?"
+    return body if len(branches) == 1 else b"(?:" + body + b")"
+
+
 def build_pattern(packs: PackSet) -> re.Pattern:
-    tags = []
+    exact, globs = [], []
     for pack in packs.packs.values():
         for prog in pack.programs:
-            tags.append(_glob_regex(prog))
-    covered = b"|".join(sorted(set(tags), key=len, reverse=True)) or rb"(?!)"
+            if any(c in prog for c in "*?"):
+                globs.append(_glob_regex(prog))
+            else:
+                exact.append(prog.encode())
+    alternatives = ([_trie(sorted(set(exact)))] if exact else []) + sorted(set(globs))
+    covered = b"|".join(alternatives) or rb"(?!)"
+    # (?=(\d)) and (?=([A-Z])) only mark which of the two stamps the line has.
     return re.compile(
-        rb"(?m)^(?:<\d{1,3}>)?"
-        rb"(?:(\d)\d{3}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?"
-        rb"|([A-Z])[a-z]{2} [ \d]?\d \d\d:\d\d:\d\d) " + _HOST +
+        rb"(?m)^" + PRI + rb"(?:(?=(\d))" + STAMP_3339 + rb"|(?=([A-Z]))" + STAMP_3164 + rb") "
+        + _HOST +
         rb" (?:((?:" + covered + rb"))(?=[\[:])|" + _TAG + rb")(?:\[\d{1,10}\])?: [^\n]*"
         rb"|^[^\n]*")
 

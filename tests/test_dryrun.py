@@ -1,0 +1,142 @@
+"""`logkey dry-run` as an administrator runs it: files, stdin, .gz, JSON Lines, exit codes."""
+import gzip
+import json
+
+import pytest
+
+from conftest import NOW, ROOT, SHARED_SAMPLES, run_logkey
+
+DOVECOT_LOGIN = ("Nov 27 10:00:00 mail dovecot: pop3-login: Login: user=<alice>, method=PLAIN, "
+                 "rip=198.51.100.7, lip=192.0.2.1, mpid=4711, TLS, session=<PeYcgjjOGOisEQAB>\n")
+VCHKPW_LOGIN = "Nov 27 11:00:00 mail vpopmail[42]: vchkpw-pop3: (PLAIN) login success bob@example.net:203.0.113.5\n"
+POSTFIX = "Nov 27 10:00:01 mail postfix/smtpd[4242]: connect from unknown[203.0.113.66]\n"
+EVENT_KEYS = {"type", "file", "line", "event", "pack", "protocol", "user", "ip", "time"}
+
+
+def jsonl(proc):
+    return [json.loads(x) for x in proc.stdout.decode().splitlines()]
+
+
+def test_json_lines_exact_keys(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_text(POSTFIX + DOVECOT_LOGIN + POSTFIX + VCHKPW_LOGIN)
+    out = jsonl(run_logkey("dry-run", "--json", "--now", NOW, str(log), check=0))
+    events, summary = out[:-1], out[-1]
+    assert [set(e) for e in events] == [EVENT_KEYS, EVENT_KEYS]
+    assert events[0] == {"type": "event", "file": str(log), "line": 2, "event": "login",
+                         "pack": "dovecot", "protocol": "pop3", "user": "alice",
+                         "ip": "198.51.100.7", "time": "2026-11-27T10:00:00+00:00"} or \
+        events[0]["time"].startswith("2026-11-27T10:00:00")
+    assert events[1]["ip"] == "203.0.113.5" and events[1]["line"] == 4
+    assert events[1]["pack"] == "qmail" and events[1]["protocol"] == "pop3"
+    assert summary["type"] == "summary"
+    assert summary["lines"] == 4
+    assert summary["events"] == {"login": 2, "logout": 0}
+    assert summary["formats"] == {"rfc3164": 4}
+
+
+def test_stdin_and_gzip(tmp_path):
+    gz = tmp_path / "mail.log.1.gz"
+    with gzip.open(gz, "wt") as f:
+        f.write(POSTFIX * 3 + VCHKPW_LOGIN)
+    out = jsonl(run_logkey("dry-run", "--json", "--now", NOW, "-", str(gz),
+                           stdin=DOVECOT_LOGIN.encode(), check=0))
+    assert [(e["file"], e["line"], e["ip"]) for e in out[:-1]] == [
+        ("-", 1, "198.51.100.7"), (str(gz), 4, "203.0.113.5")]
+    assert out[-1]["files"] == 2 and out[-1]["lines"] == 5
+
+
+def test_human_report(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_text(POSTFIX + DOVECOT_LOGIN + "garbage line\n"
+                   + "Nov 27 10:00:02 mail dovecot: pop3-login: Authenticated user bob from 1.2.3.4\n")
+    out = run_logkey("dry-run", "--now", "2026-11-27T10:05:00+00:00", str(log), check=0)
+    text = out.stdout.decode()
+    assert "Lines read: 4" in text
+    assert "unparsed       1" in text
+    assert "Near-misses: 1" in text and f"{log}:4" in text
+    assert "198.51.100.7" in text.split("Gates open at")[1]
+
+
+def test_gates_open_at_the_end_follow_the_window(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_text(DOVECOT_LOGIN + VCHKPW_LOGIN)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("window: 10m\n")
+    s = jsonl(run_logkey("dry-run", "--json", "--config", str(cfg), "--now",
+                         "2026-11-27T11:05:00+00:00", str(log), check=0))[-1]
+    assert [g["ip"] for g in s["open_gates"]] == ["203.0.113.5"]
+    s = jsonl(run_logkey("dry-run", "--json", "--config", str(cfg), str(log),
+                         env={"TZ": "UTC"}, check=0))[-1]
+    assert s["at"].startswith("2026-11-27T11:00:00") or s["at"].startswith("2025-11-27T11:00:00")
+    assert [g["ip"] for g in s["open_gates"]] == ["203.0.113.5"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["dry-run", "/nonexistent/mail.log"], "/nonexistent/mail.log: No such file"),
+    (["dry-run", "--pack", "nosuchpack", "x"], "no pack named 'nosuchpack'"),
+    (["dry-run", "--now", "yesterday", "x"], "--now: 'yesterday' is not an ISO 8601"),
+    (["dry-run", "--config", "/nonexistent.yaml", "x"], "/nonexistent.yaml: no such file"),
+    (["dry-run", "/"], "/: is a directory"),
+])
+def test_errors_are_one_line_and_exit_2(args, needle):
+    proc = run_logkey(*args)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert needle in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_config_key_exits_2(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("windw: 10\n")
+    proc = run_logkey("dry-run", "--config", str(cfg), "-", stdin=b"")
+    assert proc.returncode == 2
+    assert proc.stderr.decode() == f"logkey: {cfg}: windw: unknown key (known: " + \
+        proc.stderr.decode().split("(known: ")[1]
+
+
+def test_config_from_environment(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("window: nonsense\n")
+    proc = run_logkey("dry-run", "-", stdin=b"", env={"LOGKEY_CONFIG": str(cfg)})
+    assert proc.returncode == 2 and "window:" in proc.stderr.decode()
+
+
+def test_bad_local_pack_exits_2(tmp_path):
+    (tmp_path / "bad.yaml").write_text("programs: [x]\nevents:\n  - {id: a, kind: login, "
+                                       "protocol: pop3, regex: '^.* (?P<ip>[0-9.]{7,15})$'}\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"patterns_dir: {tmp_path}\n")
+    proc = run_logkey("dry-run", "--config", str(cfg), "-", stdin=b"")
+    assert proc.returncode == 2
+    assert f"{tmp_path}/bad.yaml: events[0] (a): unbounded wildcard" in proc.stderr.decode()
+
+
+def test_packs_test_and_list():
+    proc = run_logkey("packs", "test", check=0)
+    assert proc.stdout.decode().rstrip().splitlines()[-1].endswith(" 0 failed")
+    proc = run_logkey("packs", "list", check=0)
+    assert "dovecot:" in proc.stdout.decode()
+
+
+def test_help_and_version():
+    assert run_logkey("--version", check=0).stdout.decode().startswith("logkey ")
+    for sub in (["dry-run"], ["packs"], ["packs", "test"], ["packs", "list"]):
+        assert run_logkey(*sub, "--help", check=0).stdout
+
+
+@pytest.mark.skipif(not SHARED_SAMPLES.is_dir(), reason="shared samples not beside the project")
+def test_shared_samples_injection_opens_only_the_real_login():
+    out = jsonl(run_logkey("dry-run", "--json", "--now", NOW,
+                           str(SHARED_SAMPLES / "synthetic-injection.log"), check=0))
+    assert [(e["event"], e["ip"], e["user"]) for e in out[:-1]] == [
+        ("login", "198.51.100.7", "alice")]
+
+
+def test_bundled_sample_logs():
+    logs = sorted((ROOT / "tests" / "logs").glob("*.log"))
+    assert logs
+    out = jsonl(run_logkey("dry-run", "--json", "--now", NOW, *map(str, logs), check=0))
+    s = out[-1]
+    assert s["events"]["login"] > 0 and s["unparsed"] == 0

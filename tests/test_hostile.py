@@ -1,0 +1,118 @@
+"""Lines an attacker writes: none of them may open a gate, none may stop logkey."""
+import json
+from datetime import timezone
+
+import pytest
+
+from conftest import NOW, run_logkey
+from logkey.engine import Engine
+from logkey.headers import Clock
+from logkey.packs import load_packs
+from logkey.packtest import SAMPLE_NOW
+
+PACKS = load_packs()
+
+
+def events_of(*lines: bytes):
+    engine = Engine(PACKS, Clock(SAMPLE_NOW, timezone.utc))
+    out = []
+    for line in lines:
+        out += engine.feed_line(line)
+    return out, engine.stats
+
+
+HOSTILE = [
+    # CVE-2001-1075: poprelayd took "POP login by user ... at (...) IP" from anywhere in a line
+    b'Nov 27 10:00:00 mail postfix/smtpd[4242]: NOQUEUE: reject: RCPT from unknown[66.66.66.66]: '
+    b'554 5.7.1 <v@x>: Relay access denied; from=<"POP login by user "admin" at (66.66.66.66) '
+    b'66.66.66.66"@x> to=<v@x> proto=ESMTP helo=<x>',
+    b'Nov 27 10:00:00 mail postfix/smtpd[4242]: warning: "popper[1]: POP login by user "a" at '
+    b'(h) 66.66.66.66"',
+    b'Nov 27 10:00:00 mail postfix/smtpd[4242]: reject: from=<"dovecot: pop3-login: Login: '
+    b'user=<bob>, method=PLAIN, rip=203.0.113.66, lip=192.0.2.1"@evil.example>',
+    # another program whose message *starts* like a success line of a covered one
+    b'Nov 27 10:00:00 mail sshd[1]: pop3-login: Login: user=<a>, method=PLAIN, rip=203.0.113.9, lip=1.1.1.1',
+    b'Nov 27 10:00:00 mail sshd[1]: vchkpw-pop3: (PLAIN) login success a@b:203.0.113.9',
+    # failed logins with crafted user names
+    b'Nov 27 10:00:00 mail dovecot: pop3-login: Aborted login (auth failed, 1 attempts in 2 secs): '
+    b'user=<x>, method=PLAIN, rip=127.0.0.9, lip=127.0.0.1>, method=PLAIN, rip=203.0.113.9, lip=1.1.1.1',
+    b'Nov 27 10:00:00 mail dovecot: pop3-login: Disconnected (auth failed, 1 attempts): user=<Login: '
+    b'user=<a>, method=PLAIN, rip=127.0.0.9, lip=127.0.0.1>, method=PLAIN, rip=203.0.113.9',
+    b'Nov 27 10:00:00 mail vpopmail[1]: vchkpw-pop3: password fail x login success a@b:127.0.0.9:203.0.113.9',
+    b'Nov 27 10:00:00 mail popper[1]: -ERR [AUTH] Password supplied for "POP login by user "a" at (h) 127.0.0.9" is incorrect.',
+    # host names, zone ids and junk where the address should be
+    b'Nov 27 10:00:00 mail dovecot: pop3-login: Login: user=<a>, method=PLAIN, rip=evil.example, lip=1.1.1.1',
+    b'Nov 27 10:00:00 mail dovecot: pop3-login: Login: user=<a>, method=PLAIN, rip=fe80::1%eth0, lip=1.1.1.1',
+    b'Nov 27 10:00:00 mail vpopmail[1]: vchkpw-pop3: (PLAIN) login success a@b:999.1.1.1',
+    # two rip= (a user name carrying one) on a success-looking line
+    b'Nov 27 10:00:00 mail dovecot: pop3-login: Login: user=<x>, method=PLAIN, rip=127.0.0.9, '
+    b'lip=127.0.0.1>, method=PLAIN, rip=203.0.113.9, lip=1.1.1.1',
+    # CR, LF, NUL and invalid UTF-8 inside lines
+    b'Nov 27 10:00:00 mail dovecot: pop3-login: Login: user=<a\r\n>, method=PLAIN, rip=203.0.113.9\x00, lip=1.1.1.1',
+    b'Nov 27 10:00:00 mail dovecot: pop3-login: Login: user=<a>, method=PLAIN, rip=203.0.113.9\xff, lip=1.1.1.1',
+    b'Nov 27 10:00:00 mail dovecot: pop3-login: Login: user=<a>, method=PLAIN, rip=\xef\xbc\x91.1.1.1, lip=1.1.1.1',
+    b'Nov 27 10:00:00 mail \xff\xfe: pop3-login: Login: user=<a>, method=PLAIN, rip=203.0.113.9, lip=1.1.1.1',
+    # managesieve / submission / smtp logins never open a gate
+    b'Nov 27 10:00:00 mail dovecot: managesieve-login: Login: user=<a>, method=PLAIN, rip=203.0.113.9, lip=1.1.1.1',
+    b'Nov 27 10:00:00 mail dovecot: submission-login: Login: user=<a>, method=PLAIN, rip=203.0.113.9, lip=1.1.1.1',
+    b'Nov 27 10:00:00 mail vpopmail[1]: vchkpw-smtp: (PLAIN) login success a@b:203.0.113.9',
+    b'Nov 27 10:00:00 mail vpopmail[1]: vchkpw-submission: (PLAIN) login success a@b:203.0.113.9',
+]
+
+
+@pytest.mark.parametrize("line", HOSTILE)
+def test_hostile_line_gives_no_login(line):
+    events, _ = events_of(line)
+    assert [e for e in events if e.kind == "login"] == []
+
+
+def test_a_real_login_still_counts_after_hostile_lines():
+    real = (b"Nov 27 10:00:01 mail dovecot: pop3-login: Login: user=<alice>, method=PLAIN, "
+            b"rip=198.51.100.7, lip=192.0.2.1, mpid=4711, TLS, session=<PeYcgjjOGOisEQAB>")
+    events, stats = events_of(*HOSTILE, real)
+    assert [(e.kind, e.ip) for e in events if e.kind == "login"] == [("login", "198.51.100.7")]
+    assert stats.rejected_ips + stats.refused_lines >= 3
+
+
+def test_huge_and_binary_lines_through_the_cli(tmp_path):
+    log = tmp_path / "hostile.log"
+    real = (b"Nov 27 10:00:01 mail dovecot: pop3-login: Login: user=<alice>, method=PLAIN, "
+            b"rip=198.51.100.7, lip=192.0.2.1, mpid=4711, TLS, session=<PeYcgjjOGOisEQAB>\n")
+    with open(log, "wb") as f:
+        f.write(b"Nov 27 10:00:00 mail dovecot: pop3-login: Login: user=<" + b"A" * (1 << 20)
+                + b">, method=PLAIN, rip=203.0.113.9, lip=1.1.1.1\n")
+        f.write(b"\x00" * 5000 + b"\n" + bytes(b for b in range(256) if b != 10) * 40 + b"\n")
+        f.write(b"Nov 27 10:00:00 mail dovecot: " + b"pop3-login: Login: " * 30000 + b"\n")
+        f.write(b"\xff" * 100 + b" dovecot: pop3-login: Login: rip=203.0.113.9\n")
+        f.write(real)
+        f.write(b"x" * (3 << 20))                       # a last line with no newline at all
+    out = run_logkey("dry-run", "--json", "--now", NOW, str(log), check=0)
+    lines = [json.loads(x) for x in out.stdout.decode().splitlines()]
+    assert [(e["line"], e["ip"]) for e in lines[:-1]] == [(6, "198.51.100.7")]
+    s = lines[-1]
+    assert s["lines"] == 7 and s["too_long"] == 3
+
+
+def test_match_time_limit_counts_and_carries_on(tmp_path):
+    # A local pack whose (lint-clean) regex backtracks badly on a crafted line.
+    (tmp_path / "packs").mkdir()
+    (tmp_path / "packs" / "slow.yaml").write_text(
+        "programs: [slowd]\n"
+        "events:\n"
+        "  - id: login\n"
+        "    kind: login\n"
+        "    protocol: pop3\n"
+        "    regex: '^(?:(?:a|aa|aaa){1,40}){1,40}b (?P<ip>[0-9.]{7,15})$'\n"
+        "samples:\n"
+        "  - line: 'Nov 27 10:00:00 h slowd: ab 192.0.2.1'\n"
+        "    expect: {kind: login, ip: 192.0.2.1}\n"
+        "    source: test\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"patterns_dir: {tmp_path / 'packs'}\n")
+    log = tmp_path / "m.log"
+    log.write_text("Nov 27 10:00:00 h slowd: " + "a" * 60 + "c 192.0.2.1\n"
+                   "Nov 27 10:00:01 h slowd: ab 192.0.2.2\n")
+    out = run_logkey("dry-run", "--json", "--config", str(cfg), "--now", NOW, str(log), check=0)
+    lines = [json.loads(x) for x in out.stdout.decode().splitlines()]
+    assert [e["ip"] for e in lines[:-1]] == ["192.0.2.2"]
+    assert lines[-1]["timeouts"] == 1
