@@ -60,9 +60,10 @@ def build_pattern(packs: PackSet) -> re.Pattern:
                 exact.append(prog.encode())
     alternatives = ([_trie(sorted(set(exact)))] if exact else []) + sorted(set(globs))
     covered = b"|".join(alternatives) or rb"(?!)"
-    # (?=(\d)) and (?=([A-Z])) only mark which of the two stamps the line has.
+    # Groups 1 and 2 capture the first character of the stamp only to tell which it is.
+    assert STAMP_3339.startswith(rb"\d{4}") and STAMP_3164.startswith(rb"[A-Z][a-z]{2}")
     return re.compile(
-        rb"(?m)^" + PRI + rb"(?:(?=(\d))" + STAMP_3339 + rb"|(?=([A-Z]))" + STAMP_3164 + rb") "
+        rb"(?m)^" + PRI + rb"(?:(\d)\d{3}" + STAMP_3339[5:] + rb"|([A-Z])" + STAMP_3164[5:] + rb") "
         + _HOST +
         rb" (?:((?:" + covered + rb"))(?=[\[:])|" + _TAG + rb")(?:\[\d{1,10}\])?: [^\n]*"
         rb"|^[^\n]*")

@@ -140,3 +140,45 @@ def test_bundled_sample_logs():
     out = jsonl(run_logkey("dry-run", "--json", "--now", NOW, *map(str, logs), check=0))
     s = out[-1]
     assert s["events"]["login"] > 0 and s["unparsed"] == 0
+
+
+@pytest.mark.parametrize("order", [("popa3d-syslog.log", "tcpserver-multilog.log"),
+                                   ("tcpserver-multilog.log", "popa3d-syslog.log")])
+def test_pid_join_spans_two_files_in_either_order(order):
+    files = [str(ROOT / "tests" / "logs" / name) for name in order]
+    out = jsonl(run_logkey("dry-run", "--json", "--now", NOW, *files, check=0))
+    logins = sorted((e["ip"], e["user"], e["pack"]) for e in out[:-1] if e["event"] == "login")
+    assert logins == [("127.0.0.2", "lktest", "popa3d"), ("127.0.0.9", "lktest", "popa3d")]
+    completing = {e["file"] for e in out[:-1]}
+    assert completing == {files[1]}          # emitted at the line that completes the pair
+
+
+def test_parallel_and_serial_reading_agree(tmp_path, monkeypatch):
+    """A large file is matched by worker processes; the report must be the same."""
+    import io
+    from datetime import datetime, timezone
+
+    from logkey import bulk, dryrun
+    from logkey.headers import Clock
+    from logkey.packs import load_packs
+
+    log = tmp_path / "big.log"
+    src = (ROOT / "tests" / "logs" / "mail.log").read_bytes()
+    with open(log, "wb") as f:
+        for _ in range(400):
+            f.write(src)
+            f.write(b"x" * 70000 + b"\n")           # a too-long line now and then
+    packs = load_packs()
+
+    def report(parallel_min):
+        monkeypatch.setattr(bulk, "PARALLEL_MIN_BYTES", parallel_min)
+        monkeypatch.setattr(bulk, "CHUNK_MIN_BYTES", 1 << 20)
+        out = io.StringIO()
+        summary = dryrun.run([str(log)], packs, Clock(datetime(2026, 11, 28, tzinfo=timezone.utc)),
+                             window=600, join_window=600, json_out=True, out=out)
+        return out.getvalue()
+
+    serial = report(1 << 40)
+    parallel = report(1)
+    assert serial == parallel
+    assert serial.count('"type": "event"') == 400 * 13
