@@ -13,7 +13,7 @@ from . import __version__
 from . import config as config_mod
 from .dryrun import DryRunError
 from .headers import Clock
-from .packs import PackError, load_packs
+from .packs import PackError, load_packs, own_file_rules
 
 
 class UsageError(Exception):
@@ -49,7 +49,7 @@ def cmd_dry_run(args) -> int:
         if pack is None or not pack.untagged:
             raise UsageError(f"--own-file: pack {args.own_file!r} is not loaded or has no "
                              "untagged rules")
-        own_rules = pack.untagged
+        own_rules = own_file_rules(pack)
     run(args.files, packs, Clock(now, cfg.timezone), window=cfg.window,
         join_window=cfg.join_window, json_out=args.json, out=sys.stdout,
         line_max=cfg.line_max, own_rules=own_rules)

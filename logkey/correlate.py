@@ -4,7 +4,8 @@
   popa3d's "Session from IP") gives its IP to a later `login` of the same pid that has none.
   Either may be read first (two files read one after the other): the login is emitted when the
   pair is complete, if connect and login are at most `join_window` seconds apart and the connect
-  is not after the login (one second of skew allowed).
+  is not after the login (one second of skew allowed), and come from the same host when both
+  lines name one (a multilog file names none).
 - session join: a login that names a session lends its IP to the logout of that session
   (dovecot logs logouts with the session id but without the IP).
 """
@@ -42,6 +43,8 @@ class Correlator:
     def _pair_ok(self, connect: Event, login: Event) -> bool:
         if connect.time is None or login.time is None:
             return False
+        if connect.host and login.host and connect.host != login.host:
+            return False                        # same pid, different machines
         return login.time - self.window <= connect.time <= login.time + SKEW
 
     def feed(self, event: Event) -> list[Event]:

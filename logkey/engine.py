@@ -14,7 +14,7 @@ import regex
 from . import headers
 from .correlate import Correlator
 from .events import CONNECT, GATE_PROTOCOLS, LOGIN, Event, canonical_ip
-from .packs import PackSet, match_rules
+from .packs import PackSet
 
 NEAR_MISS_WORDS = regex.compile(r"(?i)log(?:ged |\s?)in|logout|auth|user|pass|session")
 NEAR_MISS_KEEP = 20
@@ -132,12 +132,12 @@ class Engine:
             return None
         message = text.decode("utf-8", "surrogateescape")
         try:
-            m = match_rules(rules, message, program, header.pid)
+            m = rules.match(message, program, header.pid)
         except TimeoutError:
             self.stats.timeouts += 1
             return None
         if m is None:
-            self._no_match(program, message, where)
+            self._no_match(rules, program, message, where)
             return None
         stats = self.stats
         rule = m.rule
@@ -157,12 +157,18 @@ class Engine:
             stats.not_pop_imap += 1
             return None
         return Event(rule.kind, ip, m.user, m.protocol, self.clock.time(header), rule.pack,
-                     rule.id, m.session, m.pid, rule.join)
+                     rule.id, m.session, m.pid, rule.join,
+                     header.host.decode("ascii") if header.host else None)
 
-    def _no_match(self, program, message, where):
+    def _no_match(self, rules, program, message, where):
         if not NEAR_MISS_WORDS.search(message):
             return
-        if self.packs.ignored(program, message):
+        try:
+            known = rules.ignored(message)
+        except TimeoutError:
+            self.stats.timeouts += 1
+            return
+        if known:
             self.stats.ignored += 1             # a known non-event (a failure, a statistic)
             return
         self.stats.near_misses += 1

@@ -50,6 +50,7 @@ class Event:
     session: str | None = None
     pid: str | None = None
     join: str | None = None    # "pid" when the rule joins by pid
+    host: str | None = None    # the syslog host, when the line names one
 
 
 def canonical_ip(text: str) -> str | None:

@@ -238,72 +238,117 @@ def _check_sample(path, i, s):
         _fail(path, where, f"expect: unknown key {sorted(bad)[0]!r}")
 
 
+_INLINE_FLAGS = regex.compile(r"\(\?[aiLmsux]+\)")
+
+
+class Dispatch:
+    """The rules and known non-events for one program tag. Each set is compiled into one
+    regex (a branch per rule, marked by an empty group), so a line costs one match under one
+    time limit however many rules apply; first branch that matches the whole message wins,
+    exactly as trying the rules in order would."""
+    __slots__ = ("rules", "pattern", "markers", "ignore")
+
+    def __init__(self, rules: list[Rule], ignore: list[regex.Pattern]):
+        self.rules = rules
+        self.pattern = None
+        self.markers = [(f"_r{i}", rule) for i, rule in enumerate(rules)]
+        sources = [r.pattern.pattern for r in rules]
+        if rules and not any(_INLINE_FLAGS.search(src) for src in sources):
+            try:
+                self.pattern = regex.compile("(?:" + "|".join(
+                    f"(?P<_r{i}>)(?:{src[1:-1]})" for i, src in enumerate(sources)) + ")")
+            except regex.error:
+                self.pattern = None
+        self.ignore = None
+        if ignore:
+            self.ignore = regex.compile("(?:" + "|".join(f"(?:{p.pattern})" for p in ignore) + ")")
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def match(self, message: str, program: str | None, header_pid: str | None):
+        """The first rule matching the whole message, as a Match; None when none matches.
+        Raises TimeoutError when the match hits its time limit."""
+        if self.pattern is not None:
+            m = self.pattern.fullmatch(message, timeout=MATCH_TIMEOUT)
+            if m is None:
+                return None
+            for name, rule in self.markers:
+                if m.group(name) is not None:
+                    return _to_match(rule, m, program, header_pid)
+            return None
+        for rule in self.rules:
+            m = rule.pattern.fullmatch(message, timeout=MATCH_TIMEOUT)
+            if m is not None:
+                return _to_match(rule, m, program, header_pid)
+        return None
+
+    def ignored(self, message: str) -> bool:
+        return self.ignore is not None and \
+            self.ignore.match(message, timeout=MATCH_TIMEOUT) is not None
+
+
+NO_RULES = Dispatch([], [])
+
+
 class PackSet:
     """The loaded packs, indexed by program tag."""
 
     def __init__(self, packs: list[Pack]):
         self.packs = {p.name: p for p in packs}
-        self._exact: dict[str, list[Rule]] = {}
+        exact: dict[str, list[Pack]] = {}
         self._globs: list[tuple[str, Pack]] = []
-        self._ignore_by_program: dict[str, list[regex.Pattern]] = {}
         for pack in packs:
             for prog in pack.programs:
-                if any(c in prog for c in "*?["):
+                if any(c in prog for c in "*?"):
                     self._globs.append((prog, pack))
                 else:
-                    self._exact.setdefault(prog, []).extend(pack.rules)
-                    self._ignore_by_program.setdefault(prog, []).extend(pack.ignore)
-        self.untagged = [r for p in packs for r in p.untagged]
-        self.untagged_ignore = [i for p in packs if p.untagged for i in p.ignore]
-        self._cache: dict[str, list[Rule]] = dict(self._exact)
+                    exact.setdefault(prog, []).append(pack)
+        self._exact = exact
+        self.untagged = Dispatch([r for p in packs for r in p.untagged],
+                                 [i for p in packs if p.untagged for i in p.ignore])
+        self._cache: dict[str, Dispatch] = {}
 
-    def rules_for(self, program: str) -> list[Rule]:
-        """The rules for a tag ([] for programs no pack covers). O(1) after the first call."""
-        rules = self._cache.get(program)
-        if rules is None:
-            rules, ignore = [], []
+    def rules_for(self, program: str) -> Dispatch:
+        """The rules for a tag (empty for programs no pack covers). O(1) after the first call."""
+        dispatch = self._cache.get(program)
+        if dispatch is None:
+            chosen = list(self._exact.get(program, ()))
             for glob, pack in self._globs:
-                if fnmatch.fnmatchcase(program, glob):
-                    rules = rules + pack.rules
-                    ignore = ignore + pack.ignore
+                if pack not in chosen and fnmatch.fnmatchcase(program, glob):
+                    chosen.append(pack)
+            dispatch = Dispatch([r for p in chosen for r in p.rules],
+                                [i for p in chosen for i in p.ignore]) if chosen else NO_RULES
             if len(self._cache) < 65536:
-                self._cache[program] = rules
-                if ignore:
-                    self._ignore_by_program[program] = \
-                        self._ignore_by_program.get(program, []) + ignore
-        return rules
+                self._cache[program] = dispatch
+        return dispatch
 
     def ignored(self, program: str | None, message: str) -> bool:
-        patterns = (self._ignore_by_program.get(program, ()) if program is not None
-                    else self.untagged_ignore)
-        return any(p.match(message, timeout=MATCH_TIMEOUT) for p in patterns)
+        dispatch = self.rules_for(program) if program is not None else self.untagged
+        return dispatch.ignored(message)
 
 
-def match_rules(rules: list[Rule], message: str, program: str | None, header_pid: str | None):
-    """The first rule matching the whole message, as a Match; None when none matches.
+def own_file_rules(pack: Pack) -> Dispatch:
+    """The rules tried on every line of a file the configuration says is PACK's own log."""
+    return Dispatch(pack.untagged, pack.ignore)
 
-    Raises TimeoutError when a regex hits its time limit.
-    """
-    for rule in rules:
-        m = rule.pattern.fullmatch(message, timeout=MATCH_TIMEOUT)
-        if m is None:
-            continue
-        groups = m.groupdict()
-        got = {k: groups.get(k) for k in ("ip", "user", "protocol", "session", "pid")}
-        rejected = None
-        if rule.fields is not None:
-            rejected = _read_fields(rule.fields, groups.get("fields") or "", got)
-        protocol = got["protocol"]
-        if rule.protocol == "program":
-            protocol = program
-        elif rule.protocol is not None:
-            protocol = rule.protocol
-        if protocol is not None:
-            mapped = normalise_protocol(protocol, rule.protocols)
-            protocol = None if mapped in (None, "none") else mapped
-        return Match(rule, got["ip"], got["user"], protocol, got["session"],
-                     got["pid"] or header_pid, rejected)
-    return None
+
+def _to_match(rule: Rule, m, program: str | None, header_pid: str | None) -> Match:
+    groups = m.groupdict()
+    got = {k: groups.get(k) for k in ("ip", "user", "protocol", "session", "pid")}
+    rejected = None
+    if rule.fields is not None:
+        rejected = _read_fields(rule.fields, groups.get("fields") or "", got)
+    protocol = got["protocol"]
+    if rule.protocol == "program":
+        protocol = program
+    elif rule.protocol is not None:
+        protocol = rule.protocol
+    if protocol is not None:
+        mapped = normalise_protocol(protocol, rule.protocols)
+        protocol = None if mapped in (None, "none") else mapped
+    return Match(rule, got["ip"], got["user"], protocol, got["session"],
+                 got["pid"] or header_pid, rejected)
 
 
 def _read_fields(spec: Fields, text: str, got: dict) -> str | None:

@@ -116,3 +116,19 @@ def test_match_time_limit_counts_and_carries_on(tmp_path):
     lines = [json.loads(x) for x in out.stdout.decode().splitlines()]
     assert [e["ip"] for e in lines[:-1]] == ["192.0.2.2"]
     assert lines[-1]["timeouts"] == 1
+
+
+def test_pid_join_needs_the_same_host_and_the_window():
+    login = b"Nov 27 10:00:05 mail popa3d[4242]: Authentication passed for bob"
+    other_host = b"Nov 27 10:00:04 other popa3d[4242]: Session from 203.0.113.7"
+    same_host = b"Nov 27 10:00:04 mail popa3d[4242]: Session from 203.0.113.8"
+    too_old = b"Nov 27 09:40:00 mail popa3d[4242]: Session from 203.0.113.9"
+    after = b"Nov 27 10:00:09 mail popa3d[4242]: Session from 203.0.113.10"
+    assert events_of(other_host, login)[0] == []
+    assert events_of(too_old, login)[0] == []
+    assert events_of(login, after)[0] == []
+    assert [e.ip for e in events_of(same_host, login)[0]] == ["203.0.113.8"]
+    # a multilog line names no host: it joins a syslog line of any host
+    multilog = b"@400000006b0a1fc6384f7d3c tcpserver: pid 4242 from 203.0.113.11"
+    late_login = b"Nov 28 00:26:37 mail popa3d[4242]: Authentication passed for bob"
+    assert [e.ip for e in events_of(multilog, late_login)[0]] == ["203.0.113.11"]
