@@ -15,7 +15,7 @@ from datetime import datetime
 from .engine import Engine, Stats
 from .events import LOGIN, LOGOUT
 from .gates import GateTable
-from .headers import Clock, parse
+from .headers import Clock
 from .bulk import matched_blocks
 from .lines import open_log, read_lines
 from .scan import Scanner
@@ -51,9 +51,6 @@ class _Progress:
             self.stream.write(f"\r{path[-50:]}: {lines:,} lines")
             self.stream.flush()
 
-    def finish_file(self, path):
-        pass
-
     def close(self):
         if self.enabled:
             self.stream.write("\r" + " " * 78 + "\r")
@@ -73,23 +70,28 @@ def _own_file_blocks(path, matcher, own_rules, line_max):
     bulk.matched_blocks."""
     f = open_log(path)
     try:
-        stats, events, n = Stats(), [], 0
-        matcher.stats = stats
-        for line in read_lines(f, line_max):
-            stats.lines += 1
-            if line is None:
-                stats.too_long += 1
-            else:
-                event = matcher.match_line(line, (path, n), own_rules)
-                if event is not None:
-                    events.append((n, event))
-            n += 1
-            if n >= 4096:
+        lines = read_lines(f, line_max)
+        while True:
+            stats = matcher.stats = Stats()
+            events, n, last = [], 0, None
+            for line in lines:
+                stats.lines += 1
+                if line is None:
+                    stats.too_long += 1
+                else:
+                    last = line
+                    event = matcher.match_line(line, (path, n), own_rules)
+                    if event is not None:
+                        events.append((n, event))
+                n += 1
+                if n >= 4096:
+                    break
+            if last is not None:
+                stats.last_time = matcher.line_time(last)
+            if n:
                 yield n, events, stats
-                stats, events, n = Stats(), [], 0
-                matcher.stats = stats
-        if n:
-            yield n, events, stats
+            if n < 4096:
+                return
     finally:
         if f is not sys.stdin.buffer:
             f.close()
@@ -101,25 +103,6 @@ def _later(a, b):
     if b is None:
         return a
     return max(a, b)
-
-
-def _last_line_time(path, clock):
-    """The time of a plain file's last line (stdin and .gz: their events' times suffice)."""
-    tail = None
-    if path != "-":
-        try:
-            with open(path, "rb") as f:
-                if f.read(2) != b"\x1f\x8b":
-                    size = f.seek(0, os.SEEK_END)
-                    f.seek(max(0, size - 8192))
-                    lines = f.read().rstrip(b"\r\n").split(b"\n")
-                    tail = lines[-1] if lines else fallback
-        except OSError:
-            pass
-    if tail is None:
-        return None
-    header = parse(tail.rstrip(b"\r"))
-    return clock.time(header) if header is not None else None
 
 
 def _event_json(path, lineno, e) -> str:
@@ -153,6 +136,7 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, window: float, join_w
             for n, events, block_stats in blocks:
                 base = lineno
                 stats.merge(block_stats, lambda w: (w[0], base + w[1] + 1))
+                last_time = _later(last_time, block_stats.last_time)
                 for index, event in events:
                     for e in engine.complete(event):
                         gates.apply(e)
@@ -166,8 +150,6 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, window: float, join_w
         except (OSError, EOFError) as exc:        # unreadable, or a truncated .gz
             raise DryRunError(f"{path}: line {lineno + 1}: "
                               f"{getattr(exc, 'strerror', None) or exc}") from None
-        progress.finish_file(path)
-        last_time = _later(last_time, _last_line_time(path, clock))
     progress.close()
     at = clock.now or last_time
     open_gates = gates.open_at(at) if at is not None else []

@@ -33,6 +33,7 @@ class Stats:
     not_pop_imap: int = 0            # logins of other protocols (managesieve, smtp ...)
     near_misses: int = 0
     ignored: int = 0
+    last_time: object = None                                # time of the last line read
     formats: Counter = field(default_factory=Counter)
     hits: Counter = field(default_factory=Counter)          # (pack, rule id) -> count
     events: Counter = field(default_factory=Counter)        # (pack, kind) -> count
@@ -44,6 +45,9 @@ class Stats:
         for name in ("lines", "too_long", "unparsed", "timeouts", "rejected_ips",
                      "refused_lines", "not_pop_imap", "near_misses", "ignored"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        if other.last_time is not None and (self.last_time is None
+                                            or other.last_time > self.last_time):
+            self.last_time = other.last_time
         self.formats.update(other.formats)
         self.hits.update(other.hits)
         self.events.update(other.events)
@@ -98,6 +102,11 @@ class Engine:
             return None
         self.stats.formats[header.format] += 1
         return self.match_header(header, where, own_rules)
+
+    def line_time(self, line: bytes):
+        """The time stamp of a line, or None."""
+        header = headers.parse(line)
+        return self.clock.time(header) if header is not None else None
 
     def match_picked(self, line: bytes, where, header_counted: bool, cap: int) -> Event | None:
         """A line the bulk scanner picked; it already counted the line (and, when

@@ -182,3 +182,17 @@ def test_parallel_and_serial_reading_agree(tmp_path, monkeypatch):
     parallel = report(1)
     assert serial == parallel
     assert serial.count('"type": "event"') == 400 * 13
+
+
+def test_own_file_reads_every_line_of_a_large_file(tmp_path):
+    """--own-file: qpopper's trace file, untagged lines, beyond one 4096-line batch."""
+    log = tmp_path / "popper.trace"
+    with open(log, "w") as f:
+        for i in range(10000):
+            f.write(f"Mon Nov 27 10:{i // 600 % 60:02d}:{i // 10 % 60:02d} 2026 [{1000 + i}] "
+                    f"(v4.0.5) POP login by user \"u{i}\" at (h.example) 198.51.{i // 250 % 256}.{i % 250 + 1}\n")
+    out = jsonl(run_logkey("dry-run", "--json", "--own-file", "qpopper", "--now", NOW, str(log),
+                           check=0))
+    assert out[-1]["lines"] == 10000
+    assert out[-1]["events"]["login"] == 10000, out[-1]
+    assert out[9999]["line"] == 10000 and out[9999]["ip"] == "198.51.39.250"
