@@ -1,7 +1,7 @@
 """Reading a log in matched blocks, on every core for a large plain file.
 
 Reads: the file (or stdin / gzip stream, then in this process only). Yields, in file order,
-one (line count, [(index in block, Event)], Stats) per block: the stateless part of the work
+one (line count, [(index in block, Event or None, cut mark)], Stats) per block: the stateless part of the work
 (pre-filter, header, rules, IP check) is done here; correlation, which needs log order, is
 left to the caller. A large plain file is cut at line boundaries into chunks handled by worker
 processes; results come back in order, so line numbers and correlation stay exact. Line
@@ -36,8 +36,8 @@ def _match_blocks(scanner: Scanner, matcher: Engine, f, cap: int, path: str):
         events = []
         for index, line, counted in picks:
             event = matcher.match_picked(line, (path, index), counted, cap)
-            if event is not None:
-                events.append((index, event))
+            if event is not None or matcher.cut_mark is not None:
+                events.append((index, event, matcher.cut_mark))
         yield n, events, stats
 
 

@@ -81,8 +81,8 @@ def _own_file_blocks(path, matcher, own_rules, line_max):
                 else:
                     last = line
                     event = matcher.match_line(line, (path, n), own_rules)
-                    if event is not None:
-                        events.append((n, event))
+                    if event is not None or matcher.cut_mark is not None:
+                        events.append((n, event, matcher.cut_mark))
                 n += 1
                 if n >= 4096:
                     break
@@ -137,8 +137,8 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, window: float, join_w
                 base = lineno
                 stats.merge(block_stats, lambda w: (w[0], base + w[1] + 1))
                 last_time = _later(last_time, block_stats.last_time)
-                for index, event in events:
-                    for e in engine.complete(event):
+                for index, event, cut_mark in events:
+                    for e in engine.sequence(event, cut_mark):
                         gates.apply(e)
                         last_time = _later(last_time, e.time)
                         if json_out:
@@ -178,6 +178,7 @@ def _summary(stats, paths, at, open_gates) -> dict:
         "unparsed": stats.unparsed, "too_long": stats.too_long, "timeouts": stats.timeouts,
         "rejected_ips": stats.rejected_ips, "refused_lines": stats.refused_lines,
         "not_pop_imap": stats.not_pop_imap, "ignored": stats.ignored,
+        "cut_fragments": stats.cut_fragments,
         "near_misses": stats.near_misses,
         "at": at.isoformat() if at else None,
         "open_gates": [{"ip": g.ip, "until": g.expires.isoformat(), "user": g.user,
@@ -203,6 +204,9 @@ def _human(s: dict, stats, out) -> None:
             p(f"    {rule:<28} {n}\n")
     p(f"Too long lines: {s['too_long']}   match time-outs: {s['timeouts']}   "
       f"known non-events: {s['ignored']}   not POP3/IMAP: {s['not_pop_imap']}\n")
+    if s["cut_fragments"]:
+        p(f"Cut fragments: {s['cut_fragments']} (the rest of a long line the logger cut; "
+          "never an event)\n")
     p(f"Rejected: {s['rejected_ips']} IP(s) not a literal address, "
       f"{s['refused_lines']} line(s) with a repeated or missing field\n")
     for where, reason in stats.rejected_examples:

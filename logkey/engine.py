@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import regex
 
@@ -20,6 +21,7 @@ NEAR_MISS_WORDS = regex.compile(r"(?i)log(?:ged |\s?)in|logout|auth|user|pass|se
 NEAR_MISS_KEEP = 20
 REJECTED_KEEP = 20
 _NONE: list = []
+CUT_FOLLOWS_WITHIN = timedelta(seconds=2)
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Stats:
     not_pop_imap: int = 0            # logins of other protocols (managesieve, smtp ...)
     near_misses: int = 0
     ignored: int = 0
+    cut_fragments: int = 0           # rests of lines a logger cut, dropped
     last_time: object = None                                # time of the last line read
     formats: Counter = field(default_factory=Counter)
     hits: Counter = field(default_factory=Counter)          # (pack, rule id) -> count
@@ -43,7 +46,7 @@ class Stats:
     def merge(self, other: "Stats", where=lambda w: w) -> None:
         """Add another Stats' counts (a worker's); `where` re-bases its line references."""
         for name in ("lines", "too_long", "unparsed", "timeouts", "rejected_ips",
-                     "refused_lines", "not_pop_imap", "near_misses", "ignored"):
+                     "refused_lines", "not_pop_imap", "near_misses", "ignored", "cut_fragments"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         if other.last_time is not None and (self.last_time is None
                                             or other.last_time > self.last_time):
@@ -64,12 +67,27 @@ class Engine:
         self.correlator = Correlator(join_window)
         self.stats = Stats()
         self._by_tag: dict[bytes, list] = {}
+        self.cut_mark = None            # set by match_*: (key, long, time) for cut-prone tags
+        self._pending_cut: dict = {}    # (host, program) -> time of a long message
 
     def feed_line(self, line: bytes, where=None, own_rules=None) -> list[Event]:
         """One line without its newline (the caller counts lines): the events it completes.
         `own_rules`: untagged rules of the pack whose own file this is, tried on every line's
         text after the time stamp."""
         event = self.match_line(line, where, own_rules)
+        return self.sequence(event, self.cut_mark)
+
+    def sequence(self, event: Event | None, cut_mark) -> list[Event]:
+        """The order-dependent part, in log order: cut fragments, then correlation."""
+        if cut_mark is not None:
+            key, long, when = cut_mark
+            cut_time = self._pending_cut.pop(key, None)
+            if long:
+                self._pending_cut[key] = when
+            if cut_time is not None and (when is None or cut_time is None
+                                         or when - cut_time <= CUT_FOLLOWS_WITHIN):
+                self.stats.cut_fragments += 1
+                return _NONE
         return self.complete(event) if event is not None else _NONE
 
     def complete(self, event: Event) -> list[Event]:
@@ -82,6 +100,7 @@ class Engine:
     def match_line(self, line: bytes, where=None, own_rules=None) -> Event | None:
         """The event one line says happened, before correlation (stateless but for counts)."""
         stats = self.stats
+        self.cut_mark = None
         # Fast path: most lines are syslog lines of programs no pack covers (Postfix ...);
         # they cost one regex match and one dict lookup, and no Header object.
         m = headers.SYSLOG_3339.match(line) or headers.SYSLOG_3164.match(line)
@@ -112,6 +131,7 @@ class Engine:
         """A line the bulk scanner picked; it already counted the line (and, when
         `header_counted`, its header format)."""
         stats = self.stats
+        self.cut_mark = None
         if line[-1:] == b"\r":
             line = line[:-1]
         header = headers.parse(line[:cap + 1] if header_counted else line)
@@ -139,6 +159,9 @@ class Engine:
             rules, text = self.packs.rules_for(program), header.message
         if not rules:
             return None
+        if rules.cut_at is not None:
+            self.cut_mark = ((header.host, program), len(text) >= rules.cut_at,
+                             self.clock.time(header))
         message = text.decode("utf-8", "surrogateescape")
         try:
             m = rules.match(message, program, header.pid)

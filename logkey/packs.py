@@ -24,7 +24,7 @@ from .events import CONNECT, KINDS, LOGIN, LOGOUT, normalise_protocol
 GROUPS = frozenset(("ip", "user", "protocol", "session", "pid", "fields"))
 FIELD_TARGETS = frozenset(("ip", "user", "session", "protocol", "pid"))
 PACK_KEYS = frozenset(("description", "covers", "programs", "events", "untagged", "ignore",
-                       "protocols", "samples"))
+                       "protocols", "cut", "samples"))
 RULE_KEYS = frozenset(("id", "kind", "regex", "protocol", "fields", "join"))
 MATCH_TIMEOUT = 0.05          # seconds per regex match; a line that hits it gives no event
 
@@ -76,6 +76,7 @@ class Pack:
     ignore: list[regex.Pattern]
     samples: list[dict]
     protocols: dict[str, str] = field(default_factory=dict)
+    cut_at: int | None = None     # messages this long may be cut by the logger (see Dispatch)
 
 
 def shipped_dir() -> Path:
@@ -211,11 +212,19 @@ def load_pack(path: Path) -> Pack:
         _fail(path, "samples", "a pack needs samples (a rule without samples is untested)")
     for i, s in enumerate(samples):
         _check_sample(path, i, s)
+    cut = data.get("cut")
+    cut_at = None
+    if cut is not None:
+        if not isinstance(cut, dict) or set(cut) != {"min"} or isinstance(cut["min"], bool) \
+                or not isinstance(cut["min"], int) or not 1 <= cut["min"] <= 65536:
+            _fail(path, "cut", "must be {min: BYTES}: the length from which a message may be "
+                               "the first part of a line the logger cut")
+        cut_at = cut["min"]
     covers = data.get("covers") or []
     if not isinstance(covers, list):
         _fail(path, "covers", "must be a list of strings")
     return Pack(name, path, str(data.get("description") or ""), [str(c) for c in covers],
-                list(programs), rules, untagged, ignore, samples, protocols)
+                list(programs), rules, untagged, ignore, samples, protocols, cut_at)
 
 
 def _check_sample(path, i, s):
@@ -246,10 +255,14 @@ class Dispatch:
     regex (a branch per rule, marked by an empty group), so a line costs one match under one
     time limit however many rules apply; first branch that matches the whole message wins,
     exactly as trying the rules in order would."""
-    __slots__ = ("rules", "pattern", "markers", "ignore")
+    __slots__ = ("rules", "pattern", "markers", "ignore", "cut_at")
 
-    def __init__(self, rules: list[Rule], ignore: list[regex.Pattern]):
+    def __init__(self, rules: list[Rule], ignore: list[regex.Pattern], cut_at: int | None = None):
         self.rules = rules
+        # A logger that cuts long messages (courierlogger: 511 bytes) makes the rest of a long
+        # line the next message of the same tag; its text is the client's, so it must never
+        # be an event (see Engine.sequence).
+        self.cut_at = cut_at
         self.pattern = None
         self.markers = [(f"_r{i}", rule) for i, rule in enumerate(rules)]
         sources = [r.pattern.pattern for r in rules]
@@ -305,8 +318,10 @@ class PackSet:
                 else:
                     exact.setdefault(prog, []).append(pack)
         self._exact = exact
+        cuts = [p.cut_at for p in packs if p.untagged and p.cut_at is not None]
         self.untagged = Dispatch([r for p in packs for r in p.untagged],
-                                 [i for p in packs if p.untagged for i in p.ignore])
+                                 [i for p in packs if p.untagged for i in p.ignore],
+                                 min(cuts) if cuts else None)
         self._cache: dict[str, Dispatch] = {}
 
     def rules_for(self, program: str) -> Dispatch:
@@ -317,8 +332,10 @@ class PackSet:
             for glob, pack in self._globs:
                 if pack not in chosen and fnmatch.fnmatchcase(program, glob):
                     chosen.append(pack)
+            cuts = [p.cut_at for p in chosen if p.cut_at is not None]
             dispatch = Dispatch([r for p in chosen for r in p.rules],
-                                [i for p in chosen for i in p.ignore]) if chosen else NO_RULES
+                                [i for p in chosen for i in p.ignore],
+                                min(cuts) if cuts else None) if chosen else NO_RULES
             if len(self._cache) < 65536:
                 self._cache[program] = dispatch
         return dispatch
@@ -330,7 +347,7 @@ class PackSet:
 
 def own_file_rules(pack: Pack) -> Dispatch:
     """The rules tried on every line of a file the configuration says is PACK's own log."""
-    return Dispatch(pack.untagged, pack.ignore)
+    return Dispatch(pack.untagged, pack.ignore, pack.cut_at)
 
 
 def _to_match(rule: Rule, m, program: str | None, header_pid: str | None) -> Match:

@@ -163,7 +163,8 @@ def test_parallel_and_serial_reading_agree(tmp_path, monkeypatch):
     from logkey.packs import load_packs
 
     log = tmp_path / "big.log"
-    src = (ROOT / "tests" / "logs" / "mail.log").read_bytes()
+    src = (ROOT / "tests" / "logs" / "mail.log").read_bytes() + \
+        (ROOT / "tests" / "fixtures" / "captured" / "courier-5.0.13.log").read_bytes()
     with open(log, "wb") as f:
         for _ in range(400):
             f.write(src)
@@ -181,7 +182,8 @@ def test_parallel_and_serial_reading_agree(tmp_path, monkeypatch):
     serial = report(1 << 40)
     parallel = report(1)
     assert serial == parallel
-    assert serial.count('"type": "event"') == 400 * 13
+    assert serial.count('"type": "event"') == 400 * (13 + 8)
+    assert "127.0.0.6" not in serial and '"cut_fragments": 2400' in serial
 
 
 def test_own_file_reads_every_line_of_a_large_file(tmp_path):
