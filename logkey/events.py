@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -61,6 +62,13 @@ def canonical_ip(text: str) -> str | None:
     """
     if _CANONICAL_IPV4.fullmatch(text):
         return text
+    if text[:7].lower() == "::ffff:" and _CANONICAL_IPV4.fullmatch(text, 7):
+        return text[7:]                     # IPv4-mapped, the common IPv6 form in mail logs
+    return _canonical_slow(text)
+
+
+@lru_cache(maxsize=4096)
+def _canonical_slow(text: str) -> str | None:
     if not text or len(text) > MAX_IP_TEXT or not text.isascii():
         return None
     try:

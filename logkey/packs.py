@@ -350,12 +350,15 @@ def own_file_rules(pack: Pack) -> Dispatch:
     return Dispatch(pack.untagged, pack.ignore, pack.cut_at)
 
 
+_WANTED = ("ip", "user", "protocol", "session", "pid", "fields")
+
+
 def _to_match(rule: Rule, m, program: str | None, header_pid: str | None) -> Match:
-    groups = m.groupdict()
-    got = {k: groups.get(k) for k in ("ip", "user", "protocol", "session", "pid")}
+    index = m.re.groupindex
+    got = {k: (m.group(k) if k in index else None) for k in _WANTED}
     rejected = None
     if rule.fields is not None:
-        rejected = _read_fields(rule.fields, groups.get("fields") or "", got)
+        rejected = _read_fields(rule.fields, got["fields"] or "", got)
     protocol = got["protocol"]
     if rule.protocol == "program":
         protocol = program
@@ -369,25 +372,27 @@ def _to_match(rule: Rule, m, program: str | None, header_pid: str | None) -> Mat
 
 
 def _read_fields(spec: Fields, text: str, got: dict) -> str | None:
-    seen = set()
-    for piece in text.split(spec.separator):
-        key, eq, value = piece.partition("=")
-        if not eq:
-            continue
-        key = key.strip()
-        target = spec.keys.get(key)
-        if target is None:
-            continue
-        if key in seen:
+    """Take the listed keys from a "k=v<sep>k=v..." list. A key counts where it starts the
+    list or follows a separator; the value runs to the next separator. A listed key twice
+    (someone put "rip=" in a user name) refuses the line, and so does a missing ip key."""
+    sep = spec.separator
+    padded = sep + text
+    for key, target in spec.keys.items():
+        probe = sep + key + "="
+        n = padded.count(probe)
+        if n > 1:
             return f"field {key}= appears more than once"
-        seen.add(key)
+        if n == 0:
+            if target == "ip":
+                return f"field {key}= missing"
+            continue
+        start = padded.find(probe) + len(probe)
+        end = padded.find(sep, start)
+        value = padded[start:end] if end >= 0 else padded[start:]
         if spec.strip and len(value) >= 2 and value[0] == spec.strip[0] \
                 and value[-1] == spec.strip[1]:
             value = value[1:-1]
         got[target] = value
-    for key, target in spec.keys.items():
-        if target == "ip" and key not in seen:
-            return f"field {key}= missing"
     return None
 
 

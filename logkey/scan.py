@@ -16,7 +16,7 @@ from operator import itemgetter
 from .headers import HOST as _HOST, PRI, STAMP_3164, STAMP_3339, TAG as _TAG, TAG_CHARS as _TAG_CHARS
 from .packs import PackSet
 
-_g0, _g1, _g2 = itemgetter(0), itemgetter(1), itemgetter(2)
+_g0, _g1 = itemgetter(0), itemgetter(1)
 
 
 def _glob_regex(glob: str) -> bytes:
@@ -50,28 +50,68 @@ def _trie(words: list[bytes]) -> bytes:
     return body if len(branches) == 1 else b"(?:" + body + b")"
 
 
-def build_pattern(packs: PackSet) -> re.Pattern:
-    exact, globs = [], []
+def _tag_tests(packs: PackSet) -> tuple[bytes, list[bytes]]:
+    """(a regex, tried at the start of the tag, matching a whole covered tag; lookbehinds,
+    tried at its end, for globs "*SUFFIX"). Exact tags and "PREFIX*" globs share one trie;
+    "*SUFFIX" globs become fixed-width lookbehinds after the tag, so no glob makes the engine
+    backtrack through every tag of the log."""
+    exact, prefixes, suffixes, others = set(), set(), set(), set()
     for pack in packs.packs.values():
         for prog in pack.programs:
-            if any(c in prog for c in "*?"):
-                globs.append(_glob_regex(prog))
+            head, tail = prog[:-1], prog[1:]
+            if not any(c in prog for c in "*?"):
+                exact.add(prog.encode())
+            elif prog.endswith("*") and not any(c in head for c in "*?"):
+                prefixes.add(head.encode())
+            elif prog.startswith("*") and not any(c in tail for c in "*?"):
+                suffixes.add(tail.encode())
             else:
-                exact.append(prog.encode())
-    alternatives = ([_trie(sorted(set(exact)))] if exact else []) + sorted(set(globs))
-    covered = b"|".join(alternatives) or rb"(?!)"
-    # Groups 1 and 2 capture the first character of the stamp only to tell which it is.
-    assert STAMP_3339.startswith(rb"\d{4}") and STAMP_3164.startswith(rb"[A-Z][a-z]{2}")
-    return re.compile(
-        rb"(?m)^" + PRI + rb"(?:(\d)\d{3}" + STAMP_3339[5:] + rb"|([A-Z])" + STAMP_3164[5:] + rb") "
-        + _HOST +
-        rb" (?:((?:" + covered + rb"))(?=[\[:])|" + _TAG + rb")(?:\[\d{1,10}\])?: [^\n]*"
-        rb"|^[^\n]*")
+                others.add(_glob_regex(prog))
+    heads = []
+    if exact:
+        heads.append(_trie(sorted(exact)) + rb"(?=[\[:])")
+    if prefixes:
+        heads.append(_trie(sorted(prefixes)) + _TAG_CHARS + rb"*+(?=[\[:])")
+    heads += [g + rb"(?=[\[:])" for g in sorted(others)]
+    by_length: dict[int, list[bytes]] = {}
+    for suffix in suffixes:
+        by_length.setdefault(len(suffix), []).append(re.escape(suffix))
+    behinds = [rb"(?<=(" + b"|".join(sorted(alts)) + rb"))" for _, alts in sorted(by_length.items())]
+    return b"|".join(heads), behinds
+
+
+def build_pattern(packs: PackSet) -> tuple[re.Pattern, int]:
+    """The pattern, and how many line-capturing groups it ends with."""
+    heads, behinds = _tag_tests(packs)
+    tests = ([rb"(?:(?=(?:" + heads + rb"))()|)"] if heads else []) + \
+        [rb"(?:" + b + rb"()|)" for b in behinds]
+    n = len(tests)
+    # A lookahead reads the header: groups 1 and 2 capture the first character of the stamp
+    # (which format), then each tag test ends in an empty capture, set when the tag is covered
+    # (seen from its start, or a "*SUFFIX" glob seen from its end; the lookbehinds capture too,
+    # hence the counting). Then the line is consumed, and captured (the last groups) only when
+    # one of those flags is set: lines no pack covers are not copied.
+    flag_groups, extra = [], 0
+    for t in tests:
+        g = re.compile(t).groups
+        flag_groups.append(2 + extra + g)           # the empty "()" is each test's last group
+        extra += g
+    consume = rb"[^\n]*"
+    for flag in reversed(flag_groups):
+        consume = rb"(?(" + str(flag).encode() + rb")([^\n]*)|" + consume + rb")"
+    regex = re.compile(
+        rb"(?m)^(?=" + PRI + rb"(?:(\d)\d{3}" + STAMP_3339[5:] + rb"|([A-Z])" + STAMP_3164[5:]
+        + rb") " + _HOST + rb" " + b"".join(tests[:1] if heads else []) + _TAG + rb"+"
+        + b"".join(tests[1:] if heads else tests) + rb"(?:\[\d{1,10}\])?: )" + consume
+        + rb"|^[^\n]*")
+    return regex, len(flag_groups)
 
 
 class Scanner:
     def __init__(self, packs: PackSet):
-        self.pattern = build_pattern(packs)
+        self.pattern, lines = build_pattern(packs)
+        total = self.pattern.groups
+        self.covered_groups = [itemgetter(k) for k in range(total - lines, total)]
 
     def scan(self, block: bytes) -> tuple[int, Counter, list[tuple[int, bytes, bool]]]:
         """(line count, {format: n} of lines passed over or picked with a fast header,
@@ -85,15 +125,19 @@ class Scanner:
             formats["rfc3339"] = n3339
         if n3164:
             formats["rfc3164"] = n3164
-        picked = list(compress(count(), map(_g2, res)))
+        picked = []
+        for getter in self.covered_groups:
+            picked += compress(count(), map(getter, res))
         odd = n - n3339 - n3164
         if odd:
-            picked_odd = [i for i, (a, b, _) in enumerate(res) if not a and not b]
+            picked_odd = [i for i, t in enumerate(res) if not t[0] and not t[1]]
         else:
             picked_odd = []
         if not picked and not picked_odd:
             return n, formats, []
-        lines = block.split(b"\n")
-        counted = {i: True for i in picked}
-        counted.update((i, False) for i in picked_odd)
-        return n, formats, [(i, lines[i], counted[i]) for i in sorted(counted)]
+        out = [(i, b"".join(res[i][-len(self.covered_groups):]), True) for i in picked]
+        if picked_odd:
+            lines = block.split(b"\n")
+            out += [(i, lines[i], False) for i in picked_odd]
+            out.sort()
+        return n, formats, out
