@@ -50,7 +50,9 @@ def cmd_dry_run(args) -> int:
             raise UsageError(f"--own-file: pack {args.own_file!r} is not loaded or has no "
                              "untagged rules")
         own_rules = own_file_rules(pack)
-    run(args.files, packs, Clock(now, cfg.timezone), window=cfg.window,
+    # "now" is read once, so every worker infers RFC 3164 years from the same instant.
+    clock = Clock(now or datetime.now(timezone.utc), cfg.timezone)
+    run(args.files, packs, clock, at=now, window=cfg.window,
         join_window=cfg.join_window, json_out=args.json, out=sys.stdout,
         line_max=cfg.line_max, own_rules=own_rules)
     return 0

@@ -112,8 +112,11 @@ def _event_json(path, lineno, e) -> str:
         "time": e.time.isoformat() if e.time else None})
 
 
-def run(paths: list[str], packs: PackSet, clock: Clock, *, window: float, join_window: float,
+def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None = None,
+        window: float, join_window: float,
         json_out: bool, out, err=sys.stderr, line_max: int = 65536, own_rules=None) -> dict:
+    """Read `paths`, write the report to `out`, return the summary. The gates shown are those
+    open at `at` (--now), else at the time of the last line read."""
     engine = Engine(packs, clock, join_window)
     stats = engine.stats
     gates = GateTable(window)
@@ -151,7 +154,7 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, window: float, join_w
             raise DryRunError(f"{path}: line {lineno + 1}: "
                               f"{getattr(exc, 'strerror', None) or exc}") from None
     progress.close()
-    at = clock.now or last_time
+    at = at or last_time            # gates open at --now, else at the last line's time
     open_gates = gates.open_at(at) if at is not None else []
     summary = _summary(stats, paths, at, open_gates)
     if json_out:

@@ -134,12 +134,14 @@ class Engine:
         self.cut_mark = None
         if line[-1:] == b"\r":
             line = line[:-1]
-        header = headers.parse(line[:cap + 1] if header_counted else line)
         if len(line) > cap:
             stats.too_long += 1
-            if header_counted and header is not None:
-                stats.formats[header.format] -= 1
+            if header_counted:                  # the scanner counted its format: take it back
+                header = headers.parse(line[:1024])
+                if header is not None:
+                    stats.formats[header.format] -= 1
             return None
+        header = headers.parse(line)
         if not header_counted:
             if header is None:
                 stats.unparsed += 1
