@@ -4,7 +4,8 @@
 # Debian's courier-pop/courier-imap conflict with other POP servers as packages, so nothing is
 # installed: the .debs are unpacked with dpkg -x into a temp dir and overlaid (read-only lower
 # layer, writable upper layer in the temp dir) over /etc and /usr inside a private mount+pid
-# namespace. /run and /dev are private tmpfs mounts there; /dev/log is tools/capture/syslogsink.py.
+# namespace. /run and /dev are private tmpfs mounts there; /dev/log is tools/capture/syslogsink.py
+# (set up by private-dev.sh); the generated client imports POP3From/IMAPFrom from clients.py.
 # Servers listen on 127.0.0.1:11110 (pop3d) and 127.0.0.1:11143 (imapd); logins come from
 # 127.0.0.2.. . When the namespace's first process exits every process in it is killed, so
 # nothing is left running. Needs: libidn12 libltdl7 (apt-get install), perl, python3; libgamin0
@@ -41,7 +42,10 @@ mkdir -p etc-up etc-work usr-up usr-work dev run
 : > "$T/sink.out"
 
 cat > drive.py <<'PY'
-import imaplib, poplib, socket, sys, time
+import os, sys, time
+sys.dont_write_bytecode = True      # clients.py lives in the repo: leave no __pycache__ there
+sys.path.insert(0, os.environ["LOGKEY_CAPTURE_DIR"])
+from clients import IMAPFrom, POP3From
 proto, port, first = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 LONG = "A" * 600 + "@example.org"
 # a name whose tail, if the 511-byte cut made it a line of its own, reads like a success
@@ -58,17 +62,11 @@ cases = [("alice", "s3cret"), ("alice", "wrong"), ("nosuchuser", "x"), (LONG, "x
 def src(n):
     return "127.0.0.%d" % n
 
-class P(poplib.POP3):
-    def __init__(self, s):
-        self._src = s; super().__init__("127.0.0.1", port, timeout=10)
-    def _create_socket(self, timeout):
-        return socket.create_connection((self.host, self.port), timeout, (self._src, 0))
+def P(s):
+    return POP3From(s, port)
 
-class I(imaplib.IMAP4):
-    def __init__(self, s):
-        self._src = s; super().__init__("127.0.0.1", port, timeout=10)
-    def _create_socket(self, timeout):
-        return socket.create_connection((self.host, self.port), timeout, (self._src, 0))
+def I(s):
+    return IMAPFrom(s, port)
 
 for i, (u, p) in enumerate(cases):
     s = src(first + i)
@@ -92,12 +90,8 @@ PY
 cat > inner.sh <<'IN'
 set -eu
 T=$1 HERE=$2
-mount -t tmpfs none "$T/dev"
-for d in null zero urandom random; do touch "$T/dev/$d"; mount --bind /dev/$d "$T/dev/$d"; done
-python3 "$HERE/syslogsink.py" "$T/dev/log" "$T/sink.out" 600 &
-sleep 0.5
-chmod 666 "$T/dev/log"
-mount --rbind "$T/dev" /dev
+. "$HERE/private-dev.sh"
+private_dev_with_syslog "$T" "$T/sink.out" 600
 mount -t tmpfs none /run
 mount -t overlay overlay -o "lowerdir=$T/pkg/etc:/etc,upperdir=$T/etc-up,workdir=$T/etc-work" /etc
 mount -t overlay overlay -o "lowerdir=$T/pkg/usr:/usr,upperdir=$T/usr-up,workdir=$T/usr-work" /usr
@@ -116,6 +110,7 @@ sleep 1
 /usr/lib/courier/imapd stop || true
 sleep 1
 IN
+export LOGKEY_CAPTURE_DIR=$HERE   # drive.py imports clients.py from here
 unshare --mount --pid --fork --mount-proc bash inner.sh "$T" "$HERE"
 cp "$T/sink.out" "$OUT"
 echo "wrote $(wc -l < "$OUT") lines to $OUT"

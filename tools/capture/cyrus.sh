@@ -4,7 +4,8 @@
 # Debian's cyrus-imapd/cyrus-pop3d are not installed: the .debs are unpacked with dpkg -x into a
 # temp dir and overlaid over /usr (read-only lower layer, writable upper in the temp dir) inside a
 # private mount+pid namespace; /run and /dev are private tmpfs mounts; /dev/log is
-# tools/capture/syslogsink.py. master runs with -C/-M pointing at configs in the temp dir,
+# tools/capture/syslogsink.py (set up by private-dev.sh); the generated client imports
+# POP3From/IMAPFrom from clients.py. master runs with -C/-M pointing at configs in the temp dir,
 # services on 127.0.0.1:12143 (imap), :12110 (pop3), :14190 (sieve); authentication is SASL
 # auxprop/sasldb with a sasldb file in the temp dir. Run twice: syslog_prefix "cyrus" (Debian's
 # default: tags cyrus/imap, cyrus/pop3, cyrus/sieve) and syslog_prefix "sloti30t15" with the
@@ -71,23 +72,20 @@ CONF
 }
 
 cat > drive.py <<'PY'
-import base64, imaplib, poplib, socket, sys, time
+import base64, os, socket, sys, time
+sys.dont_write_bytecode = True      # clients.py lives in the repo: leave no __pycache__ there
+sys.path.insert(0, os.environ["LOGKEY_CAPTURE_DIR"])
+from clients import IMAPFrom, POP3From
 proto, port, first = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 cases = [("alice", "s3cret"), ("alice", "wrong"), ("nosuchuser", "x"), ("A" * 600, "x"),
          ("evil [6.6.6.6] plaintext User logged in", "x"), ("mallory ip=[7.7.7.7]", "x"),
          ("alice", "s3cret"), ("alice", "s3cret", "starttls"), ("alice", "s3cret", "from .1")]
 
-class P(poplib.POP3):
-    def __init__(self, s):
-        self._src = s; super().__init__("127.0.0.1", port, timeout=10)
-    def _create_socket(self, timeout):
-        return socket.create_connection((self.host, self.port), timeout, (self._src, 0))
+def P(s):
+    return POP3From(s, port)
 
-class I(imaplib.IMAP4):
-    def __init__(self, s):
-        self._src = s; super().__init__("127.0.0.1", port, timeout=10)
-    def _create_socket(self, timeout):
-        return socket.create_connection((self.host, self.port), timeout, (self._src, 0))
+def I(s):
+    return IMAPFrom(s, port)
 
 def sieve(s, u, p):
     c = socket.create_connection(("127.0.0.1", port), 10, (s, 0))
@@ -136,12 +134,8 @@ PY
 cat > inner.sh <<'IN'
 set -eu
 T=$1 HERE=$2
-mount -t tmpfs none "$T/dev"
-for d in null zero urandom random; do touch "$T/dev/$d"; mount --bind /dev/$d "$T/dev/$d"; done
-python3 "$HERE/syslogsink.py" "$T/dev/log" "$T/sink.out" 600 &
-sleep 0.5
-chmod 666 "$T/dev/log"
-mount --rbind "$T/dev" /dev
+. "$HERE/private-dev.sh"
+private_dev_with_syslog "$T" "$T/sink.out" 600
 mount -t tmpfs none /run
 mount -t overlay overlay -o "lowerdir=$T/pkg/usr:/usr,upperdir=$T/usr-up,workdir=$T/usr-work" /usr
 openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=capture.example -days 2 \
@@ -165,6 +159,7 @@ run "syslog_prefix: cyrus" 2
 run "syslog_prefix: sloti30t15" 40 imaps pop3s
 IN
 export -f conf; export T
+export LOGKEY_CAPTURE_DIR=$HERE   # drive.py imports clients.py from here
 unshare --mount --pid --fork --mount-proc bash inner.sh "$T" "$HERE"
 cp "$T/sink.out" "$OUT"
 echo "wrote $(wc -l < "$OUT") lines to $OUT"

@@ -3,15 +3,17 @@
 #
 # Reads:  nothing but the installed dovecot (apt-get installs dovecot-pop3d dovecot-imapd if
 #         missing; the Debian service is never started, and is stopped if the install started it).
-# Writes: tests/fixtures/captured/dovecot-<ver>-logpath.log      (log_path, default log_timestamp)
-#         tests/fixtures/captured/dovecot-<ver>-logpath-iso.log  (log_path, log_timestamp %Y-%m-%dT%H:%M:%S)
-#         tests/fixtures/captured/dovecot-<ver>-syslog.log       (log_path = syslog, via syslogsink.py)
-#         tests/fixtures/captured/dovecot-<ver>-logpath-static.log (log_path, static passdb: one login
-#                                                                   by a user name holding ": " and spaces)
+# Usage:  tools/capture/dovecot.sh [OUTDIR]   (default tests/fixtures/captured)
+# Writes: OUTDIR/dovecot-<ver>-logpath.log      (log_path, default log_timestamp)
+#         OUTDIR/dovecot-<ver>-logpath-iso.log  (log_path, log_timestamp %Y-%m-%dT%H:%M:%S)
+#         OUTDIR/dovecot-<ver>-syslog.log       (log_path = syslog, via syslogsink.py)
+#         OUTDIR/dovecot-<ver>-logpath-static.log (log_path, static passdb: one login
+#                                                  by a user name holding ": " and spaces)
 #         Everything else lives in a mktemp dir that is removed at exit.
 # Trust:  traffic only to 127.0.0.1 (ports 41110 pop3, 41143 imap), from 127.0.0.2..127.0.0.30.
-#         The syslog run uses `unshare -m` with a private /dev (tmpfs) so the machine's /dev/log
-#         (there is none here) is never touched.
+#         The syslog run uses `unshare -m` with a private /dev (tmpfs, set up by
+#         private-dev.sh) so the machine's /dev/log (there is none here) is never touched.
+#         The client classes (POP3From, IMAPFrom) come from clients.py beside this script.
 # Config: the generated dovecot.conf sets auth_username_chars empty and auth_username_format = %u
 #         (no lower-casing) so that hostile user names (`x>, method=PLAIN, rip=127.0.0.9, ...`)
 #         can really log in and show what the Login line looks like then; auth_verbose = yes
@@ -20,7 +22,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
-out_dir="$top/tests/fixtures/captured"
+out_dir=${1:-$top/tests/fixtures/captured}
 POP_PORT=41110
 IMAP_PORT=41143
 
@@ -51,6 +53,7 @@ cleanup() {
 trap cleanup EXIT
 
 PASS=capture-secret
+export LOGKEY_CAPTURE_DIR=$here   # the generated drive.py imports clients.py from here
 # user name -> passwd-file line; the hostile names contain no ':' so passwd-file accepts them.
 USERS=(
   'test'
@@ -117,30 +120,24 @@ EOF
 
 # --- 3. the client: every session from its own loopback source address ---------------------------
 cat >"$tmp/drive.py" <<'PY'
-import base64, imaplib, poplib, socket, sys, time
+import base64, os, sys, time
 
-HOST, POP, IMAP, PASS = "127.0.0.1", int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+sys.dont_write_bytecode = True      # clients.py lives in the repo: leave no __pycache__ there
+sys.path.insert(0, os.environ["LOGKEY_CAPTURE_DIR"])
+from clients import IMAPFrom as _IMAPFrom, POP3From as _POP3From
+
+POP, IMAP, PASS = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 HOSTILE1 = "x>, method=PLAIN, rip=127.0.0.9, lip=127.0.0.1"
 HOSTILE2 = "y>, rip=127.0.0.9, session=<AAAAAAAAAAAAAAAA"
 HOSTILE3 = "x dovecot: pop3-login: Login: user=<a>, method=PLAIN, rip=127.0.0.66, lip=127.0.0.1, session=<Z"
 
 
-class POP3From(poplib.POP3):
-    def __init__(self, src, port=POP):
-        self.src = src
-        super().__init__(HOST, port, timeout=10)
-
-    def _create_socket(self, timeout):
-        return socket.create_connection((self.host, self.port), timeout, source_address=(self.src, 0))
+def POP3From(src):
+    return _POP3From(src, POP)
 
 
-class IMAPFrom(imaplib.IMAP4):
-    def __init__(self, src, port=IMAP):
-        self.src = src
-        super().__init__(HOST, port, timeout=10)
-
-    def _create_socket(self, timeout):
-        return socket.create_connection((self.host, self.port), timeout, source_address=(self.src, 0))
+def IMAPFrom(src):
+    return _IMAPFrom(src, IMAP)
 
 
 def quoted(s):
@@ -305,13 +302,9 @@ write_conf "$tmp/syslog.conf" syslog '%b %d %H:%M:%S '
 : >"$tmp/syslog.out"
 export tmp here POP_PORT IMAP_PORT PASS
 unshare -m bash -euo pipefail -c '
-  mkdir "$tmp/dev"
-  mount -t tmpfs -o mode=755,size=1m capture-dev "$tmp/dev"
-  for d in null zero urandom random; do
-    touch "$tmp/dev/$d"; mount --bind "/dev/$d" "$tmp/dev/$d"
-  done
-  python3 "$here/syslogsink.py" "$tmp/dev/log" "$tmp/syslog.out" 600 &
-  sink=$!
+  . "$here/private-dev.sh"
+  private_dev_with_syslog "$tmp" "$tmp/syslog.out" 600
+  sink=$SYSLOG_SINK_PID
   stop() {   # on any exit of the namespace: dovecot, then the receiver
     if [ -s "$tmp/run/master.pid" ]; then
       pid=$(cat "$tmp/run/master.pid")
@@ -322,8 +315,6 @@ unshare -m bash -euo pipefail -c '
     kill "$sink" 2>/dev/null || true
   }
   trap stop EXIT
-  for _ in $(seq 50); do [ -S "$tmp/dev/log" ] && break; sleep 0.1; done
-  mount --rbind "$tmp/dev" /dev
   dovecot -c "$tmp/syslog.conf"
   for _ in $(seq 50); do
     python3 -c "import socket; socket.create_connection((\"127.0.0.1\", $IMAP_PORT), 1).close()" 2>/dev/null && break

@@ -6,8 +6,10 @@
 # servers (which conflict with each other: each provides pop3-server) are fetched with
 # `apt-get download` and unpacked with `dpkg -x` into a temp dir. Everything runs inside
 # `unshare -m -n`: a private mount namespace (private /etc copy with a test user, private /dev
-# whose `log` is tools/capture/syslogsink.py, tmpfs /var/mail and /var/lib) and a private network
-# namespace that only has `lo`, so the daemons may bind any port without touching the machine.
+# whose `log` is tools/capture/syslogsink.py, set up by private-dev.sh, tmpfs /var/mail and
+# /var/lib) and a private network namespace that only has `lo`, so the daemons may bind any port
+# without touching the machine. The generated client imports its POP3/IMAP classes bound to a
+# loopback source address from clients.py beside this script.
 #
 # Prerequisites:
 #   apt-get install ucspi-tcp daemontools libmailutils9 libmu-dbm9 libgsasl18 \
@@ -92,14 +94,14 @@ EOF
 
 # ---- the client: poplib / imaplib from a chosen loopback source address ----
 cat > "$T/drive.py" <<'EOF'
-import imaplib, poplib, socket, ssl, sys
+import imaplib, os, poplib, ssl, sys
+sys.dont_write_bytecode = True      # clients.py lives in the repo: leave no __pycache__ there
+sys.path.insert(0, os.environ["LOGKEY_CAPTURE_DIR"])
+from clients import IMAPFrom, IMAPSFrom, POP3From
 mode, port, src, user, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-def mk(self, timeout):
-    return socket.create_connection((self.host, self.port), timeout, source_address=(src, 0))
 try:
     if mode == "pop3":
-        class P(poplib.POP3): _create_socket = mk
-        p = P("127.0.0.1", port, timeout=10)
+        p = POP3From(src, port)
         try:
             if pw.startswith("apop:"): p.apop(user, pw[5:])
             else: p.user(user); p.pass_(pw)
@@ -107,17 +109,11 @@ try:
         except poplib.error_proto as e: print("  ", e)
         p.quit()
     else:
-        base = imaplib.IMAP4_SSL if mode == "imaps" else imaplib.IMAP4
-        class I(base): pass
         if mode == "imaps":
             ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-            def mks(self, timeout, _mk=mk, _ctx=ctx):
-                return _ctx.wrap_socket(_mk(self, timeout), server_hostname=self.host)
-            I._create_socket = mks
-            i = I("127.0.0.1", port, ssl_context=ctx, timeout=10)
+            i = IMAPSFrom(src, port, ssl_context=ctx)
         else:
-            I._create_socket = mk
-            i = I("127.0.0.1", port, timeout=10)
+            i = IMAPFrom(src, port)
         try: i.login(user, pw)
         except imaplib.IMAP4.error as e: print("  ", e)
         i.logout()
@@ -129,16 +125,13 @@ EOF
 # ---- what runs inside the namespaces ----
 cat > "$T/inner.sh" <<'EOF'
 set -u
-T=$1; SINK=$2; X=$T/x
+T=$1; HERE=$2; X=$T/x
 ip link set lo up
-mount -t tmpfs tmpfs "$T/dev"
-for d in null zero random urandom; do touch "$T/dev/$d"; mount --bind "/dev/$d" "$T/dev/$d"; done
-ln -s /proc/self/fd "$T/dev/fd"; ln -s fd/0 "$T/dev/stdin"; ln -s fd/1 "$T/dev/stdout"; ln -s fd/2 "$T/dev/stderr"
 : > "$T/syslog.out"
-python3 "$SINK" "$T/dev/log" "$T/syslog.out" 1200 & SINKPID=$!
-sleep 0.5
-chmod 666 "$T/dev/log"     # as /dev/log is on a real system: daemons log after dropping root
-mount --rbind "$T/dev" /dev
+. "$HERE/private-dev.sh"
+private_dev_with_syslog "$T" "$T/syslog.out" 1200 || exit 1
+SINKPID=$SYSLOG_SINK_PID
+ln -s /proc/self/fd /dev/fd; ln -s fd/0 /dev/stdin; ln -s fd/1 /dev/stdout; ln -s fd/2 /dev/stderr
 mount --bind "$T/etc" /etc
 mount --bind "$T/varlib" /var/lib
 mount -t tmpfs -o mode=2775 tmpfs /var/mail; chgrp mail /var/mail
@@ -231,7 +224,8 @@ kill "$SINKPID"; wait "$SINKPID" 2>/dev/null
 echo "left in namespace:"; ps -eo pid,args | grep -E "$T|popa3d|pop3d|perdition|tcpserver" | grep -v grep || true
 EOF
 
-unshare -m -n --propagation private bash "$T/inner.sh" "$T" "$HERE/syslogsink.py"
+export LOGKEY_CAPTURE_DIR=$HERE   # drive.py imports clients.py from here
+unshare -m -n --propagation private bash "$T/inner.sh" "$T" "$HERE"
 
 # ---- name the files after server, version and how they were run ----
 V_POPA=$(cat "$T/x/popa3d.version"); V_SOLID=$(cat "$T/x/solid-pop3d.version")

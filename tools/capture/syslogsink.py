@@ -5,14 +5,12 @@ Reads:  datagrams on a unix socket (what glibc's syslog(3) sends to /dev/log).
 Writes: one RFC 3164 line per message to OUTFILE, with host "capture" inserted after the stamp,
         exactly as rsyslog's traditional file format would write it.
 
-Use it inside a private mount namespace so the machine's /dev/log is left alone, e.g.:
+Use it inside a private mount namespace so the machine's /dev/log is left alone; private-dev.sh
+beside this file does the whole dance (a tmpfs /dev whose `log` is this receiver), e.g.:
 
-    unshare -m sh -c '
-        python3 tools/capture/syslogsink.py "$TMP/log.sock" "$TMP/syslog.out" &
-        sleep 0.3
-        touch "$TMP/devlog"                       # bind target (must exist)
-        [ -e /dev/log ] || mount -t tmpfs none /run/capture-dev 2>/dev/null
-        mount --bind "$TMP/log.sock" /dev/log     # see capture scripts for the full dance
+    unshare -m bash -c '
+        . tools/capture/private-dev.sh
+        private_dev_with_syslog "$TMP" "$TMP/syslog.out"
         ... start the daemon, drive logins ...'
 """
 import re
