@@ -31,6 +31,7 @@ def _match_blocks(scanner: Scanner, matcher: Engine, f, cap: int, path: str):
             continue
         n, formats, picks = scanner.scan(block)
         stats.lines = n
+        stats.bytes = len(block) + 1
         stats.last_time = matcher.line_time(block[block.rfind(b"\n") + 1:].rstrip(b"\r"))
         stats.formats.update(formats)
         events = []

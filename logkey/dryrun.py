@@ -29,31 +29,44 @@ class DryRunError(Exception):
 
 
 class _Progress:
-    """A one-line progress report on a terminal's stderr, for large inputs only."""
+    """A progress bar on a terminal's stderr, for large inputs only (a line count where the
+    size is unknown: stdin, .gz)."""
 
     def __init__(self, paths, stream):
         self.stream = stream
-        total = 0
+        self.total = 0
         for p in paths:
             try:
-                total += os.path.getsize(p) if p != "-" else PROGRESS_MIN_BYTES
-            except OSError:
-                pass
-        self.enabled = stream.isatty() and total >= PROGRESS_MIN_BYTES
+                with open(p, "rb") as f:
+                    if f.read(2) == b"\x1f\x8b":
+                        self.total = None
+                        break
+                self.total += os.path.getsize(p)
+            except (OSError, TypeError):
+                self.total = None
+                break
+        size = self.total if self.total is not None else PROGRESS_MIN_BYTES
+        self.enabled = stream.isatty() and size >= PROGRESS_MIN_BYTES
         self.next_at = 0.0
 
-    def update(self, path, lines):
+    def update(self, path, lines, done_bytes):
         if not self.enabled:
             return
         now = time.monotonic()
-        if now >= self.next_at:
-            self.next_at = now + 0.25
+        if now < self.next_at:
+            return
+        self.next_at = now + 0.25
+        if self.total:
+            pct = min(100, done_bytes * 100 // self.total)
+            self.stream.write(f"\r[{'#' * (pct // 4):<25}] {pct:3d}%  {lines:,} lines  "
+                              f"{path[-30:]}")
+        else:
             self.stream.write(f"\r{path[-50:]}: {lines:,} lines")
-            self.stream.flush()
+        self.stream.flush()
 
     def close(self):
         if self.enabled:
-            self.stream.write("\r" + " " * 78 + "\r")
+            self.stream.write("\r" + " " * 79 + "\r")
             self.stream.flush()
 
 
@@ -79,6 +92,7 @@ def _own_file_blocks(path, matcher, own_rules, line_max):
                 if line is None:
                     stats.too_long += 1
                 else:
+                    stats.bytes += len(line) + 1
                     last = line
                     event = matcher.match_line(line, (path, n), own_rules)
                     if event is not None or matcher.cut_mark is not None:
@@ -147,7 +161,7 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
                         if json_out:
                             write(_event_json(path, base + index + 1, e) + "\n")
                 lineno += n
-                progress.update(path, lineno)
+                progress.update(path, lineno, stats.bytes)
         except BrokenPipeError:
             raise
         except (OSError, EOFError) as exc:        # unreadable, or a truncated .gz

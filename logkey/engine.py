@@ -27,6 +27,7 @@ CUT_FOLLOWS_WITHIN = timedelta(seconds=2)
 @dataclass
 class Stats:
     lines: int = 0
+    bytes: int = 0                   # bytes read (progress only; 0 where unknown)
     too_long: int = 0
     unparsed: int = 0
     timeouts: int = 0
@@ -45,7 +46,7 @@ class Stats:
 
     def merge(self, other: "Stats", where=lambda w: w) -> None:
         """Add another Stats' counts (a worker's); `where` re-bases its line references."""
-        for name in ("lines", "too_long", "unparsed", "timeouts", "rejected_ips",
+        for name in ("lines", "bytes", "too_long", "unparsed", "timeouts", "rejected_ips",
                      "refused_lines", "not_pop_imap", "near_misses", "ignored", "cut_fragments"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         if other.last_time is not None and (self.last_time is None

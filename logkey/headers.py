@@ -104,8 +104,8 @@ def parse_slow(line: bytes) -> Header | None:
         if m is None:
             continue
         stamp, rest = m.group(1), line[m.end():]
-        if fmt == "iso-space":
-            fmt = "dovecot-file"
+        if fmt == "iso-space":                  # RFC 3339 allows a space for the "T"
+            fmt = "rfc3339"
         elif fmt == "qpopper-file":
             q = _QPOPPER_PID.match(rest)
             if q is not None:                   # qpopper's trace file: "<date> [pid] msg"
