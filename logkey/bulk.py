@@ -9,7 +9,6 @@ references in the Stats are (path, index in block).
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 
 from .engine import Engine, Stats
@@ -114,6 +113,9 @@ def matched_blocks(path: str, scanner: Scanner, matcher: Engine, cap: int,
         return
     chunk = max(CHUNK_MIN_BYTES, size // (workers * 4), BLOCK)
     jobs = [(path, start, min(size, start + chunk), cap) for start in range(0, size, chunk)]
+    import multiprocessing                   # only for large files
+    for program in scanner.exact_programs:   # compile dispatch once, before the fork
+        matcher.packs.rules_for(program)
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(workers, initializer=_worker_init, initargs=(scanner, matcher)) as pool:
         for blocks in pool.imap(_match_chunk, jobs):

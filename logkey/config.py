@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -49,6 +48,7 @@ def _duration(v):
 def _timezone(v):
     if v is None:
         return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError   # only when a zone is configured
     try:
         return ZoneInfo(str(v))
     except (ZoneInfoNotFoundError, ValueError):

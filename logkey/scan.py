@@ -109,6 +109,8 @@ def build_pattern(packs: PackSet) -> tuple[re.Pattern, int]:
 
 class Scanner:
     def __init__(self, packs: PackSet):
+        self.exact_programs = sorted({p for pack in packs.packs.values() for p in pack.programs
+                                      if "*" not in p and "?" not in p})
         self.pattern, lines = build_pattern(packs)
         total = self.pattern.groups
         self.covered_groups = [itemgetter(k) for k in range(total - lines, total)]
