@@ -13,7 +13,8 @@ from . import __version__
 from . import config as config_mod
 from .dryrun import DryRunError
 from .headers import Clock
-from .packs import PackError, load_packs, own_file_rules
+from .match import own_file_rules
+from .packs import PackError, load_packs
 
 
 class UsageError(Exception):

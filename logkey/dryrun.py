@@ -19,7 +19,7 @@ from .headers import Clock
 from .bulk import matched_blocks
 from .lines import open_log, read_lines
 from .scan import Scanner
-from .packs import PackSet
+from .match import PackSet
 
 PROGRESS_MIN_BYTES = 16 << 20
 

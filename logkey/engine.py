@@ -15,7 +15,7 @@ import regex
 from . import headers
 from .correlate import Correlator
 from .events import CONNECT, GATE_PROTOCOLS, LOGIN, Event, canonical_ip
-from .packs import PackSet
+from .match import PackSet
 
 NEAR_MISS_WORDS = regex.compile(r"(?i)log(?:ged |\s?)in|logout|auth|user|pass|session")
 NEAR_MISS_KEEP = 20

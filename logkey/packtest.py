@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 
 from .engine import Engine
 from .headers import Clock
-from .packs import Pack, PackSet
+from .match import PackSet
+from .packs import Pack
 
 SAMPLE_NOW = datetime(2026, 11, 28, tzinfo=timezone.utc)
 

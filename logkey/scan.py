@@ -14,7 +14,7 @@ from itertools import compress, count
 from operator import itemgetter
 
 from .headers import HOST as _HOST, PRI, STAMP_3164, STAMP_3339, TAG as _TAG, TAG_CHARS as _TAG_CHARS
-from .packs import PackSet
+from .match import PackSet
 
 _g0, _g1 = itemgetter(0), itemgetter(1)
 

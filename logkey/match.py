@@ -1,0 +1,181 @@
+"""Matching a message against the rules of its program tag.
+
+Pure. The packs are indexed by program tag (a dict lookup, so the cost per line does not grow
+with the number of packs loaded); the rules of one tag are one combined regex, run with a time
+limit; key=value fields are read here; the result is a Match, before IP canonicalisation.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import regex
+
+from .events import normalise_protocol
+
+if TYPE_CHECKING:
+    from .packs import Fields, Pack, Rule
+
+MATCH_TIMEOUT = 0.05          # seconds per regex match; a line that hits it gives no event
+
+
+@dataclass(slots=True)
+class Match:
+    """What a rule took from a message, before IP canonicalisation and correlation."""
+    rule: "Rule"
+    ip: str | None
+    user: str | None
+    protocol: str | None
+    session: str | None
+    pid: str | None
+    rejected: str | None = None   # why the line was refused (duplicate field ...)
+
+
+_INLINE_FLAGS = regex.compile(r"\(\?[aiLmsux]+\)")
+
+
+class Dispatch:
+    """The rules and known non-events for one program tag. Each set is compiled into one
+    regex (a branch per rule, marked by an empty group), so a line costs one match under one
+    time limit however many rules apply; first branch that matches the whole message wins,
+    exactly as trying the rules in order would."""
+    __slots__ = ("rules", "pattern", "markers", "ignore", "cut_at")
+
+    def __init__(self, rules: list[Rule], ignore: list[regex.Pattern], cut_at: int | None = None):
+        self.rules = rules
+        # A logger that cuts long messages (courierlogger: 511 bytes) makes the rest of a long
+        # line the next message of the same tag; its text is the client's, so it must never
+        # be an event (see Engine.sequence).
+        self.cut_at = cut_at
+        self.pattern = None
+        self.markers = [(f"_r{i}", rule) for i, rule in enumerate(rules)]
+        sources = [r.pattern.pattern for r in rules]
+        if rules and not any(_INLINE_FLAGS.search(src) for src in sources):
+            try:
+                self.pattern = regex.compile("(?:" + "|".join(
+                    f"(?P<_r{i}>)(?:{src[1:-1]})" for i, src in enumerate(sources)) + ")")
+            except regex.error:
+                self.pattern = None
+        self.ignore = None
+        if ignore:
+            self.ignore = regex.compile("(?:" + "|".join(f"(?:{p.pattern})" for p in ignore) + ")")
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def match(self, message: str, program: str | None, header_pid: str | None):
+        """The first rule matching the whole message, as a Match; None when none matches.
+        Raises TimeoutError when the match hits its time limit."""
+        if self.pattern is not None:
+            m = self.pattern.fullmatch(message, timeout=MATCH_TIMEOUT)
+            if m is None:
+                return None
+            for name, rule in self.markers:
+                if m.group(name) is not None:
+                    return _to_match(rule, m, program, header_pid)
+            return None
+        for rule in self.rules:
+            m = rule.pattern.fullmatch(message, timeout=MATCH_TIMEOUT)
+            if m is not None:
+                return _to_match(rule, m, program, header_pid)
+        return None
+
+    def ignored(self, message: str) -> bool:
+        return self.ignore is not None and \
+            self.ignore.match(message, timeout=MATCH_TIMEOUT) is not None
+
+
+NO_RULES = Dispatch([], [])
+
+
+class PackSet:
+    """The loaded packs, indexed by program tag."""
+
+    def __init__(self, packs: list[Pack]):
+        self.packs = {p.name: p for p in packs}
+        exact: dict[str, list[Pack]] = {}
+        self._globs: list[tuple[str, Pack]] = []
+        for pack in packs:
+            for prog in pack.programs:
+                if any(c in prog for c in "*?"):
+                    self._globs.append((prog, pack))
+                else:
+                    exact.setdefault(prog, []).append(pack)
+        self._exact = exact
+        cuts = [p.cut_at for p in packs if p.untagged and p.cut_at is not None]
+        self.untagged = Dispatch([r for p in packs for r in p.untagged],
+                                 [i for p in packs if p.untagged for i in p.ignore],
+                                 min(cuts) if cuts else None)
+        self._cache: dict[str, Dispatch] = {}
+
+    def rules_for(self, program: str) -> Dispatch:
+        """The rules for a tag (empty for programs no pack covers). O(1) after the first call."""
+        dispatch = self._cache.get(program)
+        if dispatch is None:
+            chosen = list(self._exact.get(program, ()))
+            for glob, pack in self._globs:
+                if pack not in chosen and fnmatch.fnmatchcase(program, glob):
+                    chosen.append(pack)
+            cuts = [p.cut_at for p in chosen if p.cut_at is not None]
+            dispatch = Dispatch([r for p in chosen for r in p.rules],
+                                [i for p in chosen for i in p.ignore],
+                                min(cuts) if cuts else None) if chosen else NO_RULES
+            if len(self._cache) < 65536:
+                self._cache[program] = dispatch
+        return dispatch
+
+    def ignored(self, program: str | None, message: str) -> bool:
+        dispatch = self.rules_for(program) if program is not None else self.untagged
+        return dispatch.ignored(message)
+
+
+def own_file_rules(pack: Pack) -> Dispatch:
+    """The rules tried on every line of a file the configuration says is PACK's own log."""
+    return Dispatch(pack.untagged, pack.ignore, pack.cut_at)
+
+
+_WANTED = ("ip", "user", "protocol", "session", "pid", "fields")
+
+
+def _to_match(rule: Rule, m, program: str | None, header_pid: str | None) -> Match:
+    index = m.re.groupindex
+    got = {k: (m.group(k) if k in index else None) for k in _WANTED}
+    rejected = None
+    if rule.fields is not None:
+        rejected = _read_fields(rule.fields, got["fields"] or "", got)
+    protocol = got["protocol"]
+    if rule.protocol == "program":
+        protocol = program
+    elif rule.protocol is not None:
+        protocol = rule.protocol
+    if protocol is not None:
+        mapped = normalise_protocol(protocol, rule.protocols)
+        protocol = None if mapped in (None, "none") else mapped
+    return Match(rule, got["ip"], got["user"], protocol, got["session"],
+                 got["pid"] or header_pid, rejected)
+
+
+def _read_fields(spec: Fields, text: str, got: dict) -> str | None:
+    """Take the listed keys from a "k=v<sep>k=v..." list. A key counts where it starts the
+    list or follows a separator; the value runs to the next separator. A listed key twice
+    (someone put "rip=" in a user name) refuses the line, and so does a missing ip key."""
+    sep = spec.separator
+    padded = sep + text
+    for key, target in spec.keys.items():
+        probe = sep + key + "="
+        n = padded.count(probe)
+        if n > 1:
+            return f"field {key}= appears more than once"
+        if n == 0:
+            if target == "ip":
+                return f"field {key}= missing"
+            continue
+        start = padded.find(probe) + len(probe)
+        end = padded.find(sep, start)
+        value = padded[start:end] if end >= 0 else padded[start:]
+        if spec.strip and len(value) >= 2 and value[0] == spec.strip[0] \
+                and value[-1] == spec.strip[1]:
+            value = value[1:-1]
+        got[target] = value
+    return None
