@@ -14,7 +14,7 @@ from datetime import datetime
 
 from .engine import Engine, Stats
 from .events import LOGIN, LOGOUT
-from .gates import GateTable
+from .gates import GatePolicy, PolicyConfig
 from .headers import Clock
 from .bulk import matched_blocks
 from .lines import open_log, read_lines
@@ -133,7 +133,8 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
     open at `at` (--now), else at the time of the last line read."""
     engine = Engine(packs, clock, join_window)
     stats = engine.stats
-    gates = GateTable(window)
+    # Replayed history: each event is judged at its own time; only the window applies.
+    gates = GatePolicy(PolicyConfig(window=window, never_gate=[], max_ips_per_user=0))
     progress = _Progress(paths, err)
     last_time: datetime | None = None
     write = out.write
@@ -156,7 +157,8 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
                 last_time = _later(last_time, block_stats.last_time)
                 for index, event, cut_mark in events:
                     for e in engine.sequence(event, cut_mark):
-                        gates.apply(e)
+                        if e.time is not None:
+                            gates.on_event(e, e.time.timestamp())
                         last_time = _later(last_time, e.time)
                         if json_out:
                             write(_event_json(path, base + index + 1, e) + "\n")
@@ -169,7 +171,9 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
                               f"{getattr(exc, 'strerror', None) or exc}") from None
     progress.close()
     at = at or last_time            # gates open at --now, else at the last line's time
-    open_gates = gates.open_at(at) if at is not None else []
+    open_gates = [] if at is None else sorted(
+        (g.record for g in gates.gates.values() if g.record.expires > at.timestamp()),
+        key=lambda r: (r.expires, r.key))
     summary = _summary(stats, paths, at, open_gates)
     if json_out:
         write(json.dumps(summary) + "\n")
@@ -198,8 +202,8 @@ def _summary(stats, paths, at, open_gates) -> dict:
         "cut_fragments": stats.cut_fragments,
         "near_misses": stats.near_misses,
         "at": at.isoformat() if at else None,
-        "open_gates": [{"ip": g.ip, "until": g.expires.isoformat(), "user": g.user,
-                        "protocol": g.protocol} for g in open_gates],
+        "open_gates": [{"ip": g.key, "until": datetime.fromtimestamp(g.expires, at.tzinfo)
+                        .isoformat(), "user": g.user, "protocol": g.protocol} for g in open_gates],
     }
 
 

@@ -1,47 +1,171 @@
-"""Gate policy: which client IPs may relay, and until when. Pure.
+"""Gate policy: which client IPs may relay, and until when. Pure: events and "now" in,
+actions out; the caller owns the clock, the store and the log.
 
-A login over POP3/IMAP opens (or extends) the gate of its IP for `window` seconds from the
-line's own time; a logout of an IP with an open gate refreshes it (a long IMAP session ends
-with the client about to send). Expiry comes from log time, never from the wall clock.
+- A POP3/IMAP login opens (or extends) the gate of its IP: expiry = time of the last login or
+  logout of that IP + `window`, from the log line's own time (a future time is clamped to
+  now; a login already older than the window opens nothing).
+- Where the pack reports logouts, a session still open is re-extended on every tick so the
+  gate does not lapse during a long IMAP session, up to login + `max_session`; its logout sets
+  expiry to logout + `window`.
+- Never: `never_gate` networks (default loopback: webmail logging in from 127.0.0.1 must not
+  open relay for localhost), `never_gate_users`; only `only_gate` networks when set.
+- `max_ips_per_user`: a user with that many distinct open gates gets no new one (a stolen
+  password used from a botnet must not open the relay for the botnet), and a warning.
+- `ipv6_prefix`: gate the client's IPv6 network (privacy addresses change between the POP and
+  the SMTP connection) instead of the exact address.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+import ipaddress
+from dataclasses import dataclass, field
 
 from .events import GATE_PROTOCOLS, LOGIN, LOGOUT, Event
+from .stores.base import GateRecord
 
 
-@dataclass(slots=True)
-class Gate:
-    ip: str
-    expires: datetime
-    user: str | None
-    protocol: str | None
+@dataclass
+class PolicyConfig:
+    window: float = 600.0
+    max_session: float = 3600.0
+    never_gate: list = field(default_factory=lambda: [ipaddress.ip_network("127.0.0.1/32"),
+                                                      ipaddress.ip_network("::1/128")])
+    never_gate_users: frozenset = frozenset()
+    only_gate: list | None = None
+    max_ips_per_user: int = 5                 # 0: no limit
+    ipv6_prefix: int | None = None
+    logout_packs: frozenset = frozenset()     # packs that report logouts (sessions tracked)
 
 
-class GateTable:
-    def __init__(self, window: float = 600.0):
-        self.window = timedelta(seconds=window)
-        self.gates: dict[str, Gate] = {}
+@dataclass
+class Put:
+    gate: GateRecord
 
-    def apply(self, event: Event) -> Gate | None:
-        """The gate this event opened or refreshed, or None."""
-        if event.ip is None or event.time is None:
-            return None
-        expires = event.time + self.window
-        gate = self.gates.get(event.ip)
-        if event.kind == LOGIN and event.protocol in GATE_PROTOCOLS:
-            if gate is None or gate.expires < expires:
-                gate = Gate(event.ip, expires, event.user, event.protocol)
-                self.gates[event.ip] = gate
-            return gate
-        if event.kind == LOGOUT and gate is not None and gate.expires >= event.time:
-            if gate.expires < expires:
-                gate.expires = expires
-            return gate
+
+@dataclass
+class Delete:
+    key: str
+
+
+@dataclass
+class Warn:
+    message: str
+
+
+@dataclass
+class _Gate:
+    record: GateRecord
+    sessions: dict = field(default_factory=dict)    # session id or user -> login time
+    last: float = 0.0                               # time of the last login or logout
+
+
+class GatePolicy:
+    def __init__(self, config: PolicyConfig):
+        self.config = config
+        self.gates: dict[str, _Gate] = {}
+
+    # --- the key of a gate ----------------------------------------------------------------
+    def key_for(self, ip: str) -> str:
+        prefix = self.config.ipv6_prefix
+        if prefix and ":" in ip:
+            return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+        return ip
+
+    def refused(self, ip: str, user: str | None) -> str | None:
+        """Why this IP/user never gets a gate, or None."""
+        addr = ipaddress.ip_address(ip)
+        for net in self.config.never_gate:
+            if addr.version == net.version and addr in net:
+                return f"{ip} is in never_gate {net}"
+        if self.config.only_gate is not None and not any(
+                addr.version == net.version and addr in net for net in self.config.only_gate):
+            return f"{ip} is not in only_gate"
+        if user is not None and user in self.config.never_gate_users:
+            return f"user {user} is in never_gate_users"
         return None
 
-    def open_at(self, now: datetime) -> list[Gate]:
-        return sorted((g for g in self.gates.values() if g.expires > now),
-                      key=lambda g: (g.expires, g.ip))
+    # --- events ---------------------------------------------------------------------------
+    def on_event(self, event: Event, now: float, source: str | None = None) -> list:
+        if event.ip is None or event.time is None:
+            return []
+        t = min(event.time.timestamp(), now)            # clock skew: never in the future
+        window = self.config.window
+        key = self.key_for(event.ip)
+        gate = self.gates.get(key)
+        if event.kind == LOGIN and event.protocol in GATE_PROTOCOLS:
+            if t + window <= now or self.refused(event.ip, event.user):
+                return []                               # too old to matter, or never
+            if gate is None or gate.record.expires <= now:
+                limit = self.config.max_ips_per_user
+                if limit and event.user is not None:
+                    held = sum(1 for g in self.gates.values()
+                               if g.record.user == event.user and g.record.expires > now)
+                    if held >= limit:
+                        return [Warn(f"user {event.user}: {held} open gates already "
+                                     f"(max_ips_per_user {limit}); no gate for {event.ip}")]
+                gate = _Gate(GateRecord(key, event.user, event.pack, event.protocol, t,
+                                        t + window, source), last=t)
+                self.gates[key] = gate
+            rec = gate.record
+            if t >= gate.last:                          # the latest login names the gate
+                rec.user = event.user or rec.user
+                rec.pack, rec.protocol, rec.source = event.pack, event.protocol, source or rec.source
+            gate.last = max(gate.last, t)
+            rec.expires = max(rec.expires, gate.last + window)
+            if event.pack in self.config.logout_packs:
+                gate.sessions[event.session or event.user or ""] = t
+                self._extend(gate, now)
+            return [Put(rec)]
+        if event.kind == LOGOUT and gate is not None and gate.record.expires > now:
+            for sid in (event.session, event.user):
+                if sid and sid in gate.sessions:
+                    del gate.sessions[sid]
+                    break
+            else:
+                if len(gate.sessions) == 1:
+                    gate.sessions.clear()
+            gate.last = max(gate.last, t)
+            rec = gate.record
+            rec.expires = gate.last + window            # the logout sets the expiry ...
+            self._extend(gate, now)                     # ... unless other sessions stay open
+            if rec.expires <= now:
+                del self.gates[key]
+                return [Delete(key)]
+            return [Put(rec)]
+        return []
+
+    def _extend(self, gate: _Gate, now: float) -> bool:
+        """Keep an open session's gate from lapsing, up to login + max_session."""
+        if not gate.sessions:
+            return False
+        rec = gate.record
+        cap = min(gate.sessions.values()) + self.config.max_session
+        target = min(now + self.config.window, max(cap, rec.expires))
+        if target > rec.expires:
+            rec.expires = target
+            return True
+        return False
+
+    # --- the timer ------------------------------------------------------------------------
+    def on_tick(self, now: float, still_stored=None) -> list:
+        """Extensions of open sessions, and forgetting expired gates. `still_stored(key)`,
+        when given, says whether the store still holds a gate: one closed by hand
+        (`logkey close`) is forgotten, not re-extended."""
+        actions = []
+        for key, gate in list(self.gates.items()):
+            if gate.record.expires <= now:
+                del self.gates[key]
+                actions.append(Delete(key))
+                continue
+            if gate.sessions:
+                if still_stored is not None and not still_stored(key):
+                    del self.gates[key]
+                    continue
+                if self._extend(gate, now):
+                    actions.append(Put(gate.record))
+        return actions
+
+    def adopt(self, records, now: float) -> None:
+        """Take over the gates a store already holds (at start), for max_ips_per_user."""
+        for rec in records:
+            if rec.expires > now and rec.key not in self.gates:
+                self.gates[rec.key] = _Gate(rec, last=rec.expires - self.config.window)

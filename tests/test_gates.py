@@ -1,0 +1,133 @@
+"""Gate policy on a fake clock: every rule of the issue, no files, no sleeping."""
+import ipaddress
+from datetime import datetime, timezone
+
+from logkey.events import Event
+from logkey.gates import Delete, GatePolicy, PolicyConfig, Put, Warn
+
+T0 = 1_800_000_000.0
+
+
+def ev(kind, ip, t, user="bob", pack="dovecot", protocol="pop3", session=None):
+    return Event(kind, ip, user, protocol, datetime.fromtimestamp(t, timezone.utc), pack, kind,
+                 session)
+
+
+def policy(**kw):
+    return GatePolicy(PolicyConfig(**kw))
+
+
+def expiry(p, key):
+    return p.gates[key].record.expires
+
+
+def test_login_opens_for_the_window_from_the_line_time():
+    p = policy(window=600)
+    [put] = p.on_event(ev("login", "192.0.2.7", T0), now=T0 + 5)
+    assert isinstance(put, Put) and put.gate.key == "192.0.2.7"
+    assert put.gate.expires == T0 + 600 and put.gate.opened == T0
+
+
+def test_old_login_opens_nothing_and_future_time_is_clamped():
+    p = policy(window=600)
+    assert p.on_event(ev("login", "192.0.2.7", T0), now=T0 + 600) == []
+    [put] = p.on_event(ev("login", "192.0.2.8", T0 + 3600), now=T0)     # skewed clock
+    assert put.gate.expires == T0 + 600
+
+
+def test_expiry_on_a_timer_without_log_traffic():
+    p = policy(window=600)
+    p.on_event(ev("login", "192.0.2.7", T0), now=T0)
+    assert p.on_tick(T0 + 599) == []
+    assert p.on_tick(T0 + 600) == [Delete("192.0.2.7")]
+    assert p.gates == {}
+
+
+def test_login_extends_and_logout_refreshes():
+    p = policy(window=600)
+    p.on_event(ev("login", "192.0.2.7", T0), now=T0)
+    p.on_event(ev("login", "192.0.2.7", T0 + 100), now=T0 + 100)
+    assert expiry(p, "192.0.2.7") == T0 + 700
+    [put] = p.on_event(ev("logout", "192.0.2.7", T0 + 300), now=T0 + 300)
+    assert put.gate.expires == T0 + 900
+
+
+def test_logout_without_a_gate_opens_nothing():
+    assert policy().on_event(ev("logout", "192.0.2.7", T0), now=T0) == []
+
+
+def test_open_session_is_extended_up_to_max_session_then_logout_sets_expiry():
+    p = policy(window=600, max_session=3600, logout_packs=frozenset({"dovecot"}))
+    p.on_event(ev("login", "192.0.2.7", T0, protocol="imap", session="S1"), now=T0)
+    for minute in range(1, 50):
+        p.on_tick(T0 + minute * 60)
+    assert expiry(p, "192.0.2.7") == T0 + 49 * 60 + 600
+    for minute in range(50, 60):
+        p.on_tick(T0 + minute * 60)
+    assert expiry(p, "192.0.2.7") == T0 + 3600                   # capped: login + max_session
+    assert p.on_tick(T0 + 3600) == [Delete("192.0.2.7")]
+    p2 = policy(window=600, max_session=3600, logout_packs=frozenset({"dovecot"}))
+    p2.on_event(ev("login", "192.0.2.7", T0, session="S1"), now=T0)
+    p2.on_tick(T0 + 1200)
+    [put] = p2.on_event(ev("logout", "192.0.2.7", T0 + 1300, session="S1"), now=T0 + 1300)
+    assert put.gate.expires == T0 + 1900
+    p2.on_tick(T0 + 1800)
+    assert expiry(p2, "192.0.2.7") == T0 + 1900                  # no more extension
+
+
+def test_packs_without_logouts_get_no_session_extension():
+    p = policy(window=600, logout_packs=frozenset({"dovecot"}))
+    p.on_event(ev("login", "192.0.2.7", T0, pack="qpopper"), now=T0)
+    p.on_tick(T0 + 500)
+    assert expiry(p, "192.0.2.7") == T0 + 600
+
+
+def test_a_gate_closed_by_hand_is_not_re_extended():
+    p = policy(window=600, logout_packs=frozenset({"dovecot"}))
+    p.on_event(ev("login", "192.0.2.7", T0, session="S"), now=T0)
+    assert p.on_tick(T0 + 60, still_stored=lambda key: False) == []
+    assert p.gates == {}
+
+
+def test_never_gate_only_gate_and_users():
+    p = policy()
+    assert p.on_event(ev("login", "127.0.0.1", T0), now=T0) == []
+    assert p.on_event(ev("login", "::1", T0), now=T0) == []
+    assert p.on_event(ev("login", "127.0.0.2", T0), now=T0) != []
+    p = policy(never_gate=[ipaddress.ip_network("10.0.0.0/8")],
+               only_gate=[ipaddress.ip_network("192.0.2.0/24")],
+               never_gate_users=frozenset({"webmail"}))
+    assert p.on_event(ev("login", "10.1.2.3", T0), now=T0) == []
+    assert p.on_event(ev("login", "198.51.100.1", T0), now=T0) == []
+    assert p.on_event(ev("login", "192.0.2.9", T0, user="webmail"), now=T0) == []
+    assert p.on_event(ev("login", "192.0.2.9", T0), now=T0) != []
+
+
+def test_max_ips_per_user():
+    p = policy(max_ips_per_user=2)
+    assert p.on_event(ev("login", "192.0.2.1", T0), now=T0)
+    assert p.on_event(ev("login", "192.0.2.2", T0), now=T0)
+    [warn] = p.on_event(ev("login", "192.0.2.3", T0), now=T0)
+    assert isinstance(warn, Warn) and "max_ips_per_user" in warn.message
+    assert "192.0.2.3" not in p.gates
+    assert p.on_event(ev("login", "192.0.2.1", T0 + 10), now=T0 + 10)   # an open one extends
+    assert p.on_event(ev("login", "192.0.2.3", T0, user="alice"), now=T0)  # other users fine
+    p.on_tick(T0 + 600)
+    assert p.on_event(ev("login", "192.0.2.3", T0 + 605), now=T0 + 605)  # after expiry
+
+
+def test_ipv6_exact_and_prefix():
+    p = policy()
+    [put] = p.on_event(ev("login", "2001:db8:1:2:a:b:c:d", T0), now=T0)
+    assert put.gate.key == "2001:db8:1:2:a:b:c:d"
+    p = policy(ipv6_prefix=64)
+    [put] = p.on_event(ev("login", "2001:db8:1:2:a:b:c:d", T0), now=T0)
+    assert put.gate.key == "2001:db8:1:2::/64"
+    [put] = p.on_event(ev("login", "192.0.2.1", T0), now=T0)
+    assert put.gate.key == "192.0.2.1"
+
+
+def test_other_protocols_and_missing_ips_open_nothing():
+    p = policy()
+    assert p.on_event(ev("login", "192.0.2.1", T0, protocol=None), now=T0) == []
+    assert p.on_event(ev("login", None, T0), now=T0) == []
