@@ -6,6 +6,7 @@ typo must not silently disable a safety setting). Errors are one line: "FILE: ke
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -75,8 +76,93 @@ def _path(v):
     return v
 
 
-def _any(v):
+def _networks(v):
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        raise ValueError("must be a list of networks (e.g. [192.0.2.0/24, 2001:db8::/32])")
+    out = []
+    for item in v:
+        try:
+            out.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a network (e.g. 192.0.2.0/24)") from None
+    return out
+
+
+def _non_negative_int(v):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError("must be a whole number, 0 or more")
     return v
+
+
+def _ipv6_prefix(v):
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 128:
+        raise ValueError("must be a prefix length from 1 to 128 (e.g. 64), or null")
+    return v
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def _logs(v):
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise ValueError("must be a list of {path: FILE-OR-GLOB, packs: [NAME...]}")
+    out = []
+    for i, entry in enumerate(v):
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        if not isinstance(entry, dict):
+            raise ValueError(f"[{i}]: must be a mapping with path:")
+        bad = set(entry) - {"path", "packs", "own_file"}
+        if bad:
+            raise ValueError(f"[{i}].{sorted(bad)[0]}: unknown key (known: path, packs, own_file)")
+        path = entry.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"[{i}].path: must be an absolute path or glob")
+        packs = entry.get("packs")
+        if packs is not None and (not isinstance(packs, list) or
+                                  not all(isinstance(x, str) for x in packs)):
+            raise ValueError(f"[{i}].packs: must be a list of pack names")
+        own = entry.get("own_file")
+        if own is not None and not isinstance(own, str):
+            raise ValueError(f"[{i}].own_file: must be a pack name")
+        out.append({"path": path, "packs": packs, "own_file": own})
+    return out
+
+
+def _store(v):
+    if not isinstance(v, dict):
+        raise ValueError("must be a mapping: {type: dir, path: DIR} or {type: redis, url: URL}")
+    kind = v.get("type", "dir")
+    allowed = {"dir": {"type", "path", "group"},
+               "redis": {"type", "url", "prefix", "sentinel"}}.get(kind)
+    if allowed is None:
+        raise ValueError(f".type: {kind!r} is not a store type (dir or redis)")
+    bad = set(v) - allowed
+    if bad:
+        raise ValueError(f".{sorted(bad)[0]}: unknown key for a {kind} store "
+                         f"(known: {', '.join(sorted(allowed))})")
+    out = dict(v, type=kind)
+    if kind == "dir":
+        if not isinstance(v.get("path"), str) or not v["path"].startswith("/"):
+            raise ValueError(".path: a dir store needs an absolute path")
+    else:
+        url = v.get("url")
+        if not isinstance(url, str) or not url.split("://")[0] in ("redis", "rediss", "unix"):
+            raise ValueError(".url: a redis store needs a redis://, rediss:// or unix:// URL")
+        prefix = v.get("prefix", "logkey:gate:")
+        if not isinstance(prefix, str):
+            raise ValueError(".prefix: must be a string")
+        out["prefix"] = prefix
+    return out
 
 
 # name: (default, converter, meaning). The one table of keys; `logkey config --defaults` reads it.
@@ -90,9 +176,24 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
     "patterns_dir": ("/etc/logkey/patterns.d", _path,
                      "directory of local packs; a local pack overrides a shipped one by name"),
     "line_max": (65536, _positive_int, "bytes; a longer log line is counted and skipped"),
-    "logs": ([], _any, "log files to follow (logkey watch)"),
-    "store": ({"type": "dir", "path": "/var/lib/logkey/gates"}, _any, "the gate store"),
+    "logs": ([], _logs, "log files to follow (paths or globs), each with optional packs: "
+                        "[NAME...] and own_file: PACK"),
+    "store": ({"type": "dir", "path": "/var/lib/logkey/gates"}, _store,
+              "the gate store: {type: dir, path: DIR, group: NAME} or "
+              "{type: redis, url: URL, prefix: logkey:gate:}"),
     "state_dir": ("/var/lib/logkey/state", _path, "where read offsets are kept"),
+    "max_session": (3600, _duration, "a session still open keeps its gate open up to login + "
+                                     "this, seconds or 1h"),
+    "never_gate": (["127.0.0.1/32", "::1/128"], _networks,
+                   "networks that never get a gate (webmail or proxies logging in from here)"),
+    "never_gate_users": ([], _str_list, "user names that never open a gate"),
+    "only_gate": (None, _networks, "when set, only these networks get gates"),
+    "never_gate_mynetworks": (False, _bool, "also never gate Postfix's mynetworks "
+                                            "(postconf -h mynetworks): those relay already"),
+    "max_ips_per_user": (5, _non_negative_int, "a user with this many open gates gets no new "
+                                               "one (0: no limit)"),
+    "ipv6_prefix": (None, _ipv6_prefix, "gate the client's IPv6 network of this length (e.g. "
+                                        "64) instead of the exact address"),
 }
 
 
@@ -151,7 +252,8 @@ def load(explicit: str | None = None, optional: bool = False) -> Config:
         try:
             values[key] = KEYS[key][1](value)
         except ValueError as exc:
-            raise ConfigError(f"{path}: {key}: {exc}") from None
+            msg = str(exc)          # "[0].path: ..." and ".type: ..." name a key inside this one
+            raise ConfigError(f"{path}: {key}{'' if msg[:1] in '[.' else ': '}{msg}") from None
     config = defaults()
     config.values.update(values)
     config.path = path
