@@ -15,12 +15,14 @@ from typing import Any
 
 import yaml
 
+from .errors import LogkeyError
+
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when present: 10x faster
 
 DEFAULT_PATH = "/etc/logkey/config.yaml"
 
 
-class ConfigError(Exception):
+class ConfigError(LogkeyError):
     """str() is one line naming the file, the key and the problem."""
 
 

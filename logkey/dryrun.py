@@ -13,6 +13,7 @@ import time
 from datetime import datetime
 
 from .engine import Engine, Stats
+from .errors import LogkeyError
 from .events import LOGIN, LOGOUT
 from .gates import GatePolicy, PolicyConfig
 from .headers import Clock
@@ -24,7 +25,7 @@ from .match import PackSet
 PROGRESS_MIN_BYTES = 16 << 20
 
 
-class DryRunError(Exception):
+class DryRunError(LogkeyError):
     """One line for the user: a file that cannot be read."""
 
 

@@ -62,14 +62,18 @@ class Stats:
 
 
 class Engine:
-    def __init__(self, packs: PackSet, clock: headers.Clock, join_window: float = 600.0):
+    def __init__(self, packs: PackSet, clock: headers.Clock, join_window: float = 600.0,
+                 shared: "Engine | None" = None):
+        """`shared`: another Engine whose log-order state (correlation, cut messages) and
+        counts this one uses too: one per set of packs, one state for all the logs."""
         self.packs = packs
         self.clock = clock
-        self.correlator = Correlator(join_window)
-        self.stats = Stats()
+        self.correlator = shared.correlator if shared else Correlator(join_window)
+        self.stats = shared.stats if shared else Stats()
         self._by_tag: dict[bytes, list] = {}
         self.cut_mark = None            # set by match_*: (key, long, time) for cut-prone tags
-        self._pending_cut: dict = {}    # (host, program) -> time of a long message
+        self._pending_cut: dict = shared._pending_cut if shared else {}
+        # (host, program) -> time of a long message
 
     def feed_line(self, line: bytes, where=None, own_rules=None) -> list[Event]:
         """One line without its newline (the caller counts lines): the events it completes.

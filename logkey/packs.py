@@ -16,6 +16,7 @@ import yaml
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when present: 10x faster
 
 from . import lint
+from .errors import LogkeyError
 from .events import CONNECT, KINDS, LOGIN, LOGOUT
 from .match import PackSet
 
@@ -26,7 +27,7 @@ PACK_KEYS = frozenset(("description", "covers", "programs", "events", "untagged"
 RULE_KEYS = frozenset(("id", "kind", "regex", "protocol", "fields", "join"))
 
 
-class PackError(Exception):
+class PackError(LogkeyError):
     """A pack that cannot be used; str() is one line naming file, entry and reason."""
 
 

@@ -26,3 +26,87 @@ def run_logkey(*args, stdin=None, env=None, check=None):
 @pytest.fixture
 def now():
     return datetime(2026, 11, 28, tzinfo=timezone.utc)
+
+
+# -- redis_server: a real redis-server on a free loopback port (stores tests) ---------------------
+
+class RedisServer:
+    """A throwaway redis-server: no persistence, TCP on 127.0.0.1:`port` and a unix socket.
+    `stop()` and `start()` simulate an outage (same port and socket afterwards)."""
+
+    def __init__(self, binary, workdir):
+        import socket
+        self.binary, self.dir = binary, workdir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.socket_path = os.path.join(workdir, "redis.sock")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.unix_url = f"unix://{self.socket_path}?db=0"
+        self.proc = None
+
+    def start(self, timeout=10.0):
+        import socket
+        import time
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--unixsocket", self.socket_path, "--unixsocketperm", "700",
+             "--save", "", "--appendonly", "no", "--dir", self.dir,
+             "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace")
+                pytest.fail(f"redis-server exited with {self.proc.returncode}: {err}{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"redis-server not answering on 127.0.0.1:{self.port}{self.log()}")
+            time.sleep(0.02)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc is not None:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def log(self):
+        try:
+            with open(os.path.join(self.dir, "redis.log"), errors="replace") as f:
+                return "\n" + f.read()[-2000:]
+        except OSError:
+            return ""
+
+
+@pytest.fixture
+def redis_server():
+    """A running redis-server (see RedisServer); killed at the end. Fails, never skips, when the
+    binary is missing: .ci/run installs it (Debian package redis-server)."""
+    import shutil
+    import tempfile
+    binary = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None)
+    if binary is None:
+        pytest.fail("redis-server not found: .ci/run installs it "
+                    "(apt-get install redis-server); the redis store tests need a real server")
+    workdir = tempfile.mkdtemp(prefix="logkey-redis-")   # short: unix socket paths are limited
+    server = RedisServer(binary, workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,110 @@
+"""The gate store interface. One record per open gate, keyed by the gate's name.
+
+A gate's key is the canonical IP address (`ipaddress`-validated, IPv6 compressed), or, when
+`ipv6_prefix` is set, the IPv6 network in the form "2001:db8:1:2::/64". Stores never build a
+name, key or path from anything else. Time is epoch seconds (float) throughout.
+
+Backends: `dir` (dirstore.py, the default: a file per gate, mtime = expiry) and `redis`
+(redisstore.py; the `redis` package is imported only when that backend is chosen).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+from ..errors import LogkeyError
+
+
+class StoreError(LogkeyError):
+    """The store cannot be read or written now (unreachable Redis, unwritable directory...).
+    str() is one line."""
+
+
+@dataclass
+class GateRecord:
+    key: str                 # "192.0.2.7", "2001:db8::1" or "2001:db8:1:2::/64"
+    user: str | None
+    pack: str | None
+    protocol: str | None
+    opened: float            # epoch seconds: the login line's time
+    expires: float           # epoch seconds
+    source: str | None       # "path:line" of the line that opened or last extended it
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "GateRecord":
+        data = json.loads(text)
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
+
+
+def check_key(key: str) -> str:
+    """The key itself if it is a canonical address or IPv6 network, else ValueError."""
+    if "/" in key:
+        net = ipaddress.ip_network(key, strict=True)
+        if net.version != 6 or str(net) != key:
+            raise ValueError(f"not a canonical IPv6 network: {key!r}")
+        return key
+    addr = ipaddress.ip_address(key)
+    if str(addr) != key or getattr(addr, "scope_id", None):
+        raise ValueError(f"not a canonical address: {key!r}")
+    return key
+
+
+def keys_for(ip: str, ipv6_prefix: int | None) -> list[str]:
+    """The keys under which a gate for `ip` may be stored: the address, and for IPv6 with a
+    prefix configured, its network."""
+    keys = [ip]
+    if ipv6_prefix and ":" in ip:
+        keys.append(str(ipaddress.ip_network(f"{ip}/{ipv6_prefix}", strict=False)))
+    return keys
+
+
+class Store(ABC):
+    @abstractmethod
+    def put(self, gate: GateRecord) -> None:
+        """Create or replace the gate (atomic for readers)."""
+
+    @abstractmethod
+    def get(self, key: str, now: float | None = None) -> GateRecord | None:
+        """The gate if it exists and has not expired at `now` (default: time.time())."""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove the gate; True if there was one."""
+
+    @abstractmethod
+    def scan(self, now: float | None = None) -> Iterator[GateRecord]:
+        """Every gate still open at `now`."""
+
+    @abstractmethod
+    def purge(self, now: float | None = None) -> int:
+        """Remove expired gates; how many."""
+
+    def is_open(self, ip: str, ipv6_prefix: int | None = None, now: float | None = None) -> bool:
+        return any(self.get(k, now) is not None for k in keys_for(ip, ipv6_prefix))
+
+    def close(self) -> None:
+        pass
+
+
+def open_store(spec: dict) -> Store:
+    """A store from the configuration's `store:` mapping (already validated)."""
+    kind = spec.get("type", "dir")
+    if kind == "dir":
+        from .dirstore import DirStore
+        return DirStore(spec["path"], group=spec.get("group"))
+    if kind == "redis":
+        from .redisstore import RedisStore
+        return RedisStore(spec["url"], prefix=spec.get("prefix", "logkey:gate:"),
+                          sentinel=spec.get("sentinel"))
+    raise StoreError(f"unknown store type {kind!r}")
+
+
+def now_or(now: float | None) -> float:
+    return time.time() if now is None else now

@@ -1,0 +1,302 @@
+"""The `dir` gate store: one file per open gate, its mtime the expiry (the 1999 design).
+
+Reads/Writes: files directly in `path` only, never below it and never through a symlink.
+Trust: the file names come only from `check_key`-validated keys; everything found in the
+directory is treated as untrusted (checked with lstat/O_NOFOLLOW, size-limited, parsed
+defensively).
+
+Layout
+    <path>/192.0.2.7              an IPv4 gate
+    <path>/2001:db8::1            an IPv6 gate (compressed form, as `ipaddress` prints it)
+    <path>/2001:db8:1:2::_64      an IPv6 prefix gate "2001:db8:1:2::/64": the "/" becomes "_"
+                                  (no address or network ever contains "_")
+    <path>/.<name>.<random>.tmp   a gate being written (dot-prefixed, same directory)
+
+The file's **mtime is the expiry**: a gate is open iff a regular file exists under its name
+and its mtime is later than now. That is all a checker (`logkey relayclient`) needs: one
+lstat. The content is `GateRecord.to_json()`, for people and for `logkey gates`.
+
+Writes are atomic: the record goes to a dot-prefixed temp file in the same directory (mode
+0640), its mtime is set to the expiry, it is fsynced and renamed over the gate's name, then the
+directory is fsynced. A reader sees the old gate or the new one, never a partial file.
+
+Decisions
+- The mtime decides, not the content. `get()` returns the record with `expires` taken from
+  the mtime (so `touch -d` extends a gate, as the checker would see it). A file whose content
+  is unreadable, unparseable or names another key but whose mtime is in the future IS open,
+  because the SMTP-side checker only stats it and would relay for it; `get()` then reports it
+  with user/pack/protocol/source None and `opened` = the file's ctime (when it was last
+  written), so `logkey gates` shows it and an admin can `logkey close` it.
+- A symlink, directory, FIFO or other non-regular file under a gate name is never followed,
+  never open, and removed by `purge()` (a non-empty directory is left alone).
+- `put()` writes what it is given, even an already expired gate (it is simply closed; `purge()`
+  removes it). `delete()` returns True only if the gate it removed was open.
+- Names that are not ours (not a canonical key, not our temp pattern) are ignored, not removed.
+- The directory is created with mode 0750 (group `group` if given); an existing directory that
+  others may write to is refused. With `group`, files are chgrp'ed to it too.
+
+Errors: every OSError becomes StoreError with one line; an invalid key is ValueError.
+"""
+from __future__ import annotations
+
+import errno
+import grp
+import json
+import os
+import re
+import secrets
+import stat
+import time
+from typing import Iterator
+
+from .base import GateRecord, Store, StoreError, check_key, now_or
+
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+MAX_RECORD = 64 * 1024          # a record is ~200 bytes; anything bigger is not ours
+TEMP_MAX_AGE = 60.0             # seconds before purge() removes a stray temp file
+TEMP_SUFFIX = ".tmp"
+TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{12}(?:\.purge)?\.tmp")   # what put()/purge() create
+
+
+def key_to_name(key: str) -> str:
+    """The file name of a gate key (ValueError unless `check_key` accepts it)."""
+    return check_key(key).replace("/", "_")
+
+
+def name_to_key(name: str) -> str | None:
+    """The key a file name stands for, or None if the name is not a gate name."""
+    if name.startswith(".") or len(name) > 64:
+        return None
+    key = name.replace("_", "/")
+    try:
+        check_key(key)
+    except ValueError:
+        return None
+    return key if key_to_name(key) == name else None
+
+
+def _one_line(err: BaseException) -> str:
+    text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return " ".join(text.split())
+
+
+class DirStore(Store):
+    def __init__(self, path: str | os.PathLike, group: str | int | None = None):
+        self.path = os.fspath(path)
+        self.gid = self._resolve_group(group)
+        self._make_dir()
+
+    # -- setup ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _resolve_group(group: str | int | None) -> int | None:
+        if group is None:
+            return None
+        if isinstance(group, int) or str(group).isdigit():
+            return int(group)
+        try:
+            return grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise StoreError(f"gate store: unknown group {group!r}") from None
+
+    def _make_dir(self) -> None:
+        try:
+            try:
+                os.mkdir(self.path, DIR_MODE)
+                os.chmod(self.path, DIR_MODE)          # mkdir's mode is cut by the umask
+                if self.gid is not None:
+                    os.chown(self.path, -1, self.gid)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:                  # parents missing: they get the umask
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                return self._make_dir()
+            st = os.stat(self.path)
+            if not stat.S_ISDIR(st.st_mode):
+                raise StoreError(f"gate store {self.path}: not a directory")
+            if st.st_mode & stat.S_IWOTH:
+                raise StoreError(f"gate store {self.path}: directory is writable by others")
+            if self.gid is not None and st.st_gid != self.gid:
+                os.chown(self.path, -1, self.gid)
+        except OSError as e:
+            raise StoreError(f"gate store {self.path}: {_one_line(e)}") from None
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def _error(self, what: str, e: OSError) -> StoreError:
+        return StoreError(f"gate store {self.path}: cannot {what}: {_one_line(e)}")
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def put(self, gate: GateRecord) -> None:
+        name = key_to_name(gate.key)
+        tmp = self._file(f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        data = gate.to_json().encode() + b"\n"
+        expires_ns = int(round(gate.expires * 1e9))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, FILE_MODE)
+            try:
+                os.fchmod(fd, FILE_MODE)               # not cut by the umask
+                if self.gid is not None:
+                    os.fchown(fd, -1, self.gid)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.utime(fd, ns=(expires_ns, expires_ns))   # the mtime IS the expiry
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self._file(name))           # atomic: old gate or new, never partial
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise self._error(f"write gate {name}", e) from None
+        self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise self._error("sync directory", e) from None
+
+    def delete(self, key: str) -> bool:
+        name = key_to_name(key)
+        path = self._file(name)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                os.rmdir(path)
+            else:
+                os.unlink(path)                        # a symlink itself, never its target
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise self._error(f"remove gate {name}", e) from None
+        return stat.S_ISREG(st.st_mode) and st.st_mtime > time.time()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, key: str, now: float | None = None) -> GateRecord | None:
+        name = key_to_name(key)
+        return self._read(key, name, now_or(now))
+
+    def _read(self, key: str, name: str, now: float) -> GateRecord | None:
+        try:
+            # O_NOFOLLOW: a symlink fails with ELOOP; O_NONBLOCK: a planted FIFO cannot hang us.
+            fd = os.open(self._file(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                return None
+            if e.errno == errno.ENXIO:                 # a socket or a reader-less FIFO
+                return None
+            raise self._error(f"read gate {name}", e) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_mtime <= now:
+                return None
+            raw = os.read(fd, MAX_RECORD + 1)
+        except OSError as e:
+            raise self._error(f"read gate {name}", e) from None
+        finally:
+            os.close(fd)
+        return _record(key, raw, st)
+
+    def scan(self, now: float | None = None) -> Iterator[GateRecord]:
+        now = now_or(now)
+        for name, key in self._gate_names():
+            gate = self._read(key, name, now)
+            if gate is not None:
+                yield gate
+
+    def _gate_names(self) -> list[tuple[str, str]]:
+        try:
+            names = sorted(os.listdir(self.path))
+        except OSError as e:
+            raise self._error("list directory", e) from None
+        return [(n, k) for n in names if (k := name_to_key(n)) is not None]
+
+    # -- cleaning ---------------------------------------------------------------------------
+
+    def purge(self, now: float | None = None) -> int:
+        """Remove expired gates and anything non-regular under a gate name; also temp files
+        older than a minute (by ctime, on the real clock: a temp file's mtime is its expiry).
+        Returns how many gate names were removed."""
+        now = now_or(now)
+        removed = 0
+        try:
+            names = os.listdir(self.path)
+        except OSError as e:
+            raise self._error("list directory", e) from None
+        for name in names:
+            try:
+                if (m := TEMP_NAME.fullmatch(name)) and name_to_key(m.group(1)):
+                    st = os.lstat(self._file(name))
+                    if st.st_ctime < time.time() - TEMP_MAX_AGE and not stat.S_ISDIR(st.st_mode):
+                        os.unlink(self._file(name))
+                elif name_to_key(name) is not None:
+                    removed += self._purge_one(name, now)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise self._error(f"purge {name}", e) from None
+        return removed
+
+    def _purge_one(self, name: str, now: float) -> int:
+        path = self._file(name)
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                os.rmdir(path)
+                return 1
+            except OSError:
+                return 0                               # not empty: not ours to delete
+        if stat.S_ISREG(st.st_mode) and st.st_mtime > now:
+            return 0
+        if not stat.S_ISREG(st.st_mode):
+            os.unlink(path)
+            return 1
+        # Expired. A put() may rename a fresh gate into place between our lstat and our
+        # removal, so move it aside atomically first and put it back if it turned out fresh.
+        aside = self._file(f".{name}.{secrets.token_hex(6)}.purge{TEMP_SUFFIX}")
+        os.rename(path, aside)
+        try:
+            if os.lstat(aside).st_mtime > now:
+                try:
+                    os.link(aside, path)               # fails if an even newer gate exists
+                except FileExistsError:
+                    pass
+                return 0
+            return 1
+        finally:
+            os.unlink(aside)
+
+
+def _record(key: str, raw: bytes, st: os.stat_result) -> GateRecord:
+    """The record in a gate file; `expires` is always the mtime. Unparseable content, or a
+    record for another key, gives a record with the unknown fields None (see the docstring)."""
+    expires = st.st_mtime
+    data = None
+    if len(raw) <= MAX_RECORD:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+    if isinstance(data, dict) and data.get("key") == key:
+        fields = {k: data.get(k) for k in GateRecord.__dataclass_fields__}
+        texts = ("user", "pack", "protocol", "source")
+        if all(fields[k] is None or isinstance(fields[k], str) for k in texts) and \
+                isinstance(fields["opened"], (int, float)) and not isinstance(fields["opened"], bool):
+            fields.update(key=key, expires=expires, opened=float(fields["opened"]))
+            return GateRecord(**fields)
+    return GateRecord(key=key, user=None, pack=None, protocol=None,
+                      opened=min(st.st_ctime, expires), expires=expires, source=None)

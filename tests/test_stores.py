@@ -1,0 +1,552 @@
+"""Gate stores: one contract over every backend (dir, redis), then each backend's own promises.
+Redis tests run against a real redis-server started by the `redis_server` fixture."""
+import errno
+import grp
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from logkey.stores import GateRecord, StoreError, open_store
+from logkey.stores import dirstore
+from logkey.stores.base import check_key
+from logkey.stores.dirstore import DirStore
+
+BAD_KEYS = [
+    "../x", "1.2.3.4/../..", "fe80::1%eth0", "mail.example.com", "localhost", "", ".", "..",
+    "192.0.2.1/32", "192.0.2.0/24", "2001:db8::1/64", "2001:DB8::1", "2001:0db8::1",
+    "192.0.2.1\n", " 192.0.2.1", "192.0.2.1/", "/etc/passwd", ".192.0.2.1", "192.0.2.1.tmp",
+    "2001:db8:1:2::_64", "0x7f.1", "3232235777",
+]
+
+
+def gate(key, expires, user="alice", opened=None, source="mail.log:1"):
+    return GateRecord(key=key, user=user, pack="dovecot", protocol="imap",
+                      opened=expires - 600 if opened is None else opened, expires=expires,
+                      source=source)
+
+
+@pytest.fixture(params=["dir", "redis"])
+def store(request, tmp_path):
+    if request.param == "dir":
+        s = DirStore(tmp_path / "gates")
+    else:
+        server = request.getfixturevalue("redis_server")
+        s = open_store({"type": "redis", "url": server.url, "prefix": f"t{uuid.uuid4().hex}:"})
+    yield s
+    s.close()
+
+
+# -- the contract ---------------------------------------------------------------------------------
+
+def test_put_get_roundtrip(store):
+    t = time.time()
+    g = gate("192.0.2.7", t + 60)
+    store.put(g)
+    got = store.get("192.0.2.7")
+    assert got is not None
+    assert (got.key, got.user, got.pack, got.protocol, got.source) == \
+        ("192.0.2.7", "alice", "dovecot", "imap", "mail.log:1")
+    assert got.opened == pytest.approx(g.opened, abs=1e-6)
+    assert got.expires == pytest.approx(g.expires, abs=1e-3)
+    assert store.is_open("192.0.2.7")
+    assert store.get("192.0.2.8") is None
+    assert not store.is_open("192.0.2.8")
+
+
+def test_expiry_by_now(store):
+    t = time.time()
+    store.put(gate("192.0.2.7", t + 60))
+    assert store.get("192.0.2.7", now=t + 59) is not None
+    assert store.get("192.0.2.7", now=t + 60.5) is None
+    assert not store.is_open("192.0.2.7", now=t + 61)
+    assert [g.key for g in store.scan(now=t + 61)] == []
+
+
+def test_expiry_on_the_real_clock(store):
+    store.put(gate("192.0.2.7", time.time() + 0.3))
+    assert store.is_open("192.0.2.7")
+    time.sleep(0.5)
+    assert store.get("192.0.2.7") is None
+    assert not store.is_open("192.0.2.7")
+
+
+def test_replace_extends_and_shortens(store):
+    t = time.time()
+    store.put(gate("192.0.2.7", t + 60, user="alice"))
+    store.put(gate("192.0.2.7", t + 120, user="bob"))
+    got = store.get("192.0.2.7")
+    assert got.user == "bob" and got.expires == pytest.approx(t + 120, abs=1e-3)
+    store.put(gate("192.0.2.7", t + 30, user="carol"))
+    got = store.get("192.0.2.7")
+    assert got.user == "carol" and got.expires == pytest.approx(t + 30, abs=1e-3)
+    assert store.get("192.0.2.7", now=t + 31) is None
+    assert len(list(store.scan())) == 1
+
+
+def test_put_expired_is_closed(store):
+    t = time.time()
+    store.put(gate("192.0.2.7", t + 60))
+    store.put(gate("192.0.2.7", t - 1))
+    assert store.get("192.0.2.7") is None
+    assert list(store.scan()) == []
+
+
+def test_delete(store):
+    store.put(gate("192.0.2.7", time.time() + 60))
+    assert store.delete("192.0.2.7") is True
+    assert store.get("192.0.2.7") is None
+    assert store.delete("192.0.2.7") is False
+    assert store.delete("192.0.2.8") is False
+
+
+def test_scan(store):
+    t = time.time()
+    keys = ["192.0.2.7", "198.51.100.1", "2001:db8::1", "2001:db8:1:2::/64", "::1"]
+    for i, k in enumerate(keys):
+        store.put(gate(k, t + 60 + i, user=f"u{i}"))
+    store.put(gate("203.0.113.9", t - 5))
+    found = {g.key: g for g in store.scan()}
+    assert set(found) == set(keys)
+    assert found["2001:db8:1:2::/64"].user == "u3"
+    assert {g.key for g in store.scan(now=t + 62.5)} == {"2001:db8:1:2::/64", "::1"}
+
+
+def test_purge_keeps_open_gates(store):
+    t = time.time()
+    store.put(gate("192.0.2.7", t + 60))
+    store.put(gate("192.0.2.8", t - 5))
+    assert isinstance(store.purge(), int)
+    assert store.is_open("192.0.2.7")
+    assert not store.is_open("192.0.2.8")
+    assert [g.key for g in store.scan()] == ["192.0.2.7"]
+
+
+def test_ipv6_exact_and_prefix_gates(store):
+    t = time.time()
+    store.put(gate("2001:db8:1:2::/64", t + 60))
+    store.put(gate("2001:db8:9::5", t + 60))
+    assert store.is_open("2001:db8:1:2::abcd", ipv6_prefix=64)
+    assert store.is_open("2001:db8:1:2:ffff:ffff:ffff:ffff", ipv6_prefix=64)
+    assert not store.is_open("2001:db8:1:2::abcd")               # no prefix: exact only
+    assert not store.is_open("2001:db8:1:3::1", ipv6_prefix=64)
+    assert store.is_open("2001:db8:9::5")
+    assert not store.is_open("2001:db8:9::6")
+    assert store.get("2001:db8:1:2::/64").key == "2001:db8:1:2::/64"
+    assert store.delete("2001:db8:1:2::/64")
+    assert not store.is_open("2001:db8:1:2::abcd", ipv6_prefix=64)
+
+
+@pytest.mark.parametrize("bad", BAD_KEYS)
+def test_bad_keys_refused(store, bad):
+    with pytest.raises(ValueError):
+        store.put(gate(bad, time.time() + 60))
+    with pytest.raises(ValueError):
+        store.get(bad)
+    with pytest.raises(ValueError):
+        store.delete(bad)
+    assert list(store.scan()) == []
+
+
+def test_bad_keys_are_bad():
+    for bad in BAD_KEYS:
+        with pytest.raises(ValueError):
+            check_key(bad)
+
+
+def test_open_store_builds_both(tmp_path, redis_server):
+    d = open_store({"type": "dir", "path": str(tmp_path / "g")})
+    r = open_store({"type": "redis", "url": redis_server.url})
+    for s in (d, r):
+        s.put(gate("192.0.2.1", time.time() + 60))
+        assert s.is_open("192.0.2.1")
+        s.close()
+    assert r.prefix == "logkey:gate:"
+    with pytest.raises(StoreError):
+        open_store({"type": "sqlite"})
+
+
+# -- dir ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def gates(tmp_path):
+    return tmp_path / "gates"
+
+
+def test_dir_file_names_and_content(gates):
+    s = DirStore(gates)
+    t = time.time()
+    for k in ("192.0.2.7", "2001:db8::1", "2001:db8:1:2::/64"):
+        s.put(gate(k, t + 60))
+    assert sorted(os.listdir(gates)) == ["192.0.2.7", "2001:db8:1:2::_64", "2001:db8::1"]
+    data = json.loads((gates / "2001:db8:1:2::_64").read_text())
+    assert data == json.loads(gate("2001:db8:1:2::/64", t + 60).to_json())
+
+
+def test_dir_mtime_is_the_expiry(gates):
+    s = DirStore(gates)
+    expires = time.time() + 600.123456
+    s.put(gate("192.0.2.7", expires))
+    st = os.lstat(gates / "192.0.2.7")
+    assert st.st_mtime_ns == int(round(expires * 1e9))
+    # A checker that only stats: open iff it exists and its mtime is in the future.
+    os.utime(gates / "192.0.2.7", (time.time() - 1, time.time() - 1))
+    assert not s.is_open("192.0.2.7")
+    os.utime(gates / "192.0.2.7", (expires + 60, expires + 60))
+    assert s.get("192.0.2.7").expires == pytest.approx(expires + 60, abs=1e-3)
+
+
+def test_dir_modes(tmp_path):
+    old = os.umask(0o077)
+    try:
+        s = DirStore(tmp_path / "a" / "b" / "gates")
+        s.put(gate("192.0.2.7", time.time() + 60))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a" / "b" / "gates").st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(tmp_path / "a" / "b" / "gates" / "192.0.2.7").st_mode) == 0o640
+
+
+def test_dir_existing_directory_mode_kept(gates):
+    gates.mkdir(mode=0o700)
+    os.chmod(gates, 0o700)
+    DirStore(gates).put(gate("192.0.2.7", time.time() + 60))
+    assert stat.S_IMODE(os.stat(gates).st_mode) == 0o700
+
+
+def test_dir_group(gates):
+    if os.geteuid() == 0:
+        other = [g for g in grp.getgrall() if g.gr_gid != os.getgid()]
+        group = other[0]
+    else:
+        group = grp.getgrgid(os.getgid())
+    s = DirStore(gates, group=group.gr_name)
+    s.put(gate("192.0.2.7", time.time() + 60))
+    assert os.stat(gates).st_gid == group.gr_gid
+    assert os.stat(gates / "192.0.2.7").st_gid == group.gr_gid
+    with pytest.raises(StoreError, match="unknown group"):
+        DirStore(gates, group="no-such-group-logkey")
+
+
+def test_dir_refuses_world_writable_or_not_a_directory(tmp_path):
+    ww = tmp_path / "ww"
+    ww.mkdir()
+    os.chmod(ww, 0o777)
+    with pytest.raises(StoreError, match="writable by others"):
+        DirStore(ww)
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(StoreError) as e:
+        DirStore(f)
+    assert "\n" not in str(e.value)
+
+
+def test_dir_atomic_rename_no_partial_file_visible(gates):
+    s = DirStore(gates)
+    t = time.time()
+    stop = threading.Event()
+    seen, bad = [0], []
+
+    def reader():
+        while not stop.is_set():
+            for name in os.listdir(gates):
+                if name.startswith("."):
+                    continue
+                try:
+                    data = (gates / name).read_bytes()
+                except FileNotFoundError:
+                    continue
+                try:
+                    rec = json.loads(data)
+                    assert rec["key"] == name and len(rec["user"]) == 5000
+                    seen[0] += 1
+                except Exception as e:               # noqa: BLE001 - record what was seen
+                    bad.append((name, data[:80], e))
+
+    th = threading.Thread(target=reader)
+    th.start()
+    try:
+        for i in range(300):
+            s.put(gate("192.0.2.7", t + 60 + i, user=str(i % 10) * 5000))
+    finally:
+        stop.set()
+        th.join()
+    assert not bad, bad[:3]
+    assert seen[0] > 0
+    assert os.listdir(gates) == ["192.0.2.7"]                  # no temp file left behind
+
+
+def test_dir_failed_write_raises_one_line_and_keeps_old_gate(gates, monkeypatch):
+    s = DirStore(gates)
+    t = time.time()
+    s.put(gate("192.0.2.7", t + 60, user="old"))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(dirstore.os, "fsync", full)
+    with pytest.raises(StoreError) as e:
+        s.put(gate("192.0.2.7", t + 120, user="new"))
+    monkeypatch.undo()
+    msg = str(e.value)
+    assert "\n" not in msg and "No space left" in msg and "192.0.2.7" in msg
+    assert os.listdir(gates) == ["192.0.2.7"]
+    assert s.get("192.0.2.7").user == "old"
+
+
+def test_dir_unreadable_directory_is_store_error(gates):
+    s = DirStore(gates)
+    shutil.rmtree(gates)
+    with pytest.raises(StoreError):
+        list(s.scan())
+    with pytest.raises(StoreError):
+        s.purge()
+    with pytest.raises(StoreError):
+        s.put(gate("192.0.2.7", time.time() + 60))
+
+
+def test_dir_symlink_not_followed(gates, tmp_path):
+    s = DirStore(gates)
+    future = time.time() + 3600
+    target = tmp_path / "target"
+    target.write_text(gate("192.0.2.9", future).to_json())
+    os.utime(target, (future, future))
+    os.symlink(target, gates / "192.0.2.9")
+    os.symlink("/etc/passwd", gates / "192.0.2.10")
+    assert s.get("192.0.2.9") is None
+    assert not s.is_open("192.0.2.9")
+    assert not s.is_open("192.0.2.10")
+    assert list(s.scan()) == []
+    assert s.purge() == 2
+    assert os.listdir(gates) == []
+    assert target.exists() and os.path.exists("/etc/passwd")
+    # put() replaces a planted symlink, it never writes through it
+    os.symlink(target, gates / "192.0.2.9")
+    before = target.read_text()
+    s.put(gate("192.0.2.9", future, user="mallory"))
+    assert target.read_text() == before
+    assert stat.S_ISREG(os.lstat(gates / "192.0.2.9").st_mode)
+    assert s.get("192.0.2.9").user == "mallory"
+
+
+def test_dir_non_regular_files_closed_and_purged(gates):
+    s = DirStore(gates)
+    os.mkfifo(gates / "192.0.2.1")
+    (gates / "192.0.2.2").mkdir()
+    (gates / "192.0.2.3").mkdir()
+    (gates / "192.0.2.3" / "keep").write_text("x")
+    for k in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
+        assert s.get(k) is None                               # a FIFO must not hang us
+    assert list(s.scan()) == []
+    assert s.purge() == 2
+    assert sorted(os.listdir(gates)) == ["192.0.2.3"]          # a non-empty dir is not ours
+
+
+def test_dir_tampered_file_with_future_mtime_is_open(gates):
+    s = DirStore(gates)
+    future = time.time() + 300
+    for name, content in (("192.0.2.1", b"\x00garbage{"), ("192.0.2.2", b""),
+                          ("192.0.2.3", gate("192.0.2.99", future).to_json().encode()),
+                          ("192.0.2.4", b"[1, 2]"), ("192.0.2.5", b"x" * 100_000)):
+        (gates / name).write_bytes(content)
+        os.utime(gates / name, (future, future))
+        got = s.get(name)
+        assert got is not None and got.key == name
+        assert got.user is None and got.source is None and got.pack is None
+        assert got.expires == pytest.approx(future, abs=1e-3)
+        assert got.opened <= future
+    assert len(list(s.scan())) == 5
+
+
+def test_dir_purge(gates, monkeypatch):
+    s = DirStore(gates)
+    t = time.time()
+    s.put(gate("192.0.2.1", t + 60))
+    s.put(gate("192.0.2.2", t - 60))
+    s.put(gate("2001:db8:1:2::/64", t - 1))
+    (gates / "README").write_text("not ours")
+    (gates / ".hidden").write_text("not ours")
+    (gates / ".192.0.2.3.0123456789ab.tmp").write_text("{")   # a writer that died
+    assert s.purge() == 2
+    assert sorted(os.listdir(gates)) == [".192.0.2.3.0123456789ab.tmp", ".hidden",
+                                         "192.0.2.1", "README"]   # the temp file is too young
+    monkeypatch.setattr(dirstore, "TEMP_MAX_AGE", -1.0)
+    assert s.purge() == 0
+    assert sorted(os.listdir(gates)) == [".hidden", "192.0.2.1", "README"]
+    assert s.purge(now=t + 61) == 1
+    assert sorted(os.listdir(gates)) == [".hidden", "README"]
+
+
+def test_dir_delete_reports_open_gates_only(gates):
+    s = DirStore(gates)
+    t = time.time()
+    s.put(gate("192.0.2.1", t - 1))
+    assert s.delete("192.0.2.1") is False
+    assert os.listdir(gates) == []
+
+
+def test_dir_ignores_foreign_names_in_scan(gates):
+    s = DirStore(gates)
+    future = time.time() + 60
+    for name in ("2001:DB8::1", "localhost", "192.0.2.01", "2001:db8::1_64"):
+        (gates / name).write_text("{}")
+        os.utime(gates / name, (future, future))
+    assert list(s.scan()) == []
+    assert s.purge() == 0
+    assert len(os.listdir(gates)) == 4
+
+
+# -- redis ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def rstore(redis_server):
+    s = open_store({"type": "redis", "url": redis_server.url})
+    yield s
+    s.close()
+
+
+def test_redis_ttl_and_value(rstore):
+    t = time.time()
+    g = gate("2001:db8:1:2::/64", t + 60)
+    rstore.put(g)
+    c = rstore.client
+    pttl = c.pttl("logkey:gate:2001:db8:1:2::/64")
+    assert 58_000 < pttl <= 60_000
+    assert json.loads(c.get("logkey:gate:2001:db8:1:2::/64")) == json.loads(g.to_json())
+
+
+def test_redis_expired_never_written(rstore):
+    t = time.time()
+    rstore.put(gate("192.0.2.7", t - 1))
+    assert rstore.client.dbsize() == 0
+    rstore.put(gate("192.0.2.7", t + 60))
+    rstore.put(gate("192.0.2.7", t - 1))                    # closing an open gate deletes it
+    assert rstore.client.exists("logkey:gate:192.0.2.7") == 0
+
+
+def test_redis_bad_keys_write_nothing(rstore):
+    for bad in BAD_KEYS:
+        with pytest.raises(ValueError):
+            rstore.put(gate(bad, time.time() + 60))
+    assert rstore.client.dbsize() == 0
+
+
+def test_redis_scan_uses_scan_not_keys(rstore, monkeypatch):
+    def no_keys(*a, **k):
+        raise AssertionError("KEYS used")
+
+    monkeypatch.setattr(rstore.client, "keys", no_keys)
+    t = time.time()
+    pipe = rstore.client.pipeline(transaction=False)
+    for i in range(1200):
+        ip = f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"
+        pipe.set(f"logkey:gate:{ip}", gate(ip, t + 60).to_json(), px=60_000)
+    pipe.set("logkey:gate:not-an-ip", "{}", px=60_000)
+    pipe.set("other:10.0.0.1", "{}", px=60_000)
+    pipe.execute()
+    assert len({g.key for g in rstore.scan()}) == 1200
+
+
+def test_redis_prefixes_isolate(redis_server):
+    a = open_store({"type": "redis", "url": redis_server.url, "prefix": "a*[x]:"})
+    b = open_store({"type": "redis", "url": redis_server.url, "prefix": "ab:"})
+    t = time.time()
+    a.put(gate("192.0.2.1", t + 60))
+    b.put(gate("192.0.2.2", t + 60))
+    assert [g.key for g in a.scan()] == ["192.0.2.1"]
+    assert [g.key for g in b.scan()] == ["192.0.2.2"]
+    assert not a.is_open("192.0.2.2")
+    a.close()
+    b.close()
+
+
+def test_redis_tampered_values(rstore):
+    c = rstore.client
+    c.set("logkey:gate:192.0.2.1", b"\xffgarbage", px=30_000)
+    c.set("logkey:gate:192.0.2.2", b"garbage")                     # no TTL: never open
+    c.set("logkey:gate:192.0.2.3", gate("192.0.2.99", time.time() + 60).to_json(), px=30_000)
+    got = rstore.get("192.0.2.1")
+    assert got is not None and got.user is None and got.source is None
+    assert got.expires == pytest.approx(time.time() + 30, abs=2)
+    assert rstore.get("192.0.2.2") is None
+    assert rstore.get("192.0.2.3").user is None
+    assert {g.key for g in rstore.scan()} == {"192.0.2.1", "192.0.2.3"}
+
+
+def test_redis_unix_socket(redis_server):
+    s = open_store({"type": "redis", "url": redis_server.unix_url})
+    s.put(gate("192.0.2.1", time.time() + 60))
+    assert s.is_open("192.0.2.1")
+    s.close()
+
+
+def test_redis_stopped_then_restarted(redis_server, rstore):
+    rstore.put(gate("192.0.2.1", time.time() + 60))
+    redis_server.stop()
+    for call in (lambda: rstore.put(gate("192.0.2.2", time.time() + 60)),
+                 lambda: rstore.get("192.0.2.1"), lambda: list(rstore.scan()),
+                 lambda: rstore.delete("192.0.2.1"), lambda: rstore.is_open("192.0.2.1")):
+        started = time.monotonic()
+        with pytest.raises(StoreError) as e:
+            call()
+        assert time.monotonic() - started < 5
+        assert "\n" not in str(e.value) and str(e.value).startswith("redis store")
+    redis_server.start()
+    assert rstore.get("192.0.2.1") is None                  # --save "": the data went with it
+    rstore.put(gate("192.0.2.2", time.time() + 60))
+    assert rstore.is_open("192.0.2.2")
+
+
+def test_redis_unreachable_message_hides_password():
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    s = open_store({"type": "redis", "url": f"redis://user:s3cret@127.0.0.1:{port}/0"})
+    with pytest.raises(StoreError) as e:
+        s.get("192.0.2.1")
+    assert "s3cret" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_redis_wrong_type_is_store_error(rstore):
+    rstore.client.hset("logkey:gate:192.0.2.1", "a", "b")
+    with pytest.raises(StoreError, match="WRONGTYPE"):
+        rstore.get("192.0.2.1")
+
+
+def test_redis_sentinel(redis_server, tmp_path):
+    """A real redis-sentinel watching the fixture's server: the store finds the master."""
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+                    f"sentinel monitor mymaster 127.0.0.1 {redis_server.port} 1\n")
+    proc = subprocess.Popen([redis_server.binary, str(conf), "--sentinel"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        s = open_store({"type": "redis", "url": "redis:///0",
+                        "sentinel": {"hosts": [f"127.0.0.1:{port}"], "service": "mymaster"}})
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                s.put(gate("192.0.2.1", time.time() + 60))
+                break
+            except StoreError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert s.is_open("192.0.2.1")
+        direct = open_store({"type": "redis", "url": redis_server.url})
+        assert direct.is_open("192.0.2.1")
+        s.close()
+        direct.close()
+    finally:
+        proc.terminate()
+        proc.wait(5)
