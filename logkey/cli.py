@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 
 from . import __version__
 from . import config as config_mod
-from .dryrun import DryRunError
+from .errors import LogkeyError
 from .headers import Clock
 from .match import own_file_rules
-from .packs import PackError, load_packs
+from .packs import load_packs
 
 
 class UsageError(Exception):
@@ -92,6 +92,41 @@ def cmd_packs_test(args) -> int:
     return 1 if failed else 0
 
 
+def _load_required(args):
+    return config_mod.load(args.config)
+
+
+def cmd_watch(args) -> int:
+    from .watch import Watcher
+    setup_logging(args.verbose)
+    cfg = _load_required(args)
+    shift = 0.0
+    if args.as_of:
+        shift = datetime.now(timezone.utc).timestamp() - _parse_now(args.as_of).timestamp()
+    watcher = Watcher(cfg, observe=args.observe, shift=shift)
+    return watcher.run(once=args.once, load_config=lambda: config_mod.load(cfg.path))
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """logkey's own log: stderr, with the <N> priority prefix journald reads, no time stamp
+    (journald adds its own)."""
+    import logging
+
+    class Journald(logging.Formatter):
+        PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                    logging.CRITICAL: 2}
+
+        def format(self, record):
+            return f"<{self.PRIORITY.get(record.levelno, 6)}>{record.getMessage()}"
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(Journald())
+    root = logging.getLogger("logkey")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="logkey",
@@ -135,7 +170,78 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("names", nargs="*", metavar="PACK")
     pt.set_defaults(func=cmd_packs_test)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    def add_required_config(p):
+        p.add_argument("--config", metavar="FILE",
+                       help="configuration file (default: $LOGKEY_CONFIG, else "
+                            f"{config_mod.DEFAULT_PATH})")
+
+    p = sub.add_parser("watch", help="follow the mail logs into the gate store",
+                       description="Follow the configured logs and open a gate for every "
+                                   "successful POP3/IMAP login. Runs in the foreground; "
+                                   "SIGTERM stops it, SIGHUP reloads configuration and packs.")
+    add_required_config(p)
+    p.add_argument("--observe", action="store_true",
+                   help="do everything but write gates; log what would be done")
+    p.add_argument("--once", action="store_true", help="read what is there, apply it, exit")
+    p.add_argument("--as-of", metavar="ISO8601",
+                   help="read the logs as if it were this time now (a demo or a replay)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("config", help="check the configuration",
+                       description="Validate the configuration and the packs it names.")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    pc = csub.add_parser("check", help="validate without running (exit 2 when invalid)",
+                         description="Validate the configuration file and every pack.")
+    add_required_config(pc)
+    pc.set_defaults(func=lambda a: _admin().cmd_config_check(_load_required(a)))
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    p = sub.add_parser("gates", help="list the open gates",
+                       description="List the open gates: ip, user, pack, opened, expires in.")
+    add_required_config(p)
+    p.add_argument("--json", action="store_true", help="JSON Lines, one gate per line")
+    p.set_defaults(func=lambda a: _admin().cmd_gates(_load_required(a), a.json))
+
+    p = sub.add_parser("open", help="open a gate by hand", description="Open a gate for IP.")
+    add_required_config(p)
+    p.add_argument("ip", metavar="IP")
+    p.add_argument("--user", metavar="U", help="the user it is for (shown by gates)")
+    p.add_argument("--for", dest="seconds", metavar="SECONDS", type=float,
+                   help="lifetime (default: window)")
+    p.set_defaults(func=lambda a: _admin().cmd_open(_load_required(a), a.ip, a.user, a.seconds))
+
+    p = sub.add_parser("close", help="close gates now",
+                       description="Close the gate of IP, or every gate of --user U "
+                                   "(revoke a stolen account at once).")
+    add_required_config(p)
+    p.add_argument("ip", metavar="IP", nargs="?")
+    p.add_argument("--user", metavar="U")
+    p.set_defaults(func=cmd_close)
+
+    p = sub.add_parser("check", help="is a gate open for IP? (exit 0 open, 1 closed)",
+                       description="Exit 0 when a gate for IP is open, 1 when not.")
+    add_required_config(p)
+    p.add_argument("ip", metavar="IP")
+    p.set_defaults(func=lambda a: _admin().cmd_check(_load_required(a), a.ip))
+
+    p = sub.add_parser("purge", help="remove expired gates from the store",
+                       description="Remove expired gates from the store.")
+    add_required_config(p)
+    p.set_defaults(func=lambda a: _admin().cmd_purge(_load_required(a)))
     return parser
+
+
+def cmd_close(args) -> int:
+    if (args.ip is None) == (args.user is None):
+        raise UsageError("close: give an IP or --user U (one of them)")
+    return _admin().cmd_close(_load_required(args), args.ip, args.user)
+
+
+def _admin():
+    from . import admin                         # store code only for the commands that use it
+    return admin
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (config_mod.ConfigError, PackError, UsageError, DryRunError) as exc:
+    except (LogkeyError, UsageError) as exc:
         print(f"logkey: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:                     # `logkey dry-run ... | head`

@@ -1,0 +1,122 @@
+"""Administrator commands on the gate store: gates, open, close, check, purge, config check.
+
+Reads/writes: the store named by the configuration. Trust: an IP given on the command line
+passes `ipaddress` (canonical form) before it becomes a key; a user name is only compared.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+
+from .errors import LogkeyError
+from .events import canonical_ip
+from .gates import GatePolicy, PolicyConfig
+from .stores import GateRecord, StoreError, open_store
+from .stores.base import keys_for
+
+
+class AdminError(LogkeyError):
+    """One line for the user (exit 2)."""
+
+
+def _ip(text: str) -> str:
+    ip = canonical_ip(text)
+    if ip is None:
+        raise AdminError(f"{text!r} is not an IP address")
+    return ip
+
+
+def _store(cfg):
+    try:
+        return open_store(cfg.store)
+    except StoreError as exc:
+        raise AdminError(f"store: {exc}") from None
+
+
+def _when(t: float) -> str:
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+def cmd_gates(cfg, as_json: bool, out=sys.stdout) -> int:
+    now = time.time()
+    store = _store(cfg)
+    try:
+        gates = sorted(store.scan(now), key=lambda g: (g.expires, g.key))
+    except StoreError as exc:
+        raise AdminError(f"store: {exc}") from None
+    for g in gates:
+        if as_json:
+            out.write(json.dumps({"ip": g.key, "user": g.user, "pack": g.pack,
+                                  "protocol": g.protocol, "opened": _when(g.opened),
+                                  "expires": _when(g.expires),
+                                  "expires_in": round(g.expires - now), "source": g.source})
+                      + "\n")
+        else:
+            out.write(f"{g.key:<40} {g.user or '-':<24} {g.pack or '-':<10} "
+                      f"opened {_when(g.opened)}  expires in {g.expires - now:.0f} s\n")
+    if not as_json:
+        out.write(f"{len(gates)} open gate(s)\n")
+    return 0
+
+
+def cmd_open(cfg, ip_text: str, user: str | None, seconds: float | None) -> int:
+    ip = _ip(ip_text)
+    now = time.time()
+    key = GatePolicy(PolicyConfig(ipv6_prefix=cfg.ipv6_prefix)).key_for(ip)
+    lifetime = cfg.window if seconds is None else seconds
+    if lifetime <= 0:
+        raise AdminError("--for must be more than 0 seconds")
+    try:
+        _store(cfg).put(GateRecord(key, user, "manual", None, now, now + lifetime, "logkey open"))
+    except StoreError as exc:
+        raise AdminError(f"store: {exc}") from None
+    print(f"opened {key} until {_when(now + lifetime)}")
+    return 0
+
+
+def cmd_close(cfg, ip_text: str | None, user: str | None) -> int:
+    store = _store(cfg)
+    closed = []
+    try:
+        if ip_text is not None:
+            for key in keys_for(_ip(ip_text), cfg.ipv6_prefix):
+                if store.delete(key):
+                    closed.append(key)
+        else:
+            for g in list(store.scan()):
+                if g.user == user and store.delete(g.key):
+                    closed.append(g.key)
+    except StoreError as exc:
+        raise AdminError(f"store: {exc}") from None
+    print(f"closed {len(closed)} gate(s)" + (": " + " ".join(closed) if closed else ""))
+    return 0
+
+
+def cmd_check(cfg, ip_text: str) -> int:
+    """Exit 0 when a gate for the IP is open, 1 when not."""
+    ip = _ip(ip_text)
+    try:
+        is_open = _store(cfg).is_open(ip, cfg.ipv6_prefix)
+    except StoreError as exc:
+        raise AdminError(f"store: {exc}") from None
+    print(f"{ip}: {'open' if is_open else 'closed'}")
+    return 0 if is_open else 1
+
+
+def cmd_purge(cfg) -> int:
+    try:
+        n = _store(cfg).purge()
+    except StoreError as exc:
+        raise AdminError(f"store: {exc}") from None
+    print(f"removed {n} expired gate(s)")
+    return 0
+
+
+def cmd_config_check(cfg) -> int:
+    from .watch import build
+    packs, _ = build(cfg)
+    print(f"{cfg.path}: ok ({len(cfg.logs)} log(s), {len(packs.packs)} pack(s), "
+          f"{cfg.store['type']} store)")
+    return 0
