@@ -1,0 +1,578 @@
+"""Follow log files: every complete new line once, in order, across rotation, restarts and crashes.
+
+Reads: the followed logs (paths or globs) and, after a rotation, their rotated siblings
+  (PATH.N, PATH-*; compressed ones are not read); the state files in `state_dir`.
+Writes: one small JSON state file per followed log in `state_dir` (dev, inode, offset, line
+  number, fingerprint of the first bytes), named by a hash of the path; temp file, fsync,
+  rename, fsync of the directory, so a crash leaves the old state or the new one, never none.
+Trust: log content is hostile and stays bytes (invalid UTF-8, NUL, CR, megabyte lines); only
+  b"\\n" ends a line, one CR before it is dropped, a line over `line_max` is skipped whole and
+  reported as data=None (the semantics of lines.read_lines). A partial last line is held back
+  until it is completed; the committed offset never passes it.
+Config: line_max (bytes), attach_window (seconds looked back on a first attach), poll_interval
+  (seconds, when inotify is not available).
+
+Rotation. rename-and-create: the old file stays open and is read to its end once the new one
+exists, then the new one is read from 0. copytruncate (the file got shorter than what was read,
+or its first bytes changed): the copy -- the sibling whose first bytes match -- is read from our
+offset to its end, then the truncated file from 0. After a restart the saved inode is looked for
+among the siblings (renamed), or the saved fingerprint (copied). A missing log is waited for.
+First attach without a saved offset: binary search on byte offsets for the first line whose
+time is >= now - attach_window; a file that appears later is read from its start.
+"""
+from __future__ import annotations
+
+import fnmatch
+import glob
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+log = logging.getLogger(__name__)
+
+BLOCK = 1 << 20            # bytes per read
+READ_MAX = 16 << 20        # bytes per file per read() call; wait() returns at once if more is left
+FP_LEN = 512               # bytes of a file's start that identify it (its fingerprint)
+PROBE_MAX = 1 << 20        # bytes a time probe reads looking for a line with a time
+SEEK_SPAN = 64 << 10       # the binary search stops here and reads lines in order
+RESCAN = 5.0               # seconds between glob rescans with no inotify event
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z")
+_WATCH_FLAGS = ("MODIFY", "CREATE", "MOVED_TO", "MOVED_FROM", "DELETE", "CLOSE_WRITE", "ATTRIB")
+
+
+@dataclass(slots=True)
+class Line:
+    path: str               # the path as followed (the live name, even when read from a rotated copy)
+    lineno: int             # 1-based line number in that file generation
+    data: bytes | None      # the line without newline; None for a line over line_max (skipped)
+
+
+def _fingerprint(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def header_time(now: float):
+    """The default line_time: the time stamp of a line's header (headers.parse), as epoch."""
+    from .headers import Clock, parse
+    clock = Clock(datetime.fromtimestamp(now, timezone.utc))
+
+    def line_time(line: bytes) -> float | None:
+        header = parse(line)
+        stamp = clock.time(header) if header is not None else None
+        return stamp.timestamp() if stamp is not None else None
+    return line_time
+
+
+class _Gen:
+    """One open generation (inode) of a followed file and the read position in it."""
+    __slots__ = ("fd", "dev", "ino", "pos", "lineno", "fp", "fp_len", "buf", "skipping", "scan",
+                 "rotated")
+
+    def __init__(self, fd, st, pos, lineno, fp=None, fp_len=0, rotated=False):
+        self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
+        self.pos = self.scan = pos      # pos: start of the first unreturned line; scan: bytes seen
+        self.lineno = lineno            # lines returned so far in this generation
+        self.buf, self.skipping = b"", False   # the partial line after pos (or skipping a long one)
+        self.rotated = rotated          # a renamed-away or copied generation: read to its end, then leave
+        self.fp, self.fp_len = fp, fp_len
+        if fp is None:
+            self.fp_len = -1
+            self.same_start()
+
+    def same_start(self) -> bool:
+        """False if the file's first bytes are no longer those seen (copytruncate); extends the
+        fingerprint while the file is shorter than FP_LEN."""
+        if self.fp_len > 0:
+            head = os.pread(self.fd, self.fp_len, 0)
+            if len(head) < self.fp_len or _fingerprint(head) != self.fp:
+                return False
+        if self.fp_len < FP_LEN:
+            head = os.pread(self.fd, FP_LEN, 0)
+            if len(head) > self.fp_len:
+                self.fp, self.fp_len = _fingerprint(head), len(head)
+        return True
+
+    def record(self) -> dict:
+        return {"dev": self.dev, "ino": self.ino, "offset": self.pos, "lineno": self.lineno,
+                "fp": self.fp, "fp_len": max(self.fp_len, 0)}
+
+
+class _Stream:
+    """One followed path: its open generation, its saved state, how to start when it appears."""
+
+    def __init__(self, path: str, saved: dict | None, seek: bool):
+        self.path = path
+        self.key = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        self.gen: _Gen | None = None
+        self.saved = saved          # state from the last run, used when the file is first opened
+        self.seek = seek            # no saved state: seek by time (True) or read from 0 (False)
+        self.last: dict | None = saved      # the position after everything read() returned
+        self.committed: dict | None = saved
+        self.warned = False
+
+
+class Follower:
+    def __init__(self, patterns: list[str], state_dir: str, *, line_max: int = 65536,
+                 attach_window: float = 600.0, line_time=None, now=time.time,
+                 poll_interval: float = 0.5):
+        self.patterns = list(patterns)
+        self.state_dir = state_dir
+        self.line_max = line_max
+        self.attach_window = attach_window
+        self.line_time = line_time
+        self.now = now
+        self.poll_interval = poll_interval
+        os.makedirs(state_dir, mode=0o750, exist_ok=True)
+        self._streams: dict[str, _Stream] = {}
+        self._more = False
+        self._rescan_at = 0.0
+        self._ino = None
+        self._wds: dict[int, str] = {}
+        try:
+            import inotify_simple
+            self._ino = inotify_simple.INotify(nonblocking=True)
+            self._fl = inotify_simple.flags
+            self._mask = 0
+            for name in _WATCH_FLAGS:
+                self._mask |= getattr(self._fl, name)
+        except (ImportError, OSError) as e:
+            log.warning("inotify unavailable (%s); polling every %gs", e, poll_interval)
+        self._scan(first=True)
+
+    # --- the public API ------------------------------------------------------------------
+    def read(self) -> list[Line]:
+        """Every complete new line of every followed file, in file order (at most READ_MAX
+        bytes per file per call). Never raises for missing files."""
+        self._events(0)
+        if self._ino is None or time.monotonic() >= self._rescan_at:
+            self._scan()
+        self._more = False
+        out: list[Line] = []
+        for s in list(self._streams.values()):
+            try:
+                self._read_stream(s, out)
+                s.warned = False
+            except OSError as e:        # unreadable for now (permissions, I/O): retried next time
+                if not s.warned:
+                    log.warning("%s: %s", s.path, e)
+                    s.warned = True
+            if s.gen is not None:
+                s.last = s.gen.record()
+        return out
+
+    def commit(self) -> None:
+        """Save, atomically, the position after everything read() returned. An OSError (disk
+        full) leaves the previous state files as they were."""
+        changed = False
+        for s in self._streams.values():
+            if s.last is not None and s.last != s.committed:
+                rec = {"path": os.path.abspath(s.path), **s.last}
+                self._write_state(s.key, json.dumps(rec, sort_keys=True).encode())
+                s.committed = dict(s.last)
+                changed = True
+        if changed:
+            fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def wait(self, timeout: float) -> None:
+        """Block until a followed file or directory changes, or `timeout` seconds pass."""
+        if self._more or timeout <= 0:
+            return
+        if self._ino is None:
+            time.sleep(min(timeout, self.poll_interval))
+            return
+        if self._unwatched():
+            timeout = min(timeout, self.poll_interval)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._events(max(1, int(left * 1000))):
+                return
+
+    def fileno(self) -> int | None:
+        return self._ino.fileno() if self._ino is not None else None
+
+    def close(self) -> None:
+        for s in self._streams.values():
+            if s.gen is not None:
+                os.close(s.gen.fd)
+                s.gen = None
+        if self._ino is not None:
+            self._ino.close()
+            self._ino = None
+
+    # --- files and watches -----------------------------------------------------------------
+    def _scan(self, first: bool = False) -> None:
+        """Add a stream for each path named or matched by a glob (new matches read from 0)."""
+        self._rescan_at = time.monotonic() + RESCAN
+        for pattern in self.patterns:
+            paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+            for path in paths:
+                if path not in self._streams and not path.endswith(COMPRESSED):
+                    s = _Stream(path, None, seek=first and os.path.exists(path))
+                    s.saved = s.last = s.committed = self._load_state(s)
+                    self._streams[path] = s
+        self._watch()
+
+    def _dirs(self) -> set[str]:
+        dirs = {os.path.dirname(os.path.abspath(p)) for p in self._streams}
+        for pattern in self.patterns:
+            d = os.path.dirname(os.path.abspath(pattern))
+            if not glob.has_magic(d):
+                dirs.add(d)
+        return dirs
+
+    def _watch(self) -> None:
+        if self._ino is None:
+            return
+        for d in self._dirs() - set(self._wds.values()):
+            try:
+                self._wds[self._ino.add_watch(d, self._mask)] = d
+            except OSError:
+                pass                    # not there yet: wait() polls until it is
+
+    def _unwatched(self) -> bool:
+        self._watch()
+        return bool(self._dirs() - set(self._wds.values()))
+
+    def _events(self, timeout_ms: int) -> bool:
+        """Read inotify events; True if one concerns a followed file or a new match."""
+        if self._ino is None:
+            return False
+        fl = self._fl
+        relevant = False
+        try:
+            events = self._ino.read(timeout=timeout_ms)
+        except OSError:
+            return False
+        for ev in events:
+            if ev.mask & fl.Q_OVERFLOW:
+                relevant = True
+                self._rescan_at = 0.0
+                continue
+            if ev.mask & fl.IGNORED:
+                self._wds.pop(ev.wd, None)
+                continue
+            d = self._wds.get(ev.wd)
+            if d is None:
+                continue
+            full = os.path.join(d, ev.name)
+            if ev.mask & (fl.CREATE | fl.MOVED_TO):
+                self._rescan_at = 0.0
+            for s in self._streams.values():
+                if full.startswith(os.path.abspath(s.path)):
+                    relevant = True     # the file itself or a rotated sibling
+                    break
+            else:
+                if any(fnmatch.fnmatch(full, os.path.abspath(p)) for p in self.patterns):
+                    relevant = True
+        return relevant
+
+    # --- state files -------------------------------------------------------------------------
+    def _load_state(self, s: _Stream) -> dict | None:
+        name = os.path.join(self.state_dir, s.key + ".json")
+        try:
+            with open(name, "rb") as f:
+                rec = json.loads(f.read(1 << 16))
+            state = {k: rec[k] for k in ("dev", "ino", "offset", "lineno", "fp_len", "fp")}
+            if not all(type(state[k]) is int and state[k] >= 0 for k in state if k != "fp"):
+                raise ValueError("a field is not a non-negative integer")
+            if not isinstance(state["fp"], str) or rec.get("path") != os.path.abspath(s.path):
+                raise ValueError("bad fingerprint or another file's state")
+            return state
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+            log.warning("state file %s for %s unreadable (%s): treated as no saved offset",
+                        name, s.path, e)
+            return None
+
+    def _write_state(self, key: str, data: bytes) -> None:
+        final = os.path.join(self.state_dir, key + ".json")
+        tmp = os.path.join(self.state_dir, ".%s.%d.tmp" % (key, os.getpid()))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:                 # a short write (disk full) must not become the state
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, final)
+
+    # --- reading ---------------------------------------------------------------------------
+    def _read_stream(self, s: _Stream, out: list[Line]) -> None:
+        budget = READ_MAX
+        for _ in range(8):              # a few generation switches per call at most
+            if s.gen is None:
+                s.gen = self._open(s)
+                if s.gen is None:
+                    return
+            g = s.gen
+            if not g.rotated and self._truncated(g):    # before reading the new content
+                self._copytruncated(s, g)
+                continue
+            budget -= self._read_gen(s, g, out, budget)
+            if budget <= 0:
+                self._more = True
+                return
+            if not self._switch(s, g, out):
+                return
+
+    def _read_gen(self, s: _Stream, g: _Gen, out: list[Line], budget: int) -> int:
+        """Complete lines from g.scan to the end of the file (or `budget` bytes) into `out`."""
+        cap, path, used = self.line_max, s.path, 0
+        while used < budget:
+            chunk = os.pread(g.fd, BLOCK, g.scan)
+            if not chunk:
+                break
+            g.scan += len(chunk)
+            used += len(chunk)
+            if g.skipping:              # inside a line over the cap: find its end
+                i = chunk.find(b"\n")
+                if i < 0:
+                    continue
+                g.skipping = False
+                g.lineno += 1
+                out.append(Line(path, g.lineno, None))
+                g.pos = g.scan - len(chunk) + i + 1
+                chunk = chunk[i + 1:]
+            data = g.buf + chunk if g.buf else chunk
+            end = data.rfind(b"\n")
+            if end >= 0:
+                n = g.lineno
+                for line in data[:end].split(b"\n"):
+                    n += 1
+                    if len(line) > cap:
+                        out.append(Line(path, n, None))
+                    else:
+                        out.append(Line(path, n, line[:-1] if line[-1:] == b"\r" else line))
+                g.lineno = n
+                g.pos += end + 1
+                data = data[end + 1:]
+            g.buf = data
+            if len(data) > cap:
+                g.buf, g.skipping = b"", True
+        return used
+
+    def _finish(self, s: _Stream, g: _Gen, out: list[Line]) -> None:
+        """Leave a generation for good: its unterminated last line, if any, is a line too."""
+        if g.skipping or g.buf:
+            g.lineno += 1
+            line = None if g.skipping else (g.buf[:-1] if g.buf[-1:] == b"\r" else g.buf)
+            out.append(Line(s.path, g.lineno, line))
+            g.pos, g.buf, g.skipping = g.scan, b"", False
+        s.last = g.record()
+        os.close(g.fd)
+        s.gen = None
+        s.seek = False                  # what comes next is a new file: from its start
+
+    def _switch(self, s: _Stream, g: _Gen, out: list[Line]) -> bool:
+        """After reading g to its end: True if the stream moved to another generation."""
+        if g.rotated:
+            self._finish(s, g, out)
+            return True
+        try:
+            st = os.stat(s.path)
+        except FileNotFoundError:
+            return False                # renamed away, the new one not created yet: wait
+        if (st.st_dev, st.st_ino) != (g.dev, g.ino):
+            self._read_gen(s, g, out, 1 << 62)   # what was written before the new file was made
+            self._finish(s, g, out)
+            return True
+        if not self._truncated(g):
+            return False
+        self._copytruncated(s, g)
+        return True
+
+    @staticmethod
+    def _truncated(g: _Gen) -> bool:
+        """The file got shorter than what was read, or its first bytes changed: copytruncate."""
+        return os.fstat(g.fd).st_size < g.scan or not g.same_start()
+
+    def _copytruncated(self, s: _Stream, g: _Gen) -> None:
+        """The lines after our offset are in the copy: read it from there, then the file from 0."""
+        copy = self._sibling(s.path, g.record(), exclude=(g.dev, g.ino))
+        if copy is None:
+            log.warning("%s was truncated and no rotated copy matches: reading it from 0", s.path)
+        s.last = g.record()
+        os.close(g.fd)
+        s.gen = copy
+        s.seek = False
+
+    def _open(self, s: _Stream) -> _Gen | None:
+        """Open the stream's file: resume at the saved state, or seek by time, or from 0."""
+        saved, s.saved = s.saved, None
+        try:
+            fd = os.open(s.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            s.saved = saved
+            if saved is not None:       # renamed away while we were down, new one not there yet
+                g = self._sibling(s.path, saved)
+                if g is not None:
+                    s.saved = None
+                    return g
+            return None
+        st = os.fstat(fd)
+        if saved is not None:
+            if (st.st_dev, st.st_ino) == (saved["dev"], saved["ino"]) and st.st_size >= saved["offset"]:
+                g = _Gen(fd, st, saved["offset"], saved["lineno"], saved["fp"], saved["fp_len"])
+                if g.same_start():
+                    return g
+            g = self._sibling(s.path, saved)
+            if g is not None:
+                os.close(fd)
+                return g
+            log.warning("%s: the saved position is in no file found: reading the current one from 0",
+                        s.path)
+            return _Gen(fd, st, 0, 0)
+        if s.seek:
+            s.seek = False
+            pos, lineno = self._attach(fd, st.st_size)
+            return _Gen(fd, st, pos, lineno)
+        return _Gen(fd, st, 0, 0)
+
+    def _sibling(self, path: str, saved: dict, exclude=None) -> _Gen | None:
+        """The rotated file holding the lines after `saved`: same inode (renamed) or same first
+        bytes and long enough (copied); None if there is none."""
+        names = set(glob.glob(glob.escape(path) + ".*") + glob.glob(glob.escape(path) + "-*"))
+        found = []
+        for name in names:
+            if name.endswith(COMPRESSED):
+                continue
+            try:
+                st = os.stat(name)
+            except OSError:
+                continue
+            if st.st_size < saved["offset"] or (st.st_dev, st.st_ino) == exclude:
+                continue
+            same = (st.st_dev, st.st_ino) == (saved["dev"], saved["ino"])
+            if same or saved["fp_len"] > 0:
+                found.append((not same, -st.st_mtime, name))
+        for _, _, name in sorted(found):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            g = _Gen(fd, os.fstat(fd), saved["offset"], saved["lineno"], saved["fp"],
+                     saved["fp_len"], rotated=True)
+            if saved["fp_len"] == 0 or g.same_start():
+                log.info("%s: reading the rest of rotated %s from offset %d", path, name, g.pos)
+                return g
+            os.close(fd)
+        return None
+
+    # --- first attach: seek by time ---------------------------------------------------------
+    def _lines_at(self, fd: int, start: int, limit: int):
+        """(offset, line or None if over line_max) of the complete lines from `start` (a line
+        start), reading at most about `limit` bytes."""
+        cap, pos, buf, skipping = self.line_max, start, b"", False
+        read_to, stop = start, start + limit
+        while read_to < stop:
+            chunk = os.pread(fd, SEEK_SPAN, read_to)
+            if not chunk:
+                return
+            read_to += len(chunk)
+            if skipping:                # inside a line over the cap: find its end
+                i = chunk.find(b"\n")
+                if i < 0:
+                    continue
+                yield pos, None
+                pos, chunk, skipping = read_to - len(chunk) + i + 1, chunk[i + 1:], False
+            buf += chunk
+            j = 0
+            while (i := buf.find(b"\n", j)) >= 0:
+                yield pos + j, (buf[j:i] if i - j <= cap else None)
+                j = i + 1
+            buf, pos = buf[j:], pos + j
+            if len(buf) > cap:
+                buf, skipping = b"", True
+
+    def _time(self, fn, line) -> float | None:
+        if line is None:
+            return None
+        try:
+            return fn(line)
+        except Exception:               # a hostile line must not stop the seek
+            return None
+
+    def _probe(self, fd: int, fn, p: int) -> tuple[int, float] | None:
+        """The first line with a time starting at or after byte p (within PROBE_MAX bytes)."""
+        for off, line in self._lines_at(fd, self._line_start(fd, p), PROBE_MAX):
+            t = self._time(fn, line)
+            if t is not None:
+                return off, t
+        return None
+
+    def _attach(self, fd: int, size: int) -> tuple[int, int]:
+        """(offset, lines before it): the first line no older than attach_window, else the end."""
+        now = self.now()
+        fn = self.line_time or header_time(now)
+        cutoff = now - self.attach_window
+        lo, hi = 0, size
+        while hi - lo > SEEK_SPAN:
+            mid = (lo + hi) // 2
+            r = self._probe(fd, fn, mid)
+            if r is not None and r[1] < cutoff:
+                lo = max(mid, r[0])     # every line before r[0]'s end is old
+            else:
+                hi = mid
+        start = self._line_start(fd, lo)
+        pos = None
+        for off, line in self._lines_at(fd, start, size - start):
+            t = self._time(fn, line)
+            if t is not None and t >= cutoff:
+                pos = off
+                break
+        if pos is None:                 # nothing recent: start after the last complete line
+            pos = self._last_line_end(fd, size)
+        lineno = self._count_lines(fd, pos)
+        log.info("attached at byte %d (line %d) of %d", pos, lineno + 1, size)
+        return pos, lineno
+
+    @staticmethod
+    def _line_start(fd: int, p: int) -> int:
+        """The start of the first line beginning at or after byte p."""
+        while p > 0:
+            chunk = os.pread(fd, SEEK_SPAN, p - 1)
+            if not chunk:
+                return p
+            i = chunk.find(b"\n")
+            if i >= 0:
+                return p + i
+            p += len(chunk)
+        return 0
+
+    def _last_line_end(self, fd: int, size: int) -> int:
+        p = size
+        while p > 0:
+            n = min(BLOCK, p)
+            i = os.pread(fd, n, p - n).rfind(b"\n")
+            if i >= 0:
+                return p - n + i + 1
+            p -= n
+        return 0
+
+    @staticmethod
+    def _count_lines(fd: int, end: int) -> int:
+        """Newlines before byte `end`, counted in large chunks (about 1 GB/s from the cache)."""
+        buf = bytearray(4 * BLOCK)
+        view = memoryview(buf)
+        count = pos = 0
+        while pos < end:
+            n = os.preadv(fd, [view[:min(len(buf), end - pos)]], pos)
+            if not n:
+                break
+            count += (buf if n == len(buf) else buf[:n]).count(b"\n")
+            pos += n
+        return count
