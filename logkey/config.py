@@ -127,8 +127,8 @@ def _logs(v):
         if bad:
             raise ValueError(f"[{i}].{sorted(bad)[0]}: unknown key (known: path, packs, own_file)")
         path = entry.get("path")
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ValueError(f"[{i}].path: must be an absolute path or glob")
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"[{i}].path: must be a path or glob")
         packs = entry.get("packs")
         if packs is not None and (not isinstance(packs, list) or
                                   not all(isinstance(x, str) for x in packs)):
@@ -154,8 +154,8 @@ def _store(v):
                          f"(known: {', '.join(sorted(allowed))})")
     out = dict(v, type=kind)
     if kind == "dir":
-        if not isinstance(v.get("path"), str) or not v["path"].startswith("/"):
-            raise ValueError(".path: a dir store needs an absolute path")
+        if not isinstance(v.get("path"), str) or not v["path"]:
+            raise ValueError(".path: a dir store needs a path")
     else:
         url = v.get("url")
         if not isinstance(url, str) or not url.split("://")[0] in ("redis", "rediss", "unix"):
@@ -256,7 +256,22 @@ def load(explicit: str | None = None, optional: bool = False) -> Config:
         except ValueError as exc:
             msg = str(exc)          # "[0].path: ..." and ".type: ..." name a key inside this one
             raise ConfigError(f"{path}: {key}{'' if msg[:1] in '[.' else ': '}{msg}") from None
+    _resolve_relative(values, os.path.dirname(os.path.abspath(path)))
     config = defaults()
     config.values.update(values)
     config.path = path
     return config
+
+
+def _resolve_relative(values: dict, base: str) -> None:
+    """Relative paths in a configuration file are relative to the file's directory."""
+    def resolve(p):
+        return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
+    for entry in values.get("logs", []):
+        entry["path"] = resolve(entry["path"])
+    store = values.get("store")
+    if store and store.get("type") == "dir":
+        store["path"] = resolve(store["path"])
+    for key in ("state_dir", "patterns_dir"):
+        if key in values:
+            values[key] = resolve(values[key])

@@ -39,6 +39,7 @@ READ_MAX = 16 << 20        # bytes per file per read() call; wait() returns at o
 FP_LEN = 512               # bytes of a file's start that identify it (its fingerprint)
 PROBE_MAX = 1 << 20        # bytes a time probe reads looking for a line with a time
 SEEK_SPAN = 64 << 10       # the binary search stops here and reads lines in order
+COUNT_MAX = 256 << 20      # first attach further in than this: line numbers are not counted
 RESCAN = 5.0               # seconds between glob rescans with no inotify event
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z")
 _WATCH_FLAGS = ("MODIFY", "CREATE", "MOVED_TO", "MOVED_FROM", "DELETE", "CLOSE_WRITE", "ATTRIB")
@@ -47,7 +48,7 @@ _WATCH_FLAGS = ("MODIFY", "CREATE", "MOVED_TO", "MOVED_FROM", "DELETE", "CLOSE_W
 @dataclass(slots=True)
 class Line:
     path: str               # the path as followed (the live name, even when read from a rotated copy)
-    lineno: int             # 1-based line number in that file generation
+    lineno: int             # 1-based line number in that file generation; 0 if unknown
     data: bytes | None      # the line without newline; None for a line over line_max (skipped)
 
 
@@ -70,12 +71,13 @@ def header_time(now: float):
 class _Gen:
     """One open generation (inode) of a followed file and the read position in it."""
     __slots__ = ("fd", "dev", "ino", "pos", "lineno", "fp", "fp_len", "buf", "skipping", "scan",
-                 "rotated")
+                 "rotated", "numbered")
 
-    def __init__(self, fd, st, pos, lineno, fp=None, fp_len=0, rotated=False):
+    def __init__(self, fd, st, pos, lineno, fp=None, fp_len=0, rotated=False, numbered=True):
         self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
         self.pos = self.scan = pos      # pos: start of the first unreturned line; scan: bytes seen
         self.lineno = lineno            # lines returned so far in this generation
+        self.numbered = numbered        # False: lineno counts from a first attach, not line 1
         self.buf, self.skipping = b"", False   # the partial line after pos (or skipping a long one)
         self.rotated = rotated          # a renamed-away or copied generation: read to its end, then leave
         self.fp, self.fp_len = fp, fp_len
@@ -96,9 +98,14 @@ class _Gen:
                 self.fp, self.fp_len = _fingerprint(head), len(head)
         return True
 
+    def number(self, n: int) -> int:
+        """The line number to report: 0 when this generation's count is unknown (a first
+        attach far into a large file does not count the lines it skipped)."""
+        return n if self.numbered else 0
+
     def record(self) -> dict:
         return {"dev": self.dev, "ino": self.ino, "offset": self.pos, "lineno": self.lineno,
-                "fp": self.fp, "fp_len": max(self.fp_len, 0)}
+                "fp": self.fp, "fp_len": max(self.fp_len, 0), "numbered": self.numbered}
 
 
 class _Stream:
@@ -284,6 +291,7 @@ class Follower:
             state = {k: rec[k] for k in ("dev", "ino", "offset", "lineno", "fp_len", "fp")}
             if not all(type(state[k]) is int and state[k] >= 0 for k in state if k != "fp"):
                 raise ValueError("a field is not a non-negative integer")
+            state["numbered"] = rec.get("numbered", True) is not False
             if not isinstance(state["fp"], str) or rec.get("path") != os.path.abspath(s.path):
                 raise ValueError("bad fingerprint or another file's state")
             return state
@@ -344,7 +352,7 @@ class Follower:
                     continue
                 g.skipping = False
                 g.lineno += 1
-                out.append(Line(path, g.lineno, None))
+                out.append(Line(path, g.number(g.lineno), None))
                 g.pos = g.scan - len(chunk) + i + 1
                 chunk = chunk[i + 1:]
             data = g.buf + chunk if g.buf else chunk
@@ -354,9 +362,10 @@ class Follower:
                 for line in data[:end].split(b"\n"):
                     n += 1
                     if len(line) > cap:
-                        out.append(Line(path, n, None))
+                        out.append(Line(path, g.number(n), None))
                     else:
-                        out.append(Line(path, n, line[:-1] if line[-1:] == b"\r" else line))
+                        out.append(Line(path, g.number(n),
+                                        line[:-1] if line[-1:] == b"\r" else line))
                 g.lineno = n
                 g.pos += end + 1
                 data = data[end + 1:]
@@ -370,7 +379,7 @@ class Follower:
         if g.skipping or g.buf:
             g.lineno += 1
             line = None if g.skipping else (g.buf[:-1] if g.buf[-1:] == b"\r" else g.buf)
-            out.append(Line(s.path, g.lineno, line))
+            out.append(Line(s.path, g.number(g.lineno), line))
             g.pos, g.buf, g.skipping = g.scan, b"", False
         s.last = g.record()
         os.close(g.fd)
@@ -426,7 +435,8 @@ class Follower:
         st = os.fstat(fd)
         if saved is not None:
             if (st.st_dev, st.st_ino) == (saved["dev"], saved["ino"]) and st.st_size >= saved["offset"]:
-                g = _Gen(fd, st, saved["offset"], saved["lineno"], saved["fp"], saved["fp_len"])
+                g = _Gen(fd, st, saved["offset"], saved["lineno"], saved["fp"], saved["fp_len"],
+                         numbered=saved["numbered"])
                 if g.same_start():
                     return g
             g = self._sibling(s.path, saved)
@@ -439,7 +449,7 @@ class Follower:
         if s.seek:
             s.seek = False
             pos, lineno = self._attach(fd, st.st_size)
-            return _Gen(fd, st, pos, lineno)
+            return _Gen(fd, st, pos, lineno or 0, numbered=lineno is not None)
         return _Gen(fd, st, 0, 0)
 
     def _sibling(self, path: str, saved: dict, exclude=None) -> _Gen | None:
@@ -465,7 +475,7 @@ class Follower:
             except OSError:
                 continue
             g = _Gen(fd, os.fstat(fd), saved["offset"], saved["lineno"], saved["fp"],
-                     saved["fp_len"], rotated=True)
+                     saved["fp_len"], rotated=True, numbered=saved["numbered"])
             if saved["fp_len"] == 0 or g.same_start():
                 log.info("%s: reading the rest of rotated %s from offset %d", path, name, g.pos)
                 return g
@@ -536,6 +546,9 @@ class Follower:
                 break
         if pos is None:                 # nothing recent: start after the last complete line
             pos = self._last_line_end(fd, size)
+        if pos > COUNT_MAX:             # going live matters more than a line number
+            log.info("attached at byte %d of %d (line numbers not counted)", pos, size)
+            return pos, None
         lineno = self._count_lines(fd, pos)
         log.info("attached at byte %d (line %d) of %d", pos, lineno + 1, size)
         return pos, lineno

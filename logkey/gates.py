@@ -39,6 +39,7 @@ class PolicyConfig:
 @dataclass
 class Put:
     gate: GateRecord
+    new: bool = False            # a gate that was not open before (worth an info line)
 
 
 @dataclass
@@ -94,7 +95,8 @@ class GatePolicy:
         if event.kind == LOGIN and event.protocol in GATE_PROTOCOLS:
             if t + window <= now or self.refused(event.ip, event.user):
                 return []                               # too old to matter, or never
-            if gate is None or gate.record.expires <= now:
+            new = gate is None or gate.record.expires <= now
+            if new:
                 limit = self.config.max_ips_per_user
                 if limit and event.user is not None:
                     held = sum(1 for g in self.gates.values()
@@ -114,7 +116,7 @@ class GatePolicy:
             if event.pack in self.config.logout_packs:
                 gate.sessions[event.session or event.user or ""] = t
                 self._extend(gate, now)
-            return [Put(rec)]
+            return [Put(rec, new)]
         if event.kind == LOGOUT and gate is not None and gate.record.expires > now:
             for sid in (event.session, event.user):
                 if sid and sid in gate.sessions:
@@ -134,10 +136,14 @@ class GatePolicy:
         return []
 
     def _extend(self, gate: _Gate, now: float) -> bool:
-        """Keep an open session's gate from lapsing, up to login + max_session."""
+        """Keep an open session's gate from lapsing, up to login + max_session: once less than
+        half a window is left, it is pushed to now + window (one store write per half window,
+        not one per tick)."""
         if not gate.sessions:
             return False
         rec = gate.record
+        if rec.expires - now > self.config.window / 2:
+            return False
         cap = min(gate.sessions.values()) + self.config.max_session
         target = min(now + self.config.window, max(cap, rec.expires))
         if target > rec.expires:

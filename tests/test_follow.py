@@ -264,6 +264,24 @@ def test_first_attach_seeks_by_time_in_a_large_file(tmp_path):
     assert f.read()[0].lineno == first_recent + 1
     f.close()
 
+    # far into a large file, going live beats counting: line numbers are reported as 0
+    import logkey.follow as follow
+    old, follow.COUNT_MAX = follow.COUNT_MAX, 1 << 20
+    try:
+        f = Follower([str(log)], str(tmp_path / "state3"), now=lambda: now)
+        got = f.read()
+        f.commit()
+        f.close()
+    finally:
+        follow.COUNT_MAX = old
+    assert [line.data for line in got] == lines[first_recent:]
+    assert {line.lineno for line in got} == {0}
+    with open(log, "ab") as out:
+        out.write(b"one more\n")
+    f = Follower([str(log)], str(tmp_path / "state3"), now=lambda: now)
+    assert [(line.lineno, line.data) for line in f.read()] == [(0, b"one more")]
+    f.close()
+
 
 def test_first_attach_without_times_starts_at_the_end(tmp_path):
     log = tmp_path / "mail.log"

@@ -1,0 +1,230 @@
+"""`logkey watch` as a real process on real files, with the dir store and a real redis-server:
+gates open from fresh login lines, stale ones open nothing, kill -9 and restart, SIGHUP with a
+bad file, Redis stopped and restarted under the watcher. Every wait is bounded."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_logkey
+
+LOGIN = ("{stamp} mail dovecot: pop3-login: Login: user=<{user}>, method=PLAIN, rip={ip}, "
+         "lip=192.0.2.1, mpid=1, session=<{session}>\n")
+
+
+def stamp(t=None):
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t if t is not None else time.time()))
+
+
+def login(ip, user="alice", t=None, session=None):
+    return LOGIN.format(stamp=stamp(t), user=user, ip=ip, session=session or f"s{ip}")
+
+
+def write_config(tmp_path, extra="", store=None):
+    cfg = tmp_path / "logkey.yaml"
+    cfg.write_text(f"logs:\n  - path: {tmp_path}/mail.log\n"
+                   f"store: {store or '{type: dir, path: ' + str(tmp_path / 'gates') + '}'}\n"
+                   f"state_dir: {tmp_path}/state\nwindow: 10m\n" + extra)
+    return cfg
+
+
+def append(path, text):
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def logkey_cmd():
+    exe = os.environ.get("LOGKEY_EXE")
+    return [exe] if exe else [sys.executable, "-m", "logkey"]
+
+
+class Watch:
+    def __init__(self, cfg, *args):
+        self.stderr_path = cfg.parent / f"watch-{time.monotonic_ns()}.err"
+        self.err = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(logkey_cmd() + ["watch", "--config", str(cfg), *args],
+                                     stdout=subprocess.DEVNULL, stderr=self.err, cwd=ROOT)
+
+    def log(self):
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.err.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def watch():
+    started = []
+
+    def start(cfg, *args):
+        w = Watch(cfg, *args)
+        started.append(w)
+        return w
+    yield start
+    for w in started:
+        w.stop(signal.SIGKILL)
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def is_open(cfg, ip):
+    return run_logkey("check", "--config", str(cfg), ip).returncode == 0
+
+
+def gate_file(tmp_path, ip):
+    return tmp_path / "gates" / ip
+
+
+def test_live_login_opens_a_gate_and_sigterm_stops_cleanly(tmp_path, watch):
+    cfg = write_config(tmp_path)
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    w = watch(cfg)
+    time.sleep(0.5)
+    append(log, login("198.51.100.7"))
+    wait_for(lambda: gate_file(tmp_path, "198.51.100.7").exists(), what="gate file")
+    assert is_open(cfg, "198.51.100.7") and not is_open(cfg, "198.51.100.8")
+    mtime = gate_file(tmp_path, "198.51.100.7").stat().st_mtime
+    assert time.time() + 500 < mtime <= time.time() + 601
+    record = json.loads(gate_file(tmp_path, "198.51.100.7").read_text())
+    assert record["user"] == "alice" and record["source"].endswith("mail.log:1")
+    assert w.stop() == 0
+    state = [json.loads(p.read_text()) for p in (tmp_path / "state").iterdir()
+             if p.suffix == ".json" or p.is_file()]
+    assert any(s.get("offset") == log.stat().st_size for s in state), state
+
+
+def test_stale_and_refused_logins_open_nothing(tmp_path):
+    cfg = write_config(tmp_path)
+    (tmp_path / "mail.log").write_text(
+        login("198.51.100.1", t=time.time() - 700)          # older than the window
+        + login("127.0.0.1")                                # never_gate
+        + login("198.51.100.2"))
+    assert run_logkey("watch", "--config", str(cfg), "--once").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "gates").iterdir()) == ["198.51.100.2"]
+
+
+def saved_offset(tmp_path):
+    offsets = []
+    for p in (tmp_path / "state").glob("*.json"):          # not the temp files
+        try:
+            offsets.append(json.loads(p.read_text()).get("offset"))
+        except (ValueError, OSError):
+            pass
+    return max(offsets, default=None)
+
+
+def test_kill_9_then_restart_loses_nothing_and_reopens_nothing_stale(tmp_path, watch):
+    cfg = write_config(tmp_path)
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    w = watch(cfg)
+    time.sleep(0.5)
+    append(log, login("198.51.100.10"))
+    wait_for(lambda: gate_file(tmp_path, "198.51.100.10").exists(), what="first gate")
+    wait_for(lambda: saved_offset(tmp_path) == log.stat().st_size, what="offset saved")
+    w.stop(signal.SIGKILL)
+    append(log, login("198.51.100.11"))                     # written while logkey is down
+    gate_file(tmp_path, "198.51.100.10").unlink()           # closed by hand meanwhile
+    w = watch(cfg)
+    wait_for(lambda: gate_file(tmp_path, "198.51.100.11").exists(), what="gate after restart")
+    time.sleep(0.5)
+    assert not gate_file(tmp_path, "198.51.100.10").exists()   # its line is not read again
+    assert w.stop() == 0
+
+
+def test_sighup_with_a_bad_file_keeps_running(tmp_path, watch):
+    cfg = write_config(tmp_path)
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    w = watch(cfg)
+    time.sleep(0.5)
+    good = cfg.read_text()
+    cfg.write_text(good + "windw: 5\n")
+    w.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in w.log(), what="refusal in the log")
+    append(log, login("198.51.100.20"))
+    wait_for(lambda: gate_file(tmp_path, "198.51.100.20").exists(), what="gate after refusal")
+    cfg.write_text(good.replace("window: 10m", "window: 20m"))
+    w.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in w.log(), what="reload")
+    append(log, login("198.51.100.21"))
+    wait_for(lambda: gate_file(tmp_path, "198.51.100.21").exists(), what="gate after reload")
+    assert gate_file(tmp_path, "198.51.100.21").stat().st_mtime > time.time() + 1100
+    assert w.stop() == 0
+
+
+def test_invalid_config_stops_the_start(tmp_path):
+    cfg = write_config(tmp_path, extra="max_ips_per_user: many\n")
+    proc = run_logkey("watch", "--config", str(cfg))
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == \
+        f"logkey: {cfg}: max_ips_per_user: must be a whole number, 0 or more"
+    cfg = write_config(tmp_path, extra="")
+    cfg.write_text(cfg.read_text().replace("  - path:", "  - packs: [nosuch]\n    path:"))
+    proc = run_logkey("config", "check", "--config", str(cfg))
+    assert proc.returncode == 2 and "logs[0].packs: no pack named 'nosuch'" in proc.stderr.decode()
+
+
+def test_observe_writes_no_gate(tmp_path):
+    cfg = write_config(tmp_path)
+    (tmp_path / "mail.log").write_text(login("198.51.100.30"))
+    proc = run_logkey("watch", "--config", str(cfg), "--once", "--observe")
+    assert proc.returncode == 0
+    assert "would open 198.51.100.30" in proc.stderr.decode()
+    assert not (tmp_path / "gates").exists() or not list((tmp_path / "gates").iterdir())
+
+
+def test_admin_commands(tmp_path):
+    cfg = write_config(tmp_path)
+    run_logkey("open", "--config", str(cfg), "192.0.2.50", "--user", "mallory", "--for", "60",
+               check=0)
+    run_logkey("open", "--config", str(cfg), "::ffff:192.0.2.51", "--user", "mallory", check=0)
+    gates = [json.loads(x) for x in run_logkey("gates", "--config", str(cfg), "--json",
+                                               check=0).stdout.decode().splitlines()]
+    assert sorted(g["ip"] for g in gates) == ["192.0.2.50", "192.0.2.51"]
+    assert run_logkey("check", "--config", str(cfg), "192.0.2.50").returncode == 0
+    run_logkey("close", "--config", str(cfg), "--user", "mallory", check=0)
+    assert run_logkey("check", "--config", str(cfg), "192.0.2.50").returncode == 1
+    bad = run_logkey("check", "--config", str(cfg), "../../etc/passwd")
+    assert bad.returncode == 2 and "is not an IP address" in bad.stderr.decode()
+    assert run_logkey("purge", "--config", str(cfg)).returncode == 0
+
+
+def test_redis_outage_under_the_watcher(tmp_path, watch, redis_server):
+    cfg = write_config(tmp_path, store="{type: redis, url: '" + redis_server.url + "'}")
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    w = watch(cfg)
+    time.sleep(0.5)
+    append(log, login("198.51.100.40"))
+    wait_for(lambda: is_open(cfg, "198.51.100.40"), what="gate in redis")
+    redis_server.stop()
+    append(log, login("198.51.100.41"))
+    wait_for(lambda: "store unavailable" in w.log(), what="outage logged")
+    time.sleep(1.0)
+    assert w.proc.poll() is None                            # still running
+    redis_server.start()
+    wait_for(lambda: is_open(cfg, "198.51.100.41"), timeout=40, what="gate after the outage")
+    assert is_open(cfg, "198.51.100.40")        # written back: this redis kept nothing
+    assert w.log().count("store unavailable") == 1          # logged once per outage
+    assert w.stop() == 0
