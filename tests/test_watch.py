@@ -228,3 +228,41 @@ def test_redis_outage_under_the_watcher(tmp_path, watch, redis_server):
     assert is_open(cfg, "198.51.100.40")        # written back: this redis kept nothing
     assert w.log().count("store unavailable") == 1          # logged once per outage
     assert w.stop() == 0
+
+
+WRITER = r"""
+import os, shutil, sys, time
+log, n = sys.argv[1], int(sys.argv[2])
+line = ("{stamp} mail dovecot: pop3-login: Login: user=<u{i}>, method=PLAIN, "
+        "rip=10.{a}.{b}.{c}, lip=192.0.2.1, mpid={i}, session=<s{i}>\n")
+f = open(log, "a", buffering=1)
+for i in range(n):
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    f.write(line.format(stamp=stamp, i=i, a=i >> 16, b=(i >> 8) & 255, c=i & 255))
+    if i == n // 4:                                    # rename and create
+        f.close(); os.rename(log, log + ".1"); f = open(log, "a", buffering=1)
+    elif i == n // 2:                                  # copytruncate, as logrotate does it
+        shutil.copyfile(log, log + ".2"); os.truncate(log, 0)
+    elif i == 3 * n // 4:                              # rename again, the new file a bit later
+        f.close(); os.rename(log, log + ".3"); time.sleep(0.2); f = open(log, "a", buffering=1)
+    if i % 100 == 0:
+        time.sleep(0.05)                               # about 2,000 lines a second
+f.close()
+"""
+
+
+def test_rotation_while_logins_stream_in_every_login_opens_its_gate(tmp_path, watch):
+    cfg = write_config(tmp_path, extra="max_ips_per_user: 0\n")
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    w = watch(cfg)
+    time.sleep(0.5)
+    n = 2000
+    subprocess.run([sys.executable, "-c", WRITER, str(log), str(n)], check=True, timeout=60)
+    expected = {f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}" for i in range(n)}
+    gates = tmp_path / "gates"
+    wait_for(lambda: {p.name for p in gates.iterdir()} >= expected, timeout=30,
+             what=f"{n} gates")
+    assert {p.name for p in gates.iterdir() if not p.name.startswith(".")} == expected
+    assert w.stop() == 0
+    assert "Traceback" not in w.log()
