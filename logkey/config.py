@@ -140,6 +140,70 @@ def _logs(v):
     return out
 
 
+EXPORT_FORMATS = ("lmdb", "sendmail", "exim", "opensmtpd", "text", "tcprules")
+
+
+def _exports(v):
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise ValueError("must be a list of {format: F, path: FILE}")
+    out = []
+    for i, entry in enumerate(v):
+        if not isinstance(entry, dict):
+            raise ValueError(f"[{i}]: must be a mapping with format: and path:")
+        bad = set(entry) - {"format", "path", "command", "base"}
+        if bad:
+            raise ValueError(f"[{i}].{sorted(bad)[0]}: unknown key (known: format, path, "
+                             "command, base)")
+        if entry.get("format") not in EXPORT_FORMATS:
+            raise ValueError(f"[{i}].format: must be one of {', '.join(EXPORT_FORMATS)}")
+        if not isinstance(entry.get("path"), str) or not entry["path"]:
+            raise ValueError(f"[{i}].path: must be a file path")
+        for key in ("command", "base"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                raise ValueError(f"[{i}].{key}: must be a string")
+        if entry.get("base") is not None and entry["format"] != "tcprules":
+            raise ValueError(f"[{i}].base: only a tcprules export has a base rules file")
+        out.append({"format": entry["format"], "path": entry["path"],
+                    "command": entry.get("command"), "base": entry.get("base")})
+    return out
+
+
+def _policy(v):
+    if not isinstance(v, dict):
+        raise ValueError("must be a mapping (listen, socket_mode, socket_group, ...)")
+    known = {"listen", "socket_mode", "socket_group", "max_request", "idle_timeout"}
+    bad = set(v) - known
+    if bad:
+        raise ValueError(f".{sorted(bad)[0]}: unknown key (known: {', '.join(sorted(known))})")
+    out = dict(POLICY_DEFAULTS, **v)
+    listen = out["listen"]
+    if isinstance(listen, str):
+        listen = [listen]
+    if not isinstance(listen, list) or not all(
+            isinstance(x, str) and (x.startswith("unix:") or x.startswith("inet:")) for x in listen):
+        raise ValueError(".listen: must be a list of unix:PATH or inet:HOST:PORT")
+    out["listen"] = listen
+    mode = out["socket_mode"]
+    if not isinstance(mode, str) or not re.fullmatch(r"0?[0-7]{3}", mode):
+        raise ValueError(".socket_mode: must be an octal mode such as \"0660\"")
+    if out["socket_group"] is not None and not isinstance(out["socket_group"], str):
+        raise ValueError(".socket_group: must be a group name")
+    if isinstance(out["max_request"], bool) or not isinstance(out["max_request"], int) \
+            or out["max_request"] < 256:
+        raise ValueError(".max_request: must be a number of bytes, 256 or more")
+    try:
+        out["idle_timeout"] = parse_duration(out["idle_timeout"])
+    except ValueError as exc:
+        raise ValueError(f".idle_timeout: {exc}") from None
+    return out
+
+
+POLICY_DEFAULTS = {"listen": ["unix:/run/logkey/policy.sock"], "socket_mode": "0660",
+                   "socket_group": None, "max_request": 65536, "idle_timeout": "300s"}
+
+
 def _store(v):
     if not isinstance(v, dict):
         raise ValueError("must be a mapping: {type: dir, path: DIR} or {type: redis, url: URL}")
@@ -194,6 +258,11 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
                                             "(postconf -h mynetworks): those relay already"),
     "max_ips_per_user": (5, _non_negative_int, "a user with this many open gates gets no new "
                                                "one (0: no limit)"),
+    "policy": (dict(POLICY_DEFAULTS), _policy,
+               "logkey policy (Postfix policy service): listen: [unix:PATH, inet:127.0.0.1:PORT], "
+               "socket_mode, socket_group, max_request (bytes), idle_timeout (seconds)"),
+    "exports": ([], _exports, "maps kept for the SMTP side: [{format: lmdb|sendmail|exim|"
+                              "opensmtpd|text|tcprules, path: FILE, command: CMD, base: RULES}]"),
     "ipv6_prefix": (None, _ipv6_prefix, "gate the client's IPv6 network of this length (e.g. "
                                         "64) instead of the exact address"),
 }
@@ -272,6 +341,14 @@ def _resolve_relative(values: dict, base: str) -> None:
     store = values.get("store")
     if store and store.get("type") == "dir":
         store["path"] = resolve(store["path"])
+    for entry in values.get("exports", []):
+        entry["path"] = resolve(entry["path"])
+        if entry["base"]:
+            entry["base"] = resolve(entry["base"])
+    policy = values.get("policy")
+    if policy:
+        policy["listen"] = [f"unix:{resolve(x[5:])}" if x.startswith("unix:") else x
+                            for x in policy["listen"]]
     for key in ("state_dir", "patterns_dir"):
         if key in values:
             values[key] = resolve(values[key])
