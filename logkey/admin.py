@@ -94,15 +94,24 @@ def cmd_close(cfg, ip_text: str | None, user: str | None) -> int:
     return 0
 
 
-def cmd_check(cfg, ip_text: str) -> int:
-    """Exit 0 when a gate for the IP is open, 1 when not."""
+def cmd_check(cfg, ip_text: str, as_json: bool = False) -> int:
+    """Exit 0 when a gate for the IP is open, 1 when not (2 on error, by the caller)."""
     ip = _ip(ip_text)
+    store = _store(cfg)
     try:
-        is_open = _store(cfg).is_open(ip, cfg.ipv6_prefix)
+        gate = next((g for g in (store.get(k) for k in keys_for(ip, cfg.ipv6_prefix))
+                     if g is not None), None)
     except StoreError as exc:
         raise AdminError(f"store: {exc}") from None
-    print(f"{ip}: {'open' if is_open else 'closed'}")
-    return 0 if is_open else 1
+    if as_json:
+        print(json.dumps({"ip": ip, "open": gate is not None,
+                          "gate": None if gate is None else {
+                              "key": gate.key, "user": gate.user, "pack": gate.pack,
+                              "protocol": gate.protocol, "opened": _when(gate.opened),
+                              "expires": _when(gate.expires), "source": gate.source}}))
+    else:
+        print(f"{ip}: {'open' if gate is not None else 'closed'}")
+    return 0 if gate is not None else 1
 
 
 def cmd_purge(cfg) -> int:

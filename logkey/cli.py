@@ -220,11 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", metavar="U")
     p.set_defaults(func=cmd_close)
 
-    p = sub.add_parser("check", help="is a gate open for IP? (exit 0 open, 1 closed)",
-                       description="Exit 0 when a gate for IP is open, 1 when not.")
+    p = sub.add_parser("check", help="is a gate open for IP? (exit 0 open, 1 closed, 2 error)",
+                       description="Exit 0 when a gate for IP is open, 1 when not, 2 on error "
+                                   "(for Exim ${run} and scripts).")
     add_required_config(p)
     p.add_argument("ip", metavar="IP")
-    p.set_defaults(func=lambda a: _admin().cmd_check(_load_required(a), a.ip))
+    p.add_argument("--json", action="store_true", help="print the gate record as JSON")
+    p.set_defaults(func=lambda a: _admin().cmd_check(_load_required(a), a.ip, a.json))
 
     p = sub.add_parser("purge", help="remove expired gates from the store",
                        description="Remove expired gates from the store.")

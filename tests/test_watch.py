@@ -266,3 +266,18 @@ def test_rotation_while_logins_stream_in_every_login_opens_its_gate(tmp_path, wa
     assert {p.name for p in gates.iterdir() if not p.name.startswith(".")} == expected
     assert w.stop() == 0
     assert "Traceback" not in w.log()
+
+
+def test_check_json_and_exit_codes(tmp_path):
+    cfg = write_config(tmp_path)
+    run_logkey("open", "--config", str(cfg), "192.0.2.60", "--user", "u", check=0)
+    out = run_logkey("check", "--config", str(cfg), "--json", "192.0.2.60", check=0)
+    record = json.loads(out.stdout)
+    assert record["open"] is True and record["gate"]["user"] == "u"
+    out = run_logkey("check", "--config", str(cfg), "--json", "192.0.2.61")
+    assert out.returncode == 1 and json.loads(out.stdout) == {"ip": "192.0.2.61", "open": False,
+                                                              "gate": None}
+    broken = write_config(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path,
+                          store="{type: redis, url: 'redis://127.0.0.1:1/0'}")
+    out = run_logkey("check", "--config", str(broken), "192.0.2.60")
+    assert out.returncode == 2 and out.stderr.decode().count("\n") == 1
