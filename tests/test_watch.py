@@ -281,3 +281,19 @@ def test_check_json_and_exit_codes(tmp_path):
                           store="{type: redis, url: 'redis://127.0.0.1:1/0'}")
     out = run_logkey("check", "--config", str(broken), "192.0.2.60")
     assert out.returncode == 2 and out.stderr.decode().count("\n") == 1
+
+
+def test_never_gate_mynetworks_asks_the_real_postconf(tmp_path):
+    """postconf (Debian's postfix, installed by .ci/run) reads main.cf from $MAIL_CONFIG."""
+    import shutil
+    assert shutil.which("postconf"), "postfix is installed by .ci/run"
+    (tmp_path / "pf").mkdir()
+    (tmp_path / "pf" / "main.cf").write_text("mynetworks = 192.0.2.0/24, [2001:db8::]/32\n"
+                                             "compatibility_level = 3.6\n")
+    cfg = write_config(tmp_path, extra="never_gate_mynetworks: true\n")
+    (tmp_path / "mail.log").write_text(login("192.0.2.9") + login("2001:db8::9")
+                                       + login("198.51.100.9"))
+    proc = run_logkey("watch", "--config", str(cfg), "--once",
+                      env={"MAIL_CONFIG": str(tmp_path / "pf")})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "gates").iterdir()) == ["198.51.100.9"]
