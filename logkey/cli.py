@@ -135,16 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"logkey {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add_config(p):
+    def add_config(p, optional=False):
         p.add_argument("--config", metavar="FILE",
                        help="configuration file (default: $LOGKEY_CONFIG, else "
-                            f"{config_mod.DEFAULT_PATH}; optional for this command)")
+                            f"{config_mod.DEFAULT_PATH}"
+                            + ("; optional for this command)" if optional else ")"))
 
     p = sub.add_parser("dry-run", help="read logs and report the logins logkey would see",
                        description="Read mail logs (plain, .gz, or - for stdin) and report "
                                    "events, header formats, near-misses, rejected IPs and the "
                                    "gates that would be open. Changes nothing.")
-    add_config(p)
+    add_config(p, optional=True)
     p.add_argument("--pack", action="append", metavar="NAME",
                    help="use only this pack (repeatable); default: all")
     p.add_argument("--json", action="store_true",
@@ -161,26 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     psub = p.add_subparsers(dest="packs_command", metavar="ACTION")
     pl = psub.add_parser("list", help="packs, programs, events, samples",
                          description="Show every loaded pack.")
-    add_config(pl)
+    add_config(pl, optional=True)
     pl.add_argument("--pack", action="append", metavar="NAME", help="only this pack")
     pl.set_defaults(func=cmd_packs_list)
     pt = psub.add_parser("test", help="run the packs' samples (exit 1 on any mismatch)",
                          description="Run every sample of the named packs (default: all).")
-    add_config(pt)
+    add_config(pt, optional=True)
     pt.add_argument("names", nargs="*", metavar="PACK")
     pt.set_defaults(func=cmd_packs_test)
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
-
-    def add_required_config(p):
-        p.add_argument("--config", metavar="FILE",
-                       help="configuration file (default: $LOGKEY_CONFIG, else "
-                            f"{config_mod.DEFAULT_PATH})")
+    p.set_defaults(func=lambda a, p=p: (p.print_help(), 2)[1])
 
     p = sub.add_parser("watch", help="follow the mail logs into the gate store",
                        description="Follow the configured logs and open a gate for every "
                                    "successful POP3/IMAP login. Runs in the foreground; "
                                    "SIGTERM stops it, SIGHUP reloads configuration and packs.")
-    add_required_config(p)
+    add_config(p)
     p.add_argument("--observe", action="store_true",
                    help="do everything but write gates; log what would be done")
     p.add_argument("--once", action="store_true", help="read what is there, apply it, exit")
@@ -194,18 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     pc = csub.add_parser("check", help="validate without running (exit 2 when invalid)",
                          description="Validate the configuration file and every pack.")
-    add_required_config(pc)
+    add_config(pc)
     pc.set_defaults(func=lambda a: _admin().cmd_config_check(_load_required(a)))
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    p.set_defaults(func=lambda a, p=p: (p.print_help(), 2)[1])
 
     p = sub.add_parser("gates", help="list the open gates",
                        description="List the open gates: ip, user, pack, opened, expires in.")
-    add_required_config(p)
+    add_config(p)
     p.add_argument("--json", action="store_true", help="JSON Lines, one gate per line")
     p.set_defaults(func=lambda a: _admin().cmd_gates(_load_required(a), a.json))
 
     p = sub.add_parser("open", help="open a gate by hand", description="Open a gate for IP.")
-    add_required_config(p)
+    add_config(p)
     p.add_argument("ip", metavar="IP")
     p.add_argument("--user", metavar="U", help="the user it is for (shown by gates)")
     p.add_argument("--for", dest="seconds", metavar="SECONDS", type=float,
@@ -215,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("close", help="close gates now",
                        description="Close the gate of IP, or every gate of --user U "
                                    "(revoke a stolen account at once).")
-    add_required_config(p)
+    add_config(p)
     p.add_argument("ip", metavar="IP", nargs="?")
     p.add_argument("--user", metavar="U")
     p.set_defaults(func=cmd_close)
@@ -223,14 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="is a gate open for IP? (exit 0 open, 1 closed, 2 error)",
                        description="Exit 0 when a gate for IP is open, 1 when not, 2 on error "
                                    "(for Exim ${run} and scripts).")
-    add_required_config(p)
+    add_config(p)
     p.add_argument("ip", metavar="IP")
     p.add_argument("--json", action="store_true", help="print the gate record as JSON")
     p.set_defaults(func=lambda a: _admin().cmd_check(_load_required(a), a.ip, a.json))
 
     p = sub.add_parser("purge", help="remove expired gates from the store",
                        description="Remove expired gates from the store.")
-    add_required_config(p)
+    add_config(p)
     p.set_defaults(func=lambda a: _admin().cmd_purge(_load_required(a)))
     return parser
 
