@@ -124,7 +124,9 @@ def test_packs_test_and_list():
 
 def test_help_and_version():
     assert run_logkey("--version", check=0).stdout.decode().startswith("logkey ")
-    for sub in (["dry-run"], ["packs"], ["packs", "test"], ["packs", "list"]):
+    for sub in (["dry-run"], ["packs"], ["packs", "test"], ["packs", "list"], ["watch"],
+                ["config"], ["config", "check"], ["gates"], ["open"], ["close"], ["check"],
+                ["purge"]):
         assert run_logkey(*sub, "--help", check=0).stdout
 
 
