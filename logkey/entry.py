@@ -1,0 +1,19 @@
+"""The `logkey` console script's entry point.
+
+`logkey relayclient ...` runs once per SMTP connection, so it goes straight to
+logkey.relayclient without importing logkey.cli (argparse, yaml, regex, the packs...). Every
+other command goes to logkey.cli.main. `python -m logkey.entry ...` behaves as the script.
+"""
+import sys
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["relayclient"]:
+        from .relayclient import main as relayclient
+        return relayclient(sys.argv[2:])
+    from .cli import main as cli_main
+    return cli_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
