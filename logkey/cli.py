@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the gate record as JSON")
     p.set_defaults(func=lambda a: _admin().cmd_check(_load_required(a), a.ip, a.json))
 
+    from . import exports                       # argparse only at import; tools load lazily
+    exports.add_parser(sub)
+
     p = sub.add_parser("purge", help="remove expired gates from the store",
                        description="Remove expired gates from the store.")
     add_config(p)

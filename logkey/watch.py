@@ -1,13 +1,16 @@
 """`logkey watch`: follow the mail logs into the gate store.
 
 Reads: the configured logs (follow.py), the store at start (to adopt its open gates).
-Writes: gates to the store, read offsets to state_dir, its own log to stderr.
+Writes: gates to the store, read offsets to state_dir, its own log to stderr, and the
+configured `exports:` (exports.py): brought to the open gates after every flush that changed
+gates and on every tick where a gate expired or was closed, so an expired gate leaves them
+within a tick (a second), with no log line.
 Trust: events come from the engine (packs linted, IPs canonical); the policy decides; the
 store is written only with validated keys. Offsets are saved only once every gate the lines
 opened is in the store, so a crash or a store outage loses no login, and a line read again
 after a crash is judged by its own time (a stale login opens nothing).
 Config: logs, packs, store, state_dir, window, max_session, never_gate*, only_gate,
-max_ips_per_user, ipv6_prefix, join_window, timezone, line_max.
+max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports.
 """
 from __future__ import annotations
 
@@ -121,6 +124,12 @@ class Watcher:
                                                        shared=base), own))
         self.base = base
         self._engine_of: dict[str, tuple] = {}
+        # Exports: rebuilt with the configuration; the first tick writes them all.
+        self.exporter = None
+        if cfg.exports and not self.observe:
+            from .exports import Exporter
+            self.exporter = Exporter(cfg.exports)
+        self.exports_dirty = True
 
     def _follower(self) -> Follower:
         os.makedirs(self.cfg.state_dir, mode=0o750, exist_ok=True)
@@ -191,6 +200,7 @@ class Watcher:
                     return True
         self._apply(self.policy.on_tick(now, still))
         self._flush(now)
+        self._export(now)
         if self.store is not None and now >= self.next_purge and self.outage_since is None:
             self.next_purge = now + PURGE_EVERY
             try:
@@ -210,6 +220,7 @@ class Watcher:
                 self.pending[g.key] = action.gate
             elif isinstance(action, Delete):
                 self.pending[action.key] = None
+                self.exports_dirty = True       # a closed gate leaves the exports at once
             elif isinstance(action, Warn):
                 log.warning("%s", action.message)
 
@@ -242,11 +253,22 @@ class Watcher:
         except StoreError as exc:
             self._outage(exc)
             return
+        self.exports_dirty = True
         if self.outage_since is not None:
             log.warning("store reachable again after %.0f s; pending gates written",
                         now - self.outage_since)
             self.outage_since = None
             self.retry_wait = 1.0
+
+    def _export(self, now: float) -> None:
+        """Bring the exports to the open gates when they changed; else retry a failed one."""
+        if self.exporter is None:
+            return
+        if self.exports_dirty:
+            self.exports_dirty = False
+            self.exporter.update([g.record for g in self.policy.gates.values()], now)
+        elif self.exporter.failing:
+            self.exporter.retry()
 
     def _outage(self, exc) -> None:
         now = self.now()

@@ -239,6 +239,8 @@ f = open(log, "a", buffering=1)
 for i in range(n):
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     f.write(line.format(stamp=stamp, i=i, a=i >> 16, b=(i >> 8) & 255, c=i & 255))
+    if i in (n // 4, n // 2, 3 * n // 4):
+        time.sleep(0.7)              # rotations come seconds apart, never two between reads
     if i == n // 4:                                    # rename and create
         f.close(); os.rename(log, log + ".1"); f = open(log, "a", buffering=1)
     elif i == n // 2:                                  # copytruncate, as logrotate does it
