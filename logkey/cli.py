@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import exports                       # argparse only at import; tools load lazily
     exports.add_parser(sub)
+    from .policy import add_parser as add_policy_parser
+    add_policy_parser(sub)
 
     p = sub.add_parser("purge", help="remove expired gates from the store",
                        description="Remove expired gates from the store.")

@@ -49,7 +49,7 @@ import stat
 import time
 from typing import Iterator
 
-from .base import GateRecord, Store, StoreError, check_key, now_or
+from .base import GateRecord, Store, StoreError, check_key, keys_for, now_or
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
@@ -57,6 +57,9 @@ MAX_RECORD = 64 * 1024          # a record is ~200 bytes; anything bigger is not
 TEMP_MAX_AGE = 60.0             # seconds before purge() removes a stray temp file
 TEMP_SUFFIX = ".tmp"
 TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{12}(?:\.purge)?\.tmp")   # what put()/purge() create
+
+
+_GATE_NAME = re.compile(r"[0-9a-f.:]{2,45}(?:_[0-9]{1,3})?")
 
 
 def key_to_name(key: str) -> str:
@@ -184,6 +187,25 @@ class DirStore(Store):
         return stat.S_ISREG(st.st_mode) and st.st_mtime > time.time()
 
     # -- reading ----------------------------------------------------------------------------
+
+    def is_open(self, ip: str, ipv6_prefix: int | None = None, now: float | None = None) -> bool:
+        """What a checker does: one lstat per key, a regular file whose mtime is in the future.
+        `ip` must be canonical (every caller passes canonical_ip output); the file name is the
+        key itself ("/" -> "_" for a prefix gate), nothing else."""
+        now = now_or(now)
+        for key in (keys_for(ip, ipv6_prefix) if ipv6_prefix and ":" in ip else (ip,)):
+            name = key.replace("/", "_")
+            if not _GATE_NAME.fullmatch(name):          # cheap; canonical_ip made the key
+                raise ValueError(f"not a gate key: {key!r}")
+            try:
+                st = os.lstat(self._file(name))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as e:
+                raise self._error(f"read gate {key}", e) from None
+            if stat.S_ISREG(st.st_mode) and st.st_mtime > now:
+                return True
+        return False
 
     def get(self, key: str, now: float | None = None) -> GateRecord | None:
         name = key_to_name(key)

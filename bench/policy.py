@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Speed of `logkey policy` next to a minimal asyncio responder, measured in the same run.
+
+A dir store gets --gates open gates (written straight into the documented layout: file name =
+IP, mtime = expiry). Both servers run as their own processes on a unix socket (as Postfix's
+unix:private/... would reach them); one client process keeps --conns persistent connections,
+each sending the full Postfix attribute set and waiting for the reply before the next
+request (as smtpd does), half for IPs with an open gate and half without. Reported per
+server: requests/s, p50 and p99 latency (send to complete reply). Goal (issue 4): logkey at
+least 0.7 of the responder's requests/s, p99 under 5 ms.
+
+    python bench/policy.py [--conns 50] [--gates 100000] [--seconds 5]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from logkey.policy.protocol import encode  # noqa: E402
+
+
+def request(ip: str) -> bytes:
+    return encode({
+        "request": "smtpd_access_policy", "protocol_state": "RCPT", "protocol_name": "ESMTP",
+        "helo_name": "client.example.net", "queue_id": "", "sender": "user@example.org",
+        "recipient": "someone@example.com", "recipient_count": "0", "client_address": ip,
+        "client_name": "unknown", "reverse_client_name": "unknown", "instance": "a1b2.c3d4.1",
+        "sasl_method": "", "sasl_username": "", "sasl_sender": "", "size": "0",
+        "ccert_subject": "", "ccert_issuer": "", "ccert_fingerprint": "",
+        "encryption_protocol": "TLSv1.3", "encryption_cipher": "TLS_AES_256_GCM_SHA384",
+        "encryption_keysize": "256", "etrn_domain": "", "stress": "",
+        "ccert_pubkey_fingerprint": "", "client_port": "51234", "policy_context": "",
+        "server_address": "192.0.2.1", "server_port": "25"})
+
+
+def gate_ip(n: int) -> str:
+    return f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+
+
+def write_gates(path: str, count: int) -> None:
+    os.makedirs(path, 0o750, exist_ok=True)
+    now = time.time()
+    expiry = int((now + 3600) * 1e9)
+    for n in range(count):
+        ip = gate_ip(n)
+        record = json.dumps({"key": ip, "user": f"u{n}", "pack": "dovecot", "protocol": "pop3",
+                             "opened": now, "expires": now + 3600, "source": "bench:1"})
+        fd = os.open(os.path.join(path, ip), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        os.write(fd, record.encode() + b"\n")
+        os.utime(fd, ns=(expiry, expiry))
+        os.close(fd)
+
+
+# -- the baseline: a minimal asyncio responder that always answers DUNNO -------------------------
+
+class Responder(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.buf = transport, b""
+
+    def data_received(self, data):
+        self.buf += data
+        while (end := self.buf.find(b"\n\n")) >= 0:
+            self.buf = self.buf[end + 2:]
+            self.transport.write(b"action=DUNNO\n\n")
+
+
+async def responder(path: str) -> None:
+    server = await asyncio.get_running_loop().create_unix_server(Responder, path, backlog=1024)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        await stop.wait()
+
+
+# -- the client ------------------------------------------------------------------------------
+
+class Client(asyncio.Protocol):
+    def __init__(self, requests, stats):
+        self.requests, self.stats = requests, stats
+        self.i = random.randrange(len(requests))
+        self.buf = b""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.send()
+
+    def send(self):
+        self.i = (self.i + 1) % len(self.requests)
+        self.sent = time.perf_counter()
+        self.transport.write(self.requests[self.i])
+
+    def data_received(self, data):
+        self.buf += data
+        if not self.buf.endswith(b"\n\n"):
+            return
+        now = time.perf_counter()
+        if self.stats["on"]:
+            self.stats["lat"].append(now - self.sent)
+            self.stats["answers"][self.buf] = self.stats["answers"].get(self.buf, 0) + 1
+        self.buf = b""
+        if not self.stats["stop"]:
+            self.send()
+
+
+async def load(path: str, conns: int, seconds: float, requests: list[bytes]) -> dict:
+    loop = asyncio.get_running_loop()
+    stats = {"on": False, "stop": False, "lat": [], "answers": {}}
+    transports = []
+    for _ in range(conns):
+        t, _ = await loop.create_unix_connection(lambda: Client(requests, stats), path)
+        transports.append(t)
+    await asyncio.sleep(1.0)                              # warm-up, not counted
+    stats["on"] = True
+    t0 = time.perf_counter()
+    await asyncio.sleep(seconds)
+    stats["on"], stats["stop"] = False, True
+    elapsed = time.perf_counter() - t0
+    total = sum(stats["answers"].values())
+    await asyncio.sleep(0.2)
+    for t in transports:
+        t.close()
+    lat = sorted(stats["lat"])
+    return {"rps": len(lat) / elapsed, "total": total, "p50": lat[len(lat) // 2] * 1e3,
+            "p99": lat[int(len(lat) * 0.99)] * 1e3, "answers": stats["answers"]}
+
+
+def wait_for_socket(path: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            sys.exit(f"server exited with {proc.returncode}")
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                sys.exit(f"server not listening on {path}")
+            time.sleep(0.05)
+
+
+def start(cmd: list[str], path: str) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    wait_for_socket(path, proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median requests/s (its own latencies with it)."""
+    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--gates", type=int, default=100_000)
+    ap.add_argument("--seconds", type=float, default=3.0, help="per round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternate the two servers this many times; report the median round")
+    ap.add_argument("--responder", metavar="PATH", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.responder:
+        asyncio.run(responder(args.responder))
+        return
+
+    tmp = tempfile.mkdtemp(prefix="lkpb-")
+    try:
+        t0 = time.monotonic()
+        write_gates(os.path.join(tmp, "gates"), args.gates)
+        print(f"{args.gates} open gates written in {time.monotonic() - t0:.1f}s")
+        config = os.path.join(tmp, "logkey.yaml")
+        with open(config, "w") as f:
+            f.write(f"store: {{type: dir, path: {tmp}/gates}}\n")
+        rnd = random.Random(1)
+        requests = [request(gate_ip(rnd.randrange(args.gates)) if n % 2 else
+                            f"172.16.{rnd.randrange(256)}.{rnd.randrange(256)}")
+                    for n in range(2000)]
+        logkey_sock, responder_sock = f"{tmp}/logkey.sock", f"{tmp}/responder.sock"
+        servers = {
+            "responder": (start([sys.executable, __file__, "--responder", responder_sock],
+                                responder_sock), responder_sock),
+            "logkey": (start([sys.executable, "-m", "logkey.policy", "--config", config,
+                              "--listen", f"unix:{logkey_sock}"], logkey_sock), logkey_sock),
+        }
+        runs = {name: [] for name in servers}
+        try:
+            for _ in range(args.rounds):            # alternate: other load hits both alike
+                for name, (proc, path) in servers.items():
+                    cpu = cpu_seconds(proc.pid)
+                    run = asyncio.run(load(path, args.conns, args.seconds, requests))
+                    run["cpu_us"] = (cpu_seconds(proc.pid) - cpu) / run["total"] * 1e6
+                    runs[name].append(run)
+        finally:
+            for proc, _ in servers.values():
+                stop(proc)
+        results = {name: median_run(r) for name, r in runs.items()}
+        print(f"{args.conns} persistent connections over a unix socket; median of "
+              f"{args.rounds} alternating rounds of {args.seconds:g}s")
+        print(f"{'server':<10} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'server CPU/request':>19}  answers")
+        for name, r in results.items():
+            answers = ", ".join(f"{k.decode().split()[0]}: {v}" for k, v in r["answers"].items())
+            print(f"{name:<10} {r['rps']:>11,.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+                  f"{r['cpu_us']:>16.1f} us  {answers}")
+        ratio = results["logkey"]["rps"] / results["responder"]["rps"]
+        p99 = results["logkey"]["p99"]
+        print(f"logkey/responder: {ratio:.2f} (goal >= 0.70); logkey p99 {p99:.2f} ms "
+              f"(goal < 5 ms): {'met' if ratio >= 0.7 and p99 < 5 else 'NOT met'}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""`logkey policy`: Postfix SMTP access policy delegation (SMTPD_POLICY_README).
+
+protocol.py  the sans-I/O codec: bytes -> request dicts, action -> reply bytes
+decide.py    the pure decision: OK for a client with an open gate, else DUNNO
+server.py    asyncio listeners (unix:PATH, inet:HOST:PORT), limits, timeouts, signals
+
+Config: `policy:` (listen, socket_mode, socket_group, max_request, idle_timeout), `store:`,
+`ipv6_prefix:`. `add_parser(sub)` registers the subcommand; `main(args)` runs it.
+"""
+from __future__ import annotations
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--config", metavar="FILE",
+                   help="configuration file (default: $LOGKEY_CONFIG, else "
+                        "/etc/logkey/config.yaml)")
+    p.add_argument("--listen", action="append", metavar="ADDR",
+                   help="unix:PATH, inet:HOST:PORT or inet:[IPV6]:PORT (repeatable); "
+                        "replaces the configured policy.listen")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+
+
+def add_parser(sub):
+    """Register `policy` on an argparse subparsers object."""
+    p = sub.add_parser(
+        "policy", help="Postfix policy service: OK for clients with an open gate",
+        description="Answer Postfix check_policy_service requests: action=OK when the "
+                    "client_address has an open gate, action=DUNNO otherwise (and whenever "
+                    "the store cannot be read). Runs in the foreground; SIGTERM stops it.")
+    add_arguments(p)
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args) -> int:
+    import asyncio
+
+    from .. import config as config_mod
+    from ..cli import setup_logging                 # here: logkey.cli imports this module
+    from ..stores import open_store
+    from .server import PolicyServer, parse_listen
+
+    setup_logging(getattr(args, "verbose", False))
+    cfg = config_mod.load(args.config)
+    policy = cfg.policy
+    listen = args.listen or policy["listen"]
+    for spec in listen:
+        parse_listen(spec)                          # a bad --listen is a one-line error
+    store = open_store(cfg.store)
+    try:
+        server = PolicyServer(store, listen=listen, ipv6_prefix=cfg.ipv6_prefix,
+                              socket_mode=policy["socket_mode"],
+                              socket_group=policy["socket_group"],
+                              max_request=policy["max_request"],
+                              idle_timeout=policy["idle_timeout"])
+        asyncio.run(server.run())
+    finally:
+        store.close()
+    return 0
