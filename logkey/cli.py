@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     exports.add_parser(sub)
     from .policy import add_parser as add_policy_parser
     add_policy_parser(sub)
+    from .popwrap import add_parser as add_popwrap_parser
+    add_popwrap_parser(sub)
 
     p = sub.add_parser("purge", help="remove expired gates from the store",
                        description="Remove expired gates from the store.")

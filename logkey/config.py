@@ -200,6 +200,27 @@ def _policy(v):
     return out
 
 
+def _popwrap(v):
+    if not isinstance(v, dict):
+        raise ValueError("must be a mapping (socket, socket_mode, socket_group)")
+    known = {"socket", "socket_mode", "socket_group"}
+    bad = set(v) - known
+    if bad:
+        raise ValueError(f".{sorted(bad)[0]}: unknown key (known: {', '.join(sorted(known))})")
+    out = dict(POPWRAP_DEFAULTS, **v)
+    if out["socket"] is not None and (not isinstance(out["socket"], str) or not out["socket"]
+                                      or "\0" in out["socket"]):
+        raise ValueError(".socket: must be a path, or null (off)")
+    mode = out["socket_mode"]
+    if not isinstance(mode, str) or not re.fullmatch(r"0?[0-7]{3}", mode):
+        raise ValueError(".socket_mode: must be an octal mode such as \"0660\"")
+    if out["socket_group"] is not None and not isinstance(out["socket_group"], str):
+        raise ValueError(".socket_group: must be a group name")
+    return out
+
+
+POPWRAP_DEFAULTS = {"socket": None, "socket_mode": "0660", "socket_group": None}
+
 POLICY_DEFAULTS = {"listen": ["unix:/run/logkey/policy.sock"], "socket_mode": "0660",
                    "socket_group": None, "max_request": 65536, "idle_timeout": "300s"}
 
@@ -261,6 +282,9 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
     "policy": (dict(POLICY_DEFAULTS), _policy,
                "logkey policy (Postfix policy service): listen: [unix:PATH, inet:127.0.0.1:PORT], "
                "socket_mode, socket_group, max_request (bytes), idle_timeout (seconds)"),
+    "popwrap": (dict(POPWRAP_DEFAULTS), _popwrap,
+                "logkey popwrap -> watcher: socket (unix datagram socket the watcher listens on; "
+                "null: off), socket_mode, socket_group (who may claim logins)"),
     "exports": ([], _exports, "maps kept for the SMTP side: [{format: lmdb|sendmail|exim|"
                               "opensmtpd|text|tcprules, path: FILE, command: CMD, base: RULES}]"),
     "ipv6_prefix": (None, _ipv6_prefix, "gate the client's IPv6 network of this length (e.g. "
@@ -349,6 +373,9 @@ def _resolve_relative(values: dict, base: str) -> None:
     if policy:
         policy["listen"] = [f"unix:{resolve(x[5:])}" if x.startswith("unix:") else x
                             for x in policy["listen"]]
+    popwrap = values.get("popwrap")
+    if popwrap and popwrap["socket"]:
+        popwrap["socket"] = resolve(popwrap["socket"])
     for key in ("state_dir", "patterns_dir"):
         if key in values:
             values[key] = resolve(values[key])

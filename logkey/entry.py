@@ -1,8 +1,8 @@
 """The `logkey` console script's entry point.
 
-`logkey relayclient ...` runs once per SMTP connection, so it goes straight to
-logkey.relayclient without importing logkey.cli (argparse, yaml, regex, the packs...). Every
-other command goes to logkey.cli.main. `python -m logkey.entry ...` behaves as the script.
+`logkey relayclient ...` runs once per SMTP connection and `logkey popwrap ...` once per POP
+session, so they go straight to their modules without importing logkey.cli (argparse, yaml,
+regex, the packs...). Every other command goes to logkey.cli.main. `python -m logkey.entry ...` behaves as the script.
 """
 import sys
 
@@ -11,6 +11,9 @@ def main() -> int:
     if sys.argv[1:2] == ["relayclient"]:
         from .relayclient import main as relayclient
         return relayclient(sys.argv[2:])
+    if sys.argv[1:2] == ["popwrap"]:
+        from .popwrap import main as popwrap
+        return popwrap(sys.argv[2:])
     from .cli import main as cli_main
     return cli_main()
 

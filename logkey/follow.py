@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import select
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -188,19 +189,31 @@ class Follower:
             finally:
                 os.close(fd)
 
-    def wait(self, timeout: float) -> None:
-        """Block until a followed file or directory changes, or `timeout` seconds pass."""
+    def wait(self, timeout: float, wake: int | None = None) -> None:
+        """Block until a followed file or directory changes, or `timeout` seconds pass, or
+        (when given) the file descriptor `wake` becomes readable."""
         if self._more or timeout <= 0:
             return
         if self._ino is None:
-            time.sleep(min(timeout, self.poll_interval))
+            timeout = min(timeout, self.poll_interval)
+            if wake is None:
+                time.sleep(timeout)
+            else:
+                select.select([wake], [], [], timeout)
             return
         if self._unwatched():
             timeout = min(timeout, self.poll_interval)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or self._events(max(1, int(left * 1000))):
+            if left <= 0:
+                return
+            if wake is None:
+                if self._events(max(1, int(left * 1000))):
+                    return
+                continue
+            ready = select.select([wake, self._ino.fileno()], [], [], left)[0]
+            if wake in ready or (ready and self._events(0)):
                 return
 
     def fileno(self) -> int | None:

@@ -25,7 +25,8 @@ interpreter (os, sys, time), `_json` (the C scanner, without the `json` package'
 only for an IPv6 client, `ipaddress`. The YAML configuration is parsed only on the slow path.
 
 The cache: the settings this wrapper needs (store type, dir path or the redis spec,
-ipv6_prefix), as JSON, derived from the configuration file's path:
+ipv6_prefix; popwrap.socket for `logkey popwrap`, which shares this cache), as JSON,
+derived from the configuration file's path:
     beside it: <config dir>/.<config name>.relayclient.json
                (e.g. /etc/logkey/.config.yaml.relayclient.json)
     else:      $LOGKEY_RUN_DIR (default /run/logkey)/relayclient.<config path, / as %2F>.json
@@ -41,7 +42,7 @@ import os
 import sys
 import time
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2                               # 2: popwrap_socket added
 DEFAULT_CONFIG = "/etc/logkey/config.yaml"      # as config.DEFAULT_PATH (not imported: yaml)
 DEFAULT_RUN_DIR = "/run/logkey"
 EXIT_TEMPFAIL = 111                             # qmail: temporary failure
@@ -156,6 +157,9 @@ def _valid_settings(data) -> bool:
         return False
     if type(store) is not dict:
         return False
+    sock = data.get("popwrap_socket", 0)
+    if sock is not None and not (type(sock) is str and sock.startswith("/") and "\0" not in sock):
+        return False
     if store.get("type") == "dir":
         path = store.get("path")
         return type(path) is str and path.startswith("/") and "\0" not in path
@@ -240,7 +244,8 @@ def load_settings(config_path: str) -> dict:
     from .config import load                   # the slow path: YAML
     cfg = load(config_path)
     data = {"version": CACHE_VERSION, "config": config_path, "config_stat": signature,
-            "store": cfg.store, "ipv6_prefix": cfg.ipv6_prefix}
+            "store": cfg.store, "ipv6_prefix": cfg.ipv6_prefix,
+            "popwrap_socket": cfg.popwrap["socket"]}
     try:                                        # cache only what was read from this version
         same = _signature(os.stat(config_path)) == signature
     except OSError:

@@ -9,23 +9,32 @@ Trust: events come from the engine (packs linted, IPs canonical); the policy dec
 store is written only with validated keys. Offsets are saved only once every gate the lines
 opened is in the store, so a crash or a store outage loses no login, and a line read again
 after a crash is judged by its own time (a stale login opens nothing).
+popwrap: when `popwrap.socket` is set, the watcher binds a unix datagram socket there (mode
+and group from the config) and takes `login|logout IP USER PROTOCOL [SESSION]` datagrams from
+`logkey popwrap` (popwrap.py); each is an event of the pack "popwrap", which reports logouts (the
+gate stays open during the session, up to max_session). A bad datagram is counted and logged at
+debug, never fatal. Whoever may write to the socket can open a gate for any IP.
 Config: logs, packs, store, state_dir, window, max_session, never_gate*, only_gate,
-max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports.
+max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports, popwrap.
 """
 from __future__ import annotations
 
 import fnmatch
+import grp
 import ipaddress
 import logging
 import os
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from .engine import Engine
 from .errors import LogkeyError
+from .events import GATE_PROTOCOLS, LOGIN, LOGOUT, Event, canonical_ip
 from .follow import Follower
 from .gates import Delete, GatePolicy, PolicyConfig, Put, Warn
 from .headers import Clock, parse
@@ -38,6 +47,9 @@ log = logging.getLogger("logkey")
 TICK = 1.0                      # seconds between timer runs (expiry, session extension)
 PURGE_EVERY = 60.0              # seconds between removals of expired gates from the store
 RETRY_MAX = 30.0                # longest wait between store retries during an outage
+POPWRAP_PACK = "popwrap"        # the pack name of events from `logkey popwrap`
+POPWRAP_MAX = 512               # bytes in one datagram
+POPWRAP_BATCH = 1000            # datagrams taken per step (the rest wait for the next one)
 
 
 class WatchError(LogkeyError):
@@ -71,8 +83,9 @@ def policy_config(cfg, packs: PackSet) -> PolicyConfig:
         window=cfg.window, max_session=cfg.max_session, never_gate=never,
         never_gate_users=frozenset(cfg.never_gate_users or ()), only_gate=cfg.only_gate,
         max_ips_per_user=cfg.max_ips_per_user, ipv6_prefix=cfg.ipv6_prefix,
-        logout_packs=frozenset(p.name for p in packs.packs.values()
-                               if any(r.kind == "logout" for r in p.rules + p.untagged)))
+        logout_packs=frozenset([POPWRAP_PACK] + [
+            p.name for p in packs.packs.values()
+            if any(r.kind == "logout" for r in p.rules + p.untagged)]))
 
 
 def build(cfg):
@@ -104,6 +117,9 @@ class Watcher:
         self.retry_wait = 1.0
         self.next_purge = 0.0
         self.follower = self._follower()
+        self.popwrap = None                     # (socket, path, (st_dev, st_ino), settings)
+        self.popwrap_bad = self.popwrap_events = 0
+        self._popwrap_bind(cfg.popwrap)
         if self.store is not None:
             try:
                 self.policy.adopt(self.store.scan(self.now()), self.now())
@@ -157,8 +173,104 @@ class Watcher:
             self.follower.commit()
             self.follower.close()
             self.follower = self._follower()
+        if self.popwrap is None or self.popwrap[3] != cfg.popwrap:
+            try:
+                self._popwrap_bind(cfg.popwrap)
+            except WatchError as exc:
+                log.error("popwrap socket: %s", exc)
         log.info("configuration reloaded: %d log(s), %d pack(s)", len(cfg.logs), len(packs.packs))
         return True
+
+    # --- the popwrap socket ---------------------------------------------------------------
+    def _popwrap_bind(self, settings) -> None:
+        """Listen on popwrap.socket (closing a previous one); nothing when it is null."""
+        self._popwrap_close()
+        path = settings["socket"]
+        if not path:
+            return
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise WatchError(f"popwrap.socket: {path}: {exc.strerror}") from None
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise WatchError(f"popwrap.socket: {path} exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                probe.connect(path)
+                alive = True
+            except OSError:
+                alive = False
+            finally:
+                probe.close()
+            if alive:
+                raise WatchError(f"popwrap.socket: {path}: another process listens there")
+            os.unlink(path)                     # a stale socket of an earlier watcher
+        gid = None
+        if settings["socket_group"] is not None:
+            try:
+                gid = grp.getgrnam(settings["socket_group"]).gr_gid
+            except KeyError:
+                raise WatchError(f"popwrap.socket_group: no group named "
+                                 f"{settings['socket_group']!r}") from None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+            old = os.umask(0o177)               # nobody else in until chmod says so
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old)
+            if gid is not None:
+                os.chown(path, -1, gid)
+            os.chmod(path, int(settings["socket_mode"], 8))
+            sock.setblocking(False)
+            st = os.lstat(path)
+        except OSError as exc:
+            sock.close()
+            raise WatchError(f"popwrap.socket: {path}: {exc.strerror or exc}") from None
+        self.popwrap = (sock, path, (st.st_dev, st.st_ino), dict(settings))
+        log.info("popwrap: listening on %s", path)
+
+    def _popwrap_close(self) -> None:
+        if self.popwrap is None:
+            return
+        sock, path, ident, _ = self.popwrap
+        self.popwrap = None
+        sock.close()
+        try:
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) == ident:
+                os.unlink(path)
+        except OSError:
+            pass
+
+    def _popwrap_read(self, now: float) -> int:
+        """Apply the datagrams waiting on the popwrap socket; how many were taken."""
+        if self.popwrap is None:
+            return 0
+        sock = self.popwrap[0]
+        taken = 0
+        while taken < POPWRAP_BATCH:
+            try:
+                data = sock.recv(POPWRAP_MAX + 1)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.warning("popwrap socket: %s", exc)
+                break
+            taken += 1
+            event = popwrap_event(data, now)
+            if event is None:
+                self.popwrap_bad += 1
+                log.debug("popwrap: bad datagram ignored (%d so far): %r", self.popwrap_bad,
+                          data[:80])
+                continue
+            self.popwrap_events += 1
+            self._apply(self.policy.on_event(event, now, POPWRAP_PACK))
+        return taken
 
     # --- the work -------------------------------------------------------------------------
     def _engine_for(self, path: str):
@@ -185,10 +297,11 @@ class Watcher:
                     event.time += timedelta(seconds=self.shift)
                 source = f"{line.path}:{line.lineno}" if line.lineno else line.path
                 self._apply(self.policy.on_event(event, now, source))
+        datagrams = self._popwrap_read(now)
         self.tick(now)
         if lines and not self.pending:
             self.follower.commit()
-        return len(lines)
+        return len(lines) + datagrams
 
     def tick(self, now: float) -> None:
         still = None
@@ -302,7 +415,8 @@ class Watcher:
                     except Exception as exc:    # noqa: BLE001 — a bad file keeps the old one
                         log.error("reload refused, keeping the running configuration: %s", exc)
                 if not self.step():
-                    self.follower.wait(TICK)
+                    self.follower.wait(TICK, self.popwrap[0].fileno()
+                                       if self.popwrap is not None else None)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
@@ -320,6 +434,32 @@ class Watcher:
         self.reload_requested = True
 
     def close(self) -> None:
+        self._popwrap_close()
         self.follower.close()
         if self.store is not None:
             self.store.close()
+
+
+def popwrap_event(data: bytes, now: float) -> Event | None:
+    """The event of one popwrap datagram, `login|logout IP USER PROTOCOL [SESSION]` (USER "-":
+    unknown), or None when it is not exactly that."""
+    if len(data) > POPWRAP_MAX:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text.endswith("\n"):
+        text = text[:-1]
+    fields = text.split(" ")
+    if len(fields) not in (4, 5) or not all(f and f.isprintable() and f == "".join(f.split())
+                                            for f in fields):
+        return None
+    kind, ip, user, protocol = fields[:4]
+    ip = canonical_ip(ip)
+    if kind not in (LOGIN, LOGOUT) or ip is None or protocol not in GATE_PROTOCOLS:
+        return None
+    user = None if user == "-" else user
+    session = f"popwrap:{fields[4]}" if len(fields) == 5 else None
+    return Event(kind, ip, user, protocol, datetime.fromtimestamp(now, timezone.utc),
+                 POPWRAP_PACK, "socket", session=session)

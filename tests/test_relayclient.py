@@ -414,7 +414,7 @@ def _tampered(site, how):
         elif how == "relative":
             bad["store"]["path"] = "evil"
         elif how == "version":
-            bad["version"] = 2
+            bad["version"] = 1
         elif how == "other-config":
             bad["config"] = str(site / "elsewhere.yaml")
         else:
