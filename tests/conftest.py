@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -23,6 +24,24 @@ def run_logkey(*args, stdin=None, env=None, check=None):
     return proc
 
 
+def free_port(family=socket.AF_INET, host="127.0.0.1") -> int:
+    """A port nothing listens on right now, on a loopback address."""
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc, timeout=5.0) -> None:
+    """SIGTERM, then SIGKILL if it does not go within `timeout`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
 @pytest.fixture
 def now():
     return datetime(2026, 11, 28, tzinfo=timezone.utc)
@@ -35,11 +54,8 @@ class RedisServer:
     `stop()` and `start()` simulate an outage (same port and socket afterwards)."""
 
     def __init__(self, binary, workdir):
-        import socket
         self.binary, self.dir = binary, workdir
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.socket_path = os.path.join(workdir, "redis.sock")
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.unix_url = f"unix://{self.socket_path}?db=0"
@@ -72,14 +88,8 @@ class RedisServer:
             time.sleep(0.02)
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
         if self.proc is not None:
+            stop_process(self.proc)
             self.proc.stderr.close()
         self.proc = None
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from logkey.exports import Exporter, render, sorted_keys
 from logkey.stores.base import GateRecord
 from logkey.stores.dirstore import DirStore
@@ -269,12 +269,6 @@ def servers():
     s = Servers()
     yield s
     s.kill_all()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ask(port, source):

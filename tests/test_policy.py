@@ -23,7 +23,7 @@ from logkey.policy.server import KEEP, PolicyError, PolicyServer, parse_listen
 from logkey.stores.base import GateRecord
 from logkey.stores.dirstore import DirStore
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 OPEN_V4, CLOSED_V4 = "192.0.2.7", "192.0.2.8"
 OPEN_V6, CLOSED_V6 = "2001:db8::7", "2001:db8::8"
@@ -179,12 +179,6 @@ def test_parse_listen():
 
 
 # -- a real server process ---------------------------------------------------------------------
-
-def free_port(family=socket.AF_INET, host="127.0.0.1"):
-    with socket.socket(family) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
 
 def policy_command():
     """`logkey policy` once the CLI has it, else the package's own entry point."""

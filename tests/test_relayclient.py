@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_logkey
+from conftest import ROOT, run_logkey, stop_process
 
 OPEN, NONE, EXPIRED = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 TIMEOUT = 10.0
@@ -150,13 +150,7 @@ class TcpServer:
         return self.text()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 @pytest.fixture
