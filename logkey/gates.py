@@ -152,20 +152,23 @@ class GatePolicy:
         return False
 
     # --- the timer ------------------------------------------------------------------------
-    def on_tick(self, now: float, still_stored=None) -> list:
+    def on_tick(self, now: float, still_stored=None, check_all: bool = False) -> list:
         """Extensions of open sessions, and forgetting expired gates. `still_stored(key)`,
         when given, says whether the store still holds a gate: one closed by hand
-        (`logkey close`) is forgotten, not re-extended."""
+        (`logkey close`) is forgotten (a Delete, so the exports drop it), not re-extended.
+        It is asked for gates with open sessions, and for every gate when `check_all`."""
         actions = []
         for key, gate in list(self.gates.items()):
             if gate.record.expires <= now:
                 del self.gates[key]
                 actions.append(Delete(key))
                 continue
+            if still_stored is not None and (gate.sessions or check_all) \
+                    and not still_stored(key):
+                del self.gates[key]
+                actions.append(Delete(key))
+                continue
             if gate.sessions:
-                if still_stored is not None and not still_stored(key):
-                    del self.gates[key]
-                    continue
                 if self._extend(gate, now):
                     actions.append(Put(gate.record))
         return actions

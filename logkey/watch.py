@@ -47,6 +47,7 @@ log = logging.getLogger("logkey")
 TICK = 1.0                      # seconds between timer runs (expiry, session extension)
 PURGE_EVERY = 60.0              # seconds between removals of expired gates from the store
 RETRY_MAX = 30.0                # longest wait between store retries during an outage
+RECONCILE_EVERY = 5.0           # seconds between checks for gates closed by hand
 POPWRAP_PACK = "popwrap"        # the pack name of events from `logkey popwrap`
 POPWRAP_MAX = 512               # bytes in one datagram
 POPWRAP_BATCH = 1000            # datagrams taken per step (the rest wait for the next one)
@@ -116,6 +117,7 @@ class Watcher:
         self.next_retry = 0.0
         self.retry_wait = 1.0
         self.next_purge = 0.0
+        self.next_reconcile = 0.0
         self.follower = self._follower()
         self.popwrap = None                     # (socket, path, (st_dev, st_ino), settings)
         self.popwrap_bad = self.popwrap_events = 0
@@ -311,7 +313,10 @@ class Watcher:
                     return key in self.pending or store.get(key, now) is not None
                 except StoreError:
                     return True
-        self._apply(self.policy.on_tick(now, still))
+        check_all = still is not None and now >= self.next_reconcile
+        if check_all:                           # gates closed by hand leave the exports too
+            self.next_reconcile = now + RECONCILE_EVERY
+        self._apply(self.policy.on_tick(now, still, check_all))
         self._flush(now)
         self._export(now)
         if self.store is not None and now >= self.next_purge and self.outage_since is None:

@@ -424,3 +424,24 @@ def test_watcher_exports_at_start_and_rebuilds_them_on_reload(tmp_path):
         assert (tmp_path / "b.txt").read_text() == ""
     finally:
         w.close()
+
+
+def test_a_gate_closed_by_hand_leaves_the_exports(tmp_path):
+    from logkey import config as config_mod
+    from logkey.watch import RECONCILE_EVERY, Watcher
+    store = DirStore(str(tmp_path / "gates"))
+    now = time.time()
+    store.put(gate("198.51.100.7", now=now))
+    store.put(gate("198.51.100.8", now=now))
+    cfg = tmp_path / "logkey.yaml"
+    cfg.write_text(f"store: {{type: dir, path: {tmp_path}/gates}}\nstate_dir: {tmp_path}/state\n"
+                   f"exports:\n  - {{format: text, path: {tmp_path}/a.txt}}\n")
+    w = Watcher(config_mod.load(str(cfg)))
+    try:
+        w.tick(now)
+        assert (tmp_path / "a.txt").read_text() == "198.51.100.7\n198.51.100.8\n"
+        assert store.delete("198.51.100.7")                 # logkey close, from outside
+        w.tick(now + RECONCILE_EVERY + 0.1)
+        assert (tmp_path / "a.txt").read_text() == "198.51.100.8\n"
+    finally:
+        w.close()

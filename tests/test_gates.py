@@ -92,8 +92,12 @@ def test_packs_without_logouts_get_no_session_extension():
 def test_a_gate_closed_by_hand_is_not_re_extended():
     p = policy(window=600, logout_packs=frozenset({"dovecot"}))
     p.on_event(ev("login", "192.0.2.7", T0, session="S"), now=T0)
-    assert p.on_tick(T0 + 60, still_stored=lambda key: False) == []
+    assert p.on_tick(T0 + 60, still_stored=lambda key: False) == [Delete("192.0.2.7")]
     assert p.gates == {}
+    p.on_event(ev("login", "192.0.2.8", T0, pack="qpopper"), now=T0)     # no session
+    assert p.on_tick(T0 + 60, still_stored=lambda key: False) == []      # not asked ...
+    assert p.on_tick(T0 + 61, still_stored=lambda key: False, check_all=True) == \
+        [Delete("192.0.2.8")]                                           # ... unless all are
 
 
 def test_never_gate_only_gate_and_users():
