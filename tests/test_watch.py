@@ -299,3 +299,39 @@ def test_never_gate_mynetworks_asks_the_real_postconf(tmp_path):
                       env={"MAIL_CONFIG": str(tmp_path / "pf")})
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "gates").iterdir()) == ["198.51.100.9"]
+
+
+def test_readme_quick_start_works(tmp_path):
+    """The README's first command, on a copy of examples/quickstart.yaml writing under tmp."""
+    text = (ROOT / "examples" / "quickstart.yaml").read_text()
+    text = text.replace("../tests/logs/", f"{ROOT}/tests/logs/").replace(
+        "../.quickstart/", f"{tmp_path}/")
+    cfg = tmp_path / "quickstart.yaml"
+    cfg.write_text(text)
+    readme = (ROOT / "README.md").read_text()
+    assert "logkey watch --once --config examples/quickstart.yaml --as-of " \
+           "2026-11-28T00:30:00+00:00" in readme
+    run_logkey("watch", "--once", "--config", str(cfg), "--as-of", "2026-11-28T00:30:00+00:00",
+               check=0)
+    gates = run_logkey("gates", "--config", str(cfg), check=0).stdout.decode()
+    assert "6 open gate(s)" in gates and "popa3d" in gates
+    assert run_logkey("check", "--config", str(cfg), "127.0.0.3").returncode == 0
+    assert run_logkey("check", "--config", str(cfg), "127.0.0.4").returncode == 1
+
+
+def test_sighup_with_a_bad_pack_keeps_the_running_packs(tmp_path, watch):
+    (tmp_path / "packs").mkdir()
+    cfg = write_config(tmp_path, extra=f"patterns_dir: {tmp_path}/packs\n")
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    w = watch(cfg)
+    time.sleep(0.5)
+    (tmp_path / "packs" / "bad.yaml").write_text(
+        "programs: [x]\nevents:\n  - {id: a, kind: login, protocol: pop3, "
+        "regex: '^.* (?P<ip>[0-9.]{7,15})$'}\n")
+    w.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in w.log() and "unbounded wildcard" in w.log(),
+             what="the refusal naming the pack")
+    append(log, login("198.51.100.70"))
+    wait_for(lambda: gate_file(tmp_path, "198.51.100.70").exists(), what="gate after refusal")
+    assert w.stop() == 0
