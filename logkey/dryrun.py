@@ -146,7 +146,6 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
             raise DryRunError(f"{path}: " + ("is a directory" if os.path.isdir(path)
                                               else _why_unreadable(path)))
         lineno = 0
-        last_line_time = None
         try:
             if scanner is None:
                 blocks = _own_file_blocks(path, matcher, own_rules, line_max)

@@ -85,7 +85,6 @@ def build_pattern(packs: PackSet) -> tuple[re.Pattern, int]:
     heads, behinds = _tag_tests(packs)
     tests = ([rb"(?:(?=(?:" + heads + rb"))()|)"] if heads else []) + \
         [rb"(?:" + b + rb"()|)" for b in behinds]
-    n = len(tests)
     # A lookahead reads the header: groups 1 and 2 capture the first character of the stamp
     # (which format), then each tag test ends in an empty capture, set when the tag is covered
     # (seen from its start, or a "*SUFFIX" glob seen from its end; the lookbehinds capture too,

@@ -20,14 +20,12 @@ max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports, popwrap
 from __future__ import annotations
 
 import fnmatch
-import grp
 import ipaddress
 import logging
 import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
@@ -41,6 +39,7 @@ from .headers import Clock, parse
 from .match import PackSet, own_file_rules
 from .packs import load_packs
 from .stores import Store, StoreError, open_store
+from .unixsock import SocketSetupError, bind_unix, group_id, identity, remove_if_ours
 
 log = logging.getLogger("logkey")
 
@@ -191,49 +190,12 @@ class Watcher:
         if not path:
             return
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            st = None
-        except OSError as exc:
-            raise WatchError(f"popwrap.socket: {path}: {exc.strerror}") from None
-        if st is not None:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise WatchError(f"popwrap.socket: {path} exists and is not a socket")
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            try:
-                probe.connect(path)
-                alive = True
-            except OSError:
-                alive = False
-            finally:
-                probe.close()
-            if alive:
-                raise WatchError(f"popwrap.socket: {path}: another process listens there")
-            os.unlink(path)                     # a stale socket of an earlier watcher
-        gid = None
-        if settings["socket_group"] is not None:
-            try:
-                gid = grp.getgrnam(settings["socket_group"]).gr_gid
-            except KeyError:
-                raise WatchError(f"popwrap.socket_group: no group named "
-                                 f"{settings['socket_group']!r}") from None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-            old = os.umask(0o177)               # nobody else in until chmod says so
-            try:
-                sock.bind(path)
-            finally:
-                os.umask(old)
-            if gid is not None:
-                os.chown(path, -1, gid)
-            os.chmod(path, int(settings["socket_mode"], 8))
-            sock.setblocking(False)
-            st = os.lstat(path)
-        except OSError as exc:
-            sock.close()
-            raise WatchError(f"popwrap.socket: {path}: {exc.strerror or exc}") from None
-        self.popwrap = (sock, path, (st.st_dev, st.st_ino), dict(settings))
+            sock = bind_unix(path, socket.SOCK_DGRAM, int(settings["socket_mode"], 8),
+                             group_id(settings["socket_group"]))
+        except SocketSetupError as exc:
+            raise WatchError(f"popwrap.socket: {path}: {exc}") from None
+        sock.setblocking(False)
+        self.popwrap = (sock, path, identity(path), dict(settings))
         log.info("popwrap: listening on %s", path)
 
     def _popwrap_close(self) -> None:
@@ -242,12 +204,7 @@ class Watcher:
         sock, path, ident, _ = self.popwrap
         self.popwrap = None
         sock.close()
-        try:
-            st = os.lstat(path)
-            if (st.st_dev, st.st_ino) == ident:
-                os.unlink(path)
-        except OSError:
-            pass
+        remove_if_ours(path, ident)
 
     def _popwrap_read(self, now: float) -> int:
         """Apply the datagrams waiting on the popwrap socket; how many were taken."""
@@ -305,14 +262,17 @@ class Watcher:
             self.follower.commit()
         return len(lines) + datagrams
 
+    def _still_stored(self, key: str) -> bool:
+        """Whether the store still holds a gate (False: closed by hand); True when unsure."""
+        try:
+            return key in self.pending or self.store.is_open(key)
+        except (StoreError, ValueError):
+            return True
+
     def tick(self, now: float) -> None:
         still = None
         if self.store is not None and self.outage_since is None:
-            def still(key, store=self.store):
-                try:
-                    return key in self.pending or store.get(key, now) is not None
-                except StoreError:
-                    return True
+            still = self._still_stored
         check_all = still is not None and now >= self.next_reconcile
         if check_all:                           # gates closed by hand leave the exports too
             self.next_reconcile = now + RECONCILE_EVERY

@@ -179,7 +179,7 @@ def test_parallel_and_serial_reading_agree(tmp_path, monkeypatch):
         monkeypatch.setattr(bulk, "PARALLEL_MIN_BYTES", parallel_min)
         monkeypatch.setattr(bulk, "CHUNK_MIN_BYTES", 1 << 20)
         out = io.StringIO()
-        summary = dryrun.run([str(log)], packs, Clock(datetime(2026, 11, 28, tzinfo=timezone.utc)),
+        dryrun.run([str(log)], packs, Clock(datetime(2026, 11, 28, tzinfo=timezone.utc)),
                              window=600, join_window=600, json_out=True, out=out)
         return out.getvalue()
 

@@ -521,7 +521,7 @@ def test_policy_listen_option_replaces_config_and_refuses_a_live_socket(server, 
     proc = subprocess.run(policy_command() + ["--config", other.config, "--listen",
                                               f"unix:{server.unix}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 2 and "another server is listening" in proc.stderr
+    assert proc.returncode == 2 and "another process is listening" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     with connect(server.unix) as s:                   # the live one is untouched
         assert ask(s, OPEN_V4) == b"action=OK\n\n"

@@ -4,7 +4,6 @@ import random
 
 import pytest
 
-from logkey.engine import Engine
 from logkey.headers import parse
 from logkey.packs import load_packs
 from logkey.scan import Scanner

@@ -21,19 +21,17 @@ answer what is in flight, close every connection, remove the unix sockets, exit 
 from __future__ import annotations
 
 import asyncio
-import grp
 import logging
 import os
 import resource
 import signal
 import socket
-import stat
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import LogkeyError
-from ..stores.base import StoreError
+from ..unixsock import SocketSetupError, bind_unix, group_id
 from .decide import DUNNO, OK, decide
 from .protocol import Decoder, ProtocolError, reply
 
@@ -189,12 +187,10 @@ class PolicyServer:
         self.store, self.ipv6_prefix = store, ipv6_prefix
         self.listen = [(spec, parse_listen(spec)) for spec in listen]
         self.socket_mode = int(socket_mode, 8)
-        self.gid = None
-        if socket_group is not None:
-            try:
-                self.gid = grp.getgrnam(socket_group).gr_gid
-            except KeyError:
-                raise PolicyError(f"socket_group: no group named {socket_group!r}") from None
+        try:
+            self.gid = group_id(socket_group)
+        except SocketSetupError as exc:
+            raise PolicyError(f"socket_group: {exc}") from None
         self.max_request, self.idle_timeout = max_request, float(idle_timeout)
         self.max_connections = max_connections
         self.inline = not threaded if threaded is not None else isinstance(store, DirStore)
@@ -320,31 +316,11 @@ class PolicyServer:
 
     async def _unix(self, spec: str, path: str, factory):
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            st = None
-            parent = os.path.dirname(path)
-            if parent and not os.path.isdir(parent):
-                os.makedirs(parent, 0o755, exist_ok=True)
-        except OSError as exc:
-            raise PolicyError(f"listen {spec}: {exc.strerror}") from None
-        if st is not None:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise PolicyError(f"listen {spec}: exists and is not a socket")
-            with socket.socket(socket.AF_UNIX) as probe:   # asyncio would remove a live one
-                probe.settimeout(1.0)
-                if probe.connect_ex(path) == 0:
-                    raise PolicyError(f"listen {spec}: another server is listening there")
-        try:
-            server = await self.loop.create_unix_server(factory, path, backlog=BACKLOG)
-            # The socket appears with the umask's mode (0755 by default: nobody else may
-            # connect) and is then opened up to exactly socket_mode / socket_group.
-            if self.gid is not None:
-                os.chown(path, -1, self.gid)
-            os.chmod(path, self.socket_mode)
-            self.sockets.append((path, os.stat(path).st_ino))
-        except OSError as exc:
-            raise PolicyError(f"listen {spec}: {exc.strerror or exc}") from None
+            sock = bind_unix(path, socket.SOCK_STREAM, self.socket_mode, self.gid)
+        except SocketSetupError as exc:
+            raise PolicyError(f"listen {spec}: {exc}") from None
+        server = await self.loop.create_unix_server(factory, sock=sock, backlog=BACKLOG)
+        self.sockets.append((path, os.stat(path).st_ino))
         return server
 
     def addresses(self) -> list[str]:
