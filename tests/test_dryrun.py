@@ -1,6 +1,7 @@
 """`logkey dry-run` as an administrator runs it: files, stdin, .gz, JSON Lines, exit codes."""
 import gzip
 import json
+import re
 
 import pytest
 
@@ -20,13 +21,13 @@ def jsonl(proc):
 def test_json_lines_exact_keys(tmp_path):
     log = tmp_path / "mail.log"
     log.write_text(POSTFIX + DOVECOT_LOGIN + POSTFIX + VCHKPW_LOGIN)
-    out = jsonl(run_logkey("dry-run", "--json", "--now", NOW, str(log), check=0))
+    out = jsonl(run_logkey("dry-run", "--json", "--now", NOW, str(log), check=0,
+                           env={"TZ": "UTC"}))
     events, summary = out[:-1], out[-1]
     assert [set(e) for e in events] == [EVENT_KEYS, EVENT_KEYS]
     assert events[0] == {"type": "event", "file": str(log), "line": 2, "event": "login",
                          "pack": "dovecot", "protocol": "pop3", "user": "alice",
-                         "ip": "198.51.100.7", "time": "2026-11-27T10:00:00+00:00"} or \
-        events[0]["time"].startswith("2026-11-27T10:00:00")
+                         "ip": "198.51.100.7", "time": "2026-11-27T10:00:00+00:00"}
     assert events[1]["ip"] == "203.0.113.5" and events[1]["line"] == 4
     assert events[1]["pack"] == "qmail" and events[1]["protocol"] == "pop3"
     assert summary["type"] == "summary"
@@ -68,7 +69,7 @@ def test_gates_open_at_the_end_follow_the_window(tmp_path):
     assert [g["ip"] for g in s["open_gates"]] == ["203.0.113.5"]
     s = jsonl(run_logkey("dry-run", "--json", "--config", str(cfg), str(log),
                          env={"TZ": "UTC"}, check=0))[-1]
-    assert s["at"].startswith("2026-11-27T11:00:00") or s["at"].startswith("2025-11-27T11:00:00")
+    assert re.fullmatch(r"\d{4}-11-27T11:00:00\+00:00", s["at"])     # the last line's time
     assert [g["ip"] for g in s["open_gates"]] == ["203.0.113.5"]
 
 
