@@ -118,8 +118,8 @@ class PackSet:
                 if pack not in chosen and fnmatch.fnmatchcase(program, glob):
                     chosen.append(pack)
             cuts = [p.cut_at for p in chosen if p.cut_at is not None]
-            dispatch = Dispatch([r for p in chosen for r in p.rules],
-                                [i for p in chosen for i in p.ignore],
+            rules = [r for p in chosen for r in p.rules if _applies(r, program)]
+            dispatch = Dispatch(rules, [i for p in chosen for i in p.ignore],
                                 min(cuts) if cuts else None) if chosen else NO_RULES
             if len(self._cache) < 65536:
                 self._cache[program] = dispatch
@@ -128,6 +128,12 @@ class PackSet:
     def ignored(self, program: str | None, message: str) -> bool:
         dispatch = self.rules_for(program) if program is not None else self.untagged
         return dispatch.ignored(message)
+
+
+def _applies(rule: "Rule", program: str) -> bool:
+    """A rule limited to some of its pack's tags (`programs:`) applies only to those."""
+    return rule.programs is None or any(
+        p == program or fnmatch.fnmatchcase(program, p) for p in rule.programs)
 
 
 def own_file_rules(pack: Pack) -> Dispatch:

@@ -24,7 +24,7 @@ GROUPS = frozenset(("ip", "user", "protocol", "session", "pid", "fields"))
 FIELD_TARGETS = frozenset(("ip", "user", "session", "protocol", "pid"))
 PACK_KEYS = frozenset(("description", "covers", "programs", "events", "untagged", "ignore",
                        "protocols", "cut", "samples"))
-RULE_KEYS = frozenset(("id", "kind", "regex", "protocol", "fields", "join"))
+RULE_KEYS = frozenset(("id", "kind", "regex", "protocol", "fields", "join", "programs"))
 
 
 class PackError(LogkeyError):
@@ -48,6 +48,7 @@ class Rule:
     fields: Fields | None
     join: str | None
     protocols: dict[str, str]
+    programs: tuple[str, ...] | None = None     # only these of the pack's tags (globs too)
 
 
 @dataclass
@@ -140,7 +141,13 @@ def _compile_rule(path, name, where, entry, protocols) -> Rule:
     if kind == LOGIN and protocol is None and "protocol" not in groups and not (
             fields and "protocol" in fields.keys.values()):
         _fail(path, where, "a login rule needs a protocol (pop3, imap, program or a group)")
-    return Rule(name, rid, kind, pattern, protocol, fields, join, protocols)
+    programs = entry.get("programs")
+    if programs is not None and (not isinstance(programs, list) or not programs or not all(
+            isinstance(p, str) and regex.fullmatch(r"[A-Za-z0-9_*?][A-Za-z0-9_./@+*?-]{0,63}", p)
+            for p in programs)):
+        _fail(path, where, "programs must be a list of program tags (a subset of the pack's)")
+    return Rule(name, rid, kind, pattern, protocol, fields, join, protocols,
+                tuple(programs) if programs else None)
 
 
 def load_pack(path: Path) -> Pack:

@@ -94,3 +94,25 @@ def test_local_pack_overrides_shipped_one_by_name(tmp_path):
     write(tmp_path, GOOD.format(regex=regex), name="qmail.yaml")
     packs = load_packs(["qmail"], tmp_path)
     assert packs.packs["qmail"].path == tmp_path / "qmail.yaml"
+
+
+def test_rule_programs_limit_a_rule_to_some_tags(tmp_path):
+    from logkey.packs import load_packs
+    (tmp_path / "two.yaml").write_text(
+        "programs: [aaa, bbb]\n"
+        "events:\n"
+        "  - {id: one, kind: login, protocol: pop3, programs: [aaa],\n"
+        "     regex: '^ok (?P<ip>[0-9.]{7,15})$'}\n"
+        "samples:\n"
+        "  - {line: 'Nov 27 10:00:00 h aaa: ok 192.0.2.1', expect: {kind: login, ip: 192.0.2.1},"
+        " source: t}\n"
+        "  - {line: 'Nov 27 10:00:00 h bbb: ok 192.0.2.1', expect: none, source: t}\n")
+    packs = load_packs(["two"], tmp_path)
+    assert [r.id for r in packs.rules_for("aaa").rules] == ["one"]
+    assert packs.rules_for("bbb").rules == []
+    (tmp_path / "bad.yaml").write_text(
+        "programs: [aaa]\nevents:\n  - {id: one, kind: login, protocol: pop3, programs: aaa,\n"
+        "     regex: '^ok (?P<ip>[0-9.]{7,15})$'}\n")
+    with pytest.raises(PackError) as e:
+        load_pack(tmp_path / "bad.yaml")
+    assert "events[0] (one): programs must be a list" in str(e.value)
