@@ -49,9 +49,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
+from . import atomic
 from .errors import LogkeyError
 
 log = logging.getLogger("logkey")
@@ -207,48 +207,21 @@ def _tool(name: str) -> str:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Replace `path` with `data` so that a reader sees the old or the new file, never a part:
-    temp file in the same directory, fsync, rename, fsync of the directory. An existing file's
-    mode and owner are kept; a new one is 0644."""
-    directory = os.path.dirname(os.path.abspath(path))
+    """Replace `path` with `data`, atomically (logkey/atomic.py). An existing file's mode and
+    owner are kept; a new one is 0644."""
     try:
         old = os.stat(path)
     except FileNotFoundError:
         old = None
     except OSError as exc:
         raise ExportError(f"{path}: {exc.strerror or exc}") from None
+    keep_owner = old is not None and os.geteuid() == 0
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                   suffix=".tmp")
+        atomic.write_atomic(path, data, mode=(old.st_mode & 0o7777) if old else 0o644,
+                            uid=old.st_uid if keep_owner else -1,
+                            gid=old.st_gid if keep_owner else -1)
     except OSError as exc:
-        raise ExportError(f"{path}: cannot create a temp file in {directory}: "
-                          f"{exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), (old.st_mode & 0o7777) if old else 0o644)
-            if old is not None and os.geteuid() == 0:
-                try:
-                    os.fchown(f.fileno(), old.st_uid, old.st_gid)
-                except OSError:
-                    pass
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise ExportError(f"{path}: {exc.strerror or exc}") from None
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 # --- targets ------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from .atomic import write_atomic
+
 log = logging.getLogger(__name__)
 
 BLOCK = 1 << 20            # bytes per read
@@ -316,20 +318,9 @@ class Follower:
             return None
 
     def _write_state(self, key: str, data: bytes) -> None:
-        final = os.path.join(self.state_dir, key + ".json")
-        tmp = os.path.join(self.state_dir, ".%s.%d.tmp" % (key, os.getpid()))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        try:
-            view = memoryview(data)
-            while view:                 # a short write (disk full) must not become the state
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        os.replace(tmp, final)
+        # (commit() syncs the directory once for all the files it wrote)
+        write_atomic(os.path.join(self.state_dir, key + ".json"), data, mode=0o640,
+                     sync_dir=False)
 
     # --- reading ---------------------------------------------------------------------------
     def _read_stream(self, s: _Stream, out: list[Line]) -> None:

@@ -197,35 +197,21 @@ def write_cache(paths, data: dict, config_st) -> str | None:
     """Write the cache atomically to the first of `paths` that takes it; the path written, or
     None (and why, on stderr) when none did."""
     import json
+    from .atomic import write_atomic
     text = json.dumps(data, sort_keys=True, indent=1) + "\n"
     mode = (config_st.st_mode & 0o644) | 0o600  # no wider than the configuration, never writable
     problems = []
+    # the group of whoever may read the configuration, when we may give it
+    gid = config_st.st_gid if os.geteuid() == 0 or config_st.st_gid in os.getgroups() else -1
     for path in paths:
-        head, name = os.path.split(path)
-        tmp = os.path.join(head, "." + name + "." + os.urandom(6).hex() + ".tmp")
+        head = os.path.dirname(path)
         try:
             if head and not os.path.isdir(head):
                 os.makedirs(head, 0o755, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, mode)
-            try:
-                os.fchmod(fd, mode)             # not cut by the umask
-                try:
-                    os.fchown(fd, -1, config_st.st_gid)   # whoever may read the config
-                except OSError:
-                    pass
-                os.write(fd, text.encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
+            write_atomic(path, text.encode(), mode=mode, gid=gid, sync_dir=False)
             return path
         except OSError as e:
             problems.append(f"{path}: {_why(e)}")
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
     _say("cannot write the cache (" + "; ".join(problems) + "): the configuration is read "
          "on every connection")
     return None

@@ -49,6 +49,7 @@ import stat
 import time
 from typing import Iterator
 
+from ..atomic import write_atomic
 from .base import GateRecord, Store, StoreError, check_key, keys_for, now_or
 
 DIR_MODE = 0o750
@@ -135,41 +136,12 @@ class DirStore(Store):
 
     def put(self, gate: GateRecord) -> None:
         name = key_to_name(gate.key)
-        tmp = self._file(f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
-        data = gate.to_json().encode() + b"\n"
-        expires_ns = int(round(gate.expires * 1e9))
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, FILE_MODE)
-            try:
-                os.fchmod(fd, FILE_MODE)               # not cut by the umask
-                if self.gid is not None:
-                    os.fchown(fd, -1, self.gid)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.utime(fd, ns=(expires_ns, expires_ns))   # the mtime IS the expiry
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, self._file(name))           # atomic: old gate or new, never partial
+        try:                                           # the mtime IS the expiry
+            write_atomic(self._file(name), gate.to_json().encode() + b"\n", mode=FILE_MODE,
+                         gid=-1 if self.gid is None else self.gid,
+                         mtime_ns=int(round(gate.expires * 1e9)), temp_suffix=TEMP_SUFFIX)
         except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise self._error(f"write gate {name}", e) from None
-        self._sync_dir()
-
-    def _sync_dir(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise self._error("sync directory", e) from None
 
     def delete(self, key: str) -> bool:
         name = key_to_name(key)
