@@ -9,11 +9,9 @@ Trust: events come from the engine (packs linted, IPs canonical); the policy dec
 store is written only with validated keys. Offsets are saved only once every gate the lines
 opened is in the store, so a crash or a store outage loses no login, and a line read again
 after a crash is judged by its own time (a stale login opens nothing).
-popwrap: when `popwrap.socket` is set, the watcher binds a unix datagram socket there (mode
-and group from the config) and takes `login|logout IP USER PROTOCOL [SESSION]` datagrams from
-`logkey popwrap` (popwrap.py); each is an event of the pack "popwrap", which reports logouts (the
-gate stays open during the session, up to max_session). A bad datagram is counted and logged at
-debug, never fatal. Whoever may write to the socket can open a gate for any IP.
+popwrap: when `popwrap.socket` is set, the watcher takes login/logout datagrams from
+`logkey popwrap` (popsocket.py); each is an event of the pack "popwrap", which reports logouts
+(the gate stays open during the session, up to max_session).
 Config: logs, packs, store, state_dir, window, max_session, never_gate*, only_gate,
 max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports, popwrap.
 """
@@ -25,21 +23,20 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from .engine import Engine
 from .errors import LogkeyError
-from .events import GATE_PROTOCOLS, LOGIN, LOGOUT, Event, canonical_ip
 from .follow import Follower
 from .gates import Delete, GatePolicy, PolicyConfig, Put, Warn
 from .headers import Clock, parse
 from .match import PackSet, own_file_rules
 from .packs import load_packs
 from .stores import Store, StoreError, open_store
-from .unixsock import SocketSetupError, bind_unix, group_id, identity, remove_if_ours
+from .popsocket import POPWRAP_PACK, PopwrapListener
+from .unixsock import SocketSetupError
 
 log = logging.getLogger("logkey")
 
@@ -47,9 +44,6 @@ TICK = 1.0                      # seconds between timer runs (expiry, session ex
 PURGE_EVERY = 60.0              # seconds between removals of expired gates from the store
 RETRY_MAX = 30.0                # longest wait between store retries during an outage
 RECONCILE_EVERY = 5.0           # seconds between checks for gates closed by hand
-POPWRAP_PACK = "popwrap"        # the pack name of events from `logkey popwrap`
-POPWRAP_MAX = 512               # bytes in one datagram
-POPWRAP_BATCH = 1000            # datagrams taken per step (the rest wait for the next one)
 
 
 class WatchError(LogkeyError):
@@ -118,9 +112,11 @@ class Watcher:
         self.next_purge = 0.0
         self.next_reconcile = 0.0
         self.follower = self._follower()
-        self.popwrap = None                     # (socket, path, (st_dev, st_ino), settings)
-        self.popwrap_bad = self.popwrap_events = 0
-        self._popwrap_bind(cfg.popwrap)
+        self.popwrap = PopwrapListener()
+        try:
+            self.popwrap.bind(cfg.popwrap)
+        except SocketSetupError as exc:
+            raise WatchError(str(exc)) from None
         if self.store is not None:
             try:
                 self.policy.adopt(self.store.scan(self.now()), self.now())
@@ -174,62 +170,13 @@ class Watcher:
             self.follower.commit()
             self.follower.close()
             self.follower = self._follower()
-        if self.popwrap is None or self.popwrap[3] != cfg.popwrap:
+        if self.popwrap.settings != cfg.popwrap:
             try:
-                self._popwrap_bind(cfg.popwrap)
-            except WatchError as exc:
-                log.error("popwrap socket: %s", exc)
+                self.popwrap.bind(cfg.popwrap)
+            except SocketSetupError as exc:
+                log.error("%s", exc)
         log.info("configuration reloaded: %d log(s), %d pack(s)", len(cfg.logs), len(packs.packs))
         return True
-
-    # --- the popwrap socket ---------------------------------------------------------------
-    def _popwrap_bind(self, settings) -> None:
-        """Listen on popwrap.socket (closing a previous one); nothing when it is null."""
-        self._popwrap_close()
-        path = settings["socket"]
-        if not path:
-            return
-        try:
-            sock = bind_unix(path, socket.SOCK_DGRAM, int(settings["socket_mode"], 8),
-                             group_id(settings["socket_group"]))
-        except SocketSetupError as exc:
-            raise WatchError(f"popwrap.socket: {path}: {exc}") from None
-        sock.setblocking(False)
-        self.popwrap = (sock, path, identity(path), dict(settings))
-        log.info("popwrap: listening on %s", path)
-
-    def _popwrap_close(self) -> None:
-        if self.popwrap is None:
-            return
-        sock, path, ident, _ = self.popwrap
-        self.popwrap = None
-        sock.close()
-        remove_if_ours(path, ident)
-
-    def _popwrap_read(self, now: float) -> int:
-        """Apply the datagrams waiting on the popwrap socket; how many were taken."""
-        if self.popwrap is None:
-            return 0
-        sock = self.popwrap[0]
-        taken = 0
-        while taken < POPWRAP_BATCH:
-            try:
-                data = sock.recv(POPWRAP_MAX + 1)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                log.warning("popwrap socket: %s", exc)
-                break
-            taken += 1
-            event = popwrap_event(data, now)
-            if event is None:
-                self.popwrap_bad += 1
-                log.debug("popwrap: bad datagram ignored (%d so far): %r", self.popwrap_bad,
-                          data[:80])
-                continue
-            self.popwrap_events += 1
-            self._apply(self.policy.on_event(event, now, POPWRAP_PACK))
-        return taken
 
     # --- the work -------------------------------------------------------------------------
     def _engine_for(self, path: str):
@@ -256,7 +203,11 @@ class Watcher:
                     event.time += timedelta(seconds=self.shift)
                 source = f"{line.path}:{line.lineno}" if line.lineno else line.path
                 self._apply(self.policy.on_event(event, now, source))
-        datagrams = self._popwrap_read(now)
+        datagrams = 0
+        for event in self.popwrap.receive(now):
+            datagrams += 1
+            if event is not None:
+                self._apply(self.policy.on_event(event, now, POPWRAP_PACK))
         self.tick(now)
         if lines and not self.pending:
             self.follower.commit()
@@ -380,8 +331,7 @@ class Watcher:
                     except Exception as exc:    # noqa: BLE001 — a bad file keeps the old one
                         log.error("reload refused, keeping the running configuration: %s", exc)
                 if not self.step():
-                    self.follower.wait(TICK, self.popwrap[0].fileno()
-                                       if self.popwrap is not None else None)
+                    self.follower.wait(TICK, self.popwrap.fileno())
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
@@ -399,32 +349,7 @@ class Watcher:
         self.reload_requested = True
 
     def close(self) -> None:
-        self._popwrap_close()
+        self.popwrap.close()
         self.follower.close()
         if self.store is not None:
             self.store.close()
-
-
-def popwrap_event(data: bytes, now: float) -> Event | None:
-    """The event of one popwrap datagram, `login|logout IP USER PROTOCOL [SESSION]` (USER "-":
-    unknown), or None when it is not exactly that."""
-    if len(data) > POPWRAP_MAX:
-        return None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    if text.endswith("\n"):
-        text = text[:-1]
-    fields = text.split(" ")
-    if len(fields) not in (4, 5) or not all(f and f.isprintable() and f == "".join(f.split())
-                                            for f in fields):
-        return None
-    kind, ip, user, protocol = fields[:4]
-    ip = canonical_ip(ip)
-    if kind not in (LOGIN, LOGOUT) or ip is None or protocol not in GATE_PROTOCOLS:
-        return None
-    user = None if user == "-" else user
-    session = f"popwrap:{fields[4]}" if len(fields) == 5 else None
-    return Event(kind, ip, user, protocol, datetime.fromtimestamp(now, timezone.utc),
-                 POPWRAP_PACK, "socket", session=session)
