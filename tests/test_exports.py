@@ -15,7 +15,8 @@ import time
 import pytest
 
 from conftest import ROOT, free_port
-from logkey.exports import Exporter, render, sorted_keys
+from logkey.exports import Exporter
+from logkey.mapformats import render, sorted_keys
 from logkey.stores.base import GateRecord
 from logkey.stores.dirstore import DirStore
 
