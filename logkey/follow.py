@@ -31,18 +31,15 @@ import os
 import select
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from .atomic import write_atomic
+from .seek import attach_point, header_time
 
 log = logging.getLogger(__name__)
 
 BLOCK = 1 << 20            # bytes per read
 READ_MAX = 16 << 20        # bytes per file per read() call; wait() returns at once if more is left
 FP_LEN = 512               # bytes of a file's start that identify it (its fingerprint)
-PROBE_MAX = 1 << 20        # bytes a time probe reads looking for a line with a time
-SEEK_SPAN = 64 << 10       # the binary search stops here and reads lines in order
-COUNT_MAX = 256 << 20      # first attach further in than this: line numbers are not counted
 RESCAN = 5.0               # seconds between glob rescans with no inotify event
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z")
 _WATCH_FLAGS = ("MODIFY", "CREATE", "MOVED_TO", "MOVED_FROM", "DELETE", "CLOSE_WRITE", "ATTRIB")
@@ -57,18 +54,6 @@ class Line:
 
 def _fingerprint(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def header_time(now: float):
-    """The default line_time: the time stamp of a line's header (headers.parse), as epoch."""
-    from .headers import Clock, parse
-    clock = Clock(datetime.fromtimestamp(now, timezone.utc))
-
-    def line_time(line: bytes) -> float | None:
-        header = parse(line)
-        stamp = clock.time(header) if header is not None else None
-        return stamp.timestamp() if stamp is not None else None
-    return line_time
 
 
 class _Gen:
@@ -452,7 +437,9 @@ class Follower:
             return _Gen(fd, st, 0, 0)
         if s.seek:
             s.seek = False
-            pos, lineno = self._attach(fd, st.st_size)
+            now = self.now()
+            pos, lineno = attach_point(fd, st.st_size, self.line_time or header_time(now),
+                                       now - self.attach_window, self.line_max)
             return _Gen(fd, st, pos, lineno or 0, numbered=lineno is not None)
         return _Gen(fd, st, 0, 0)
 
@@ -485,111 +472,3 @@ class Follower:
                 return g
             os.close(fd)
         return None
-
-    # --- first attach: seek by time ---------------------------------------------------------
-    def _lines_at(self, fd: int, start: int, limit: int):
-        """(offset, line or None if over line_max) of the complete lines from `start` (a line
-        start), reading at most about `limit` bytes."""
-        cap, pos, buf, skipping = self.line_max, start, b"", False
-        read_to, stop = start, start + limit
-        while read_to < stop:
-            chunk = os.pread(fd, SEEK_SPAN, read_to)
-            if not chunk:
-                return
-            read_to += len(chunk)
-            if skipping:                # inside a line over the cap: find its end
-                i = chunk.find(b"\n")
-                if i < 0:
-                    continue
-                yield pos, None
-                pos, chunk, skipping = read_to - len(chunk) + i + 1, chunk[i + 1:], False
-            buf += chunk
-            j = 0
-            while (i := buf.find(b"\n", j)) >= 0:
-                yield pos + j, (buf[j:i] if i - j <= cap else None)
-                j = i + 1
-            buf, pos = buf[j:], pos + j
-            if len(buf) > cap:
-                buf, skipping = b"", True
-
-    def _time(self, fn, line) -> float | None:
-        if line is None:
-            return None
-        try:
-            return fn(line)
-        except Exception:               # a hostile line must not stop the seek
-            return None
-
-    def _probe(self, fd: int, fn, p: int) -> tuple[int, float] | None:
-        """The first line with a time starting at or after byte p (within PROBE_MAX bytes)."""
-        for off, line in self._lines_at(fd, self._line_start(fd, p), PROBE_MAX):
-            t = self._time(fn, line)
-            if t is not None:
-                return off, t
-        return None
-
-    def _attach(self, fd: int, size: int) -> tuple[int, int]:
-        """(offset, lines before it): the first line no older than attach_window, else the end."""
-        now = self.now()
-        fn = self.line_time or header_time(now)
-        cutoff = now - self.attach_window
-        lo, hi = 0, size
-        while hi - lo > SEEK_SPAN:
-            mid = (lo + hi) // 2
-            r = self._probe(fd, fn, mid)
-            if r is not None and r[1] < cutoff:
-                lo = max(mid, r[0])     # every line before r[0]'s end is old
-            else:
-                hi = mid
-        start = self._line_start(fd, lo)
-        pos = None
-        for off, line in self._lines_at(fd, start, size - start):
-            t = self._time(fn, line)
-            if t is not None and t >= cutoff:
-                pos = off
-                break
-        if pos is None:                 # nothing recent: start after the last complete line
-            pos = self._last_line_end(fd, size)
-        if pos > COUNT_MAX:             # going live matters more than a line number
-            log.info("attached at byte %d of %d (line numbers not counted)", pos, size)
-            return pos, None
-        lineno = self._count_lines(fd, pos)
-        log.info("attached at byte %d (line %d) of %d", pos, lineno + 1, size)
-        return pos, lineno
-
-    @staticmethod
-    def _line_start(fd: int, p: int) -> int:
-        """The start of the first line beginning at or after byte p."""
-        while p > 0:
-            chunk = os.pread(fd, SEEK_SPAN, p - 1)
-            if not chunk:
-                return p
-            i = chunk.find(b"\n")
-            if i >= 0:
-                return p + i
-            p += len(chunk)
-        return 0
-
-    def _last_line_end(self, fd: int, size: int) -> int:
-        p = size
-        while p > 0:
-            n = min(BLOCK, p)
-            i = os.pread(fd, n, p - n).rfind(b"\n")
-            if i >= 0:
-                return p - n + i + 1
-            p -= n
-        return 0
-
-    @staticmethod
-    def _count_lines(fd: int, end: int) -> int:
-        """Newlines before byte `end`, counted in large chunks (about 1 GB/s from the cache)."""
-        buf = bytearray(4 * BLOCK)
-        view = memoryview(buf)
-        count = pos = 0
-        while pos < end:
-            n = os.preadv(fd, [view[:min(len(buf), end - pos)]], pos)
-            if not n:
-                break
-            count += (buf if n == len(buf) else buf[:n]).count(b"\n")
-            pos += n
-        return count

@@ -265,15 +265,15 @@ def test_first_attach_seeks_by_time_in_a_large_file(tmp_path):
     f.close()
 
     # far into a large file, going live beats counting: line numbers are reported as 0
-    import logkey.follow as follow
-    old, follow.COUNT_MAX = follow.COUNT_MAX, 1 << 20
+    import logkey.seek as seek
+    old, seek.COUNT_MAX = seek.COUNT_MAX, 1 << 20
     try:
         f = Follower([str(log)], str(tmp_path / "state3"), now=lambda: now)
         got = f.read()
         f.commit()
         f.close()
     finally:
-        follow.COUNT_MAX = old
+        seek.COUNT_MAX = old
     assert [line.data for line in got] == lines[first_recent:]
     assert {line.lineno for line in got} == {0}
     with open(log, "ab") as out:
