@@ -145,11 +145,15 @@ class Watcher:
         self.exports_dirty = True
 
     def _follower(self) -> Follower:
-        os.makedirs(self.cfg.state_dir, mode=0o750, exist_ok=True)
         attach = max(self.cfg.window, self.cfg.max_session)
-        return Follower([e["path"] for e in self.cfg.logs], self.cfg.state_dir,
-                        line_max=self.cfg.line_max, attach_window=attach,
-                        line_time=self._line_time, now=lambda: self.now() - self.shift)
+        try:
+            os.makedirs(self.cfg.state_dir, mode=0o750, exist_ok=True)
+            return Follower([e["path"] for e in self.cfg.logs], self.cfg.state_dir,
+                            line_max=self.cfg.line_max, attach_window=attach,
+                            line_time=self._line_time, now=lambda: self.now() - self.shift)
+        except OSError as exc:
+            raise WatchError(f"state_dir: {self.cfg.state_dir}: "
+                             f"{exc.strerror or exc}") from None
 
     def _line_time(self, line: bytes):
         header = parse(line)

@@ -335,3 +335,17 @@ def test_sighup_with_a_bad_pack_keeps_the_running_packs(tmp_path, watch):
     append(log, login("198.51.100.70"))
     wait_for(lambda: gate_file(tmp_path, "198.51.100.70").exists(), what="gate after refusal")
     assert w.stop() == 0
+
+
+def test_unusable_directories_are_one_line_errors(tmp_path):
+    (tmp_path / "file").write_text("")
+    for extra, needle in ((f"state_dir: {tmp_path}/file/state\n", "state_dir: "),):
+        cfg = write_config(tmp_path)
+        cfg.write_text(cfg.read_text().replace(f"state_dir: {tmp_path}/state\n", extra))
+        proc = run_logkey("watch", "--once", "--config", str(cfg))
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and err.startswith(f"logkey: {needle}"), err
+        assert err.count("\n") == 1
+    cfg = write_config(tmp_path, store="{type: dir, path: " + f"{tmp_path}/file/gates" + "}")
+    proc = run_logkey("watch", "--once", "--config", str(cfg))
+    assert proc.returncode == 2 and proc.stderr.decode().count("\n") == 1
