@@ -69,8 +69,13 @@ def watch():
     started = []
 
     def start(cfg, *args):
+        """A running `logkey watch`, returned once it is following its logs (no fixed sleep:
+        it logs "watching" after attaching)."""
         w = Watch(cfg, *args)
         started.append(w)
+        wait_for(lambda: "watching" in w.log() or w.proc.poll() is not None,
+                 what="the watcher to start")
+        assert w.proc.poll() is None, w.log()
         return w
     yield start
     for w in started:
@@ -99,7 +104,6 @@ def test_live_login_opens_a_gate_and_sigterm_stops_cleanly(tmp_path, watch):
     log = tmp_path / "mail.log"
     log.write_text("")
     w = watch(cfg)
-    time.sleep(0.5)
     append(log, login("198.51.100.7"))
     wait_for(lambda: gate_file(tmp_path, "198.51.100.7").exists(), what="gate file")
     assert is_open(cfg, "198.51.100.7") and not is_open(cfg, "198.51.100.8")
@@ -138,7 +142,6 @@ def test_kill_9_then_restart_loses_nothing_and_reopens_nothing_stale(tmp_path, w
     log = tmp_path / "mail.log"
     log.write_text("")
     w = watch(cfg)
-    time.sleep(0.5)
     append(log, login("198.51.100.10"))
     wait_for(lambda: gate_file(tmp_path, "198.51.100.10").exists(), what="first gate")
     wait_for(lambda: saved_offset(tmp_path) == log.stat().st_size, what="offset saved")
@@ -157,7 +160,6 @@ def test_sighup_with_a_bad_file_keeps_running(tmp_path, watch):
     log = tmp_path / "mail.log"
     log.write_text("")
     w = watch(cfg)
-    time.sleep(0.5)
     good = cfg.read_text()
     cfg.write_text(good + "windw: 5\n")
     w.proc.send_signal(signal.SIGHUP)
@@ -215,7 +217,6 @@ def test_redis_outage_under_the_watcher(tmp_path, watch, redis_server):
     log = tmp_path / "mail.log"
     log.write_text("")
     w = watch(cfg)
-    time.sleep(0.5)
     append(log, login("198.51.100.40"))
     wait_for(lambda: is_open(cfg, "198.51.100.40"), what="gate in redis")
     redis_server.stop()
@@ -258,7 +259,6 @@ def test_rotation_while_logins_stream_in_every_login_opens_its_gate(tmp_path, wa
     log = tmp_path / "mail.log"
     log.write_text("")
     w = watch(cfg)
-    time.sleep(0.5)
     n = 2000
     subprocess.run([sys.executable, "-c", WRITER, str(log), str(n)], check=True, timeout=60)
     expected = {f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}" for i in range(n)}
@@ -325,7 +325,6 @@ def test_sighup_with_a_bad_pack_keeps_the_running_packs(tmp_path, watch):
     log = tmp_path / "mail.log"
     log.write_text("")
     w = watch(cfg)
-    time.sleep(0.5)
     (tmp_path / "packs" / "bad.yaml").write_text(
         "programs: [x]\nevents:\n  - {id: a, kind: login, protocol: pop3, "
         "regex: '^.* (?P<ip>[0-9.]{7,15})$'}\n")
