@@ -27,7 +27,7 @@ Exit: PROG's status; 111 when PROG cannot be run.
 import os
 import sys
 
-from .relayclient import _why, canonical_ip, load_settings, locate_config
+from .relayclient import _say as say, _why, canonical_ip, load_settings, locate_config
 
 EXIT_TEMPFAIL = 111
 USAGE = "usage: logkey popwrap [--config FILE] [--imap] [--filter] PROG [ARGS...]"
@@ -37,11 +37,7 @@ CHUNK = 65536
 
 
 def _say(text: str) -> None:
-    try:
-        sys.stderr.write("logkey popwrap: " + " ".join(str(text).split()) + "\n")
-        sys.stderr.flush()
-    except Exception:
-        pass
+    say(text, "popwrap")
 
 
 def clean_user(user) -> str:

@@ -50,10 +50,10 @@ MAX_CACHE = 64 * 1024
 USAGE = "usage: logkey relayclient [--config FILE] PROG [ARGS...]"
 
 
-def _say(text: str) -> None:
+def _say(text: str, who: str = "relayclient") -> None:
     """One line on stderr (tcpserver's log). Newlines in the text never split it."""
     try:
-        sys.stderr.write("logkey relayclient: " + " ".join(str(text).split()) + "\n")
+        sys.stderr.write(f"logkey {who}: " + " ".join(str(text).split()) + "\n")
         sys.stderr.flush()
     except Exception:
         pass
