@@ -173,7 +173,7 @@ def _exports(v):
 def _policy(v):
     if not isinstance(v, dict):
         raise ValueError("must be a mapping (listen, socket_mode, socket_group, ...)")
-    known = {"listen", "socket_mode", "socket_group", "max_request", "idle_timeout"}
+    known = {"listen", "socket_mode", "socket_group", "max_request", "idle_timeout", "miss_wait"}
     bad = set(v) - known
     if bad:
         raise ValueError(f".{sorted(bad)[0]}: unknown key (known: {', '.join(sorted(known))})")
@@ -193,10 +193,13 @@ def _policy(v):
     if isinstance(out["max_request"], bool) or not isinstance(out["max_request"], int) \
             or out["max_request"] < 256:
         raise ValueError(".max_request: must be a number of bytes, 256 or more")
-    try:
-        out["idle_timeout"] = parse_duration(out["idle_timeout"])
-    except ValueError as exc:
-        raise ValueError(f".idle_timeout: {exc}") from None
+    for key in ("idle_timeout", "miss_wait"):
+        try:
+            out[key] = parse_duration(out[key])
+        except ValueError as exc:
+            raise ValueError(f".{key}: {exc}") from None
+    if out["miss_wait"] > 60:
+        raise ValueError(".miss_wait: at most 60s (Postfix waits 100s for a policy reply)")
     return out
 
 
@@ -222,7 +225,8 @@ def _popwrap(v):
 POPWRAP_DEFAULTS = {"socket": None, "socket_mode": "0660", "socket_group": None}
 
 POLICY_DEFAULTS = {"listen": ["unix:/run/logkey/policy.sock"], "socket_mode": "0660",
-                   "socket_group": None, "max_request": 65536, "idle_timeout": "300s"}
+                   "socket_group": None, "max_request": 65536, "idle_timeout": "300s",
+                   "miss_wait": "1s"}
 
 
 def _store(v):

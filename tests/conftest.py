@@ -120,3 +120,9 @@ def redis_server():
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def pytest_report_header(config):
+    """The server versions the end-to-end suite runs against (tests/test_e2e*.py)."""
+    from servers import versions
+    return ["servers: " + "; ".join(versions())]

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -190,7 +191,8 @@ def policy_command():
 
 
 class Server:
-    def __init__(self, tmp, store="", idle_timeout="2s", max_request=4096, extra=""):
+    def __init__(self, tmp, store="", idle_timeout="2s", max_request=4096, extra="",
+                 miss_wait="0s"):
         os.makedirs(tmp, exist_ok=True)
         self.dir = tempfile.mkdtemp(prefix="lkp-")       # short: unix socket paths are limited
         self.unix = os.path.join(self.dir, "policy.sock")
@@ -203,6 +205,7 @@ class Server:
             f.write(f"store: {store}\n"
                     f"policy:\n  listen: [unix:{self.unix}, inet:127.0.0.1:{self.v4[1]}, "
                     f"'inet:[::1]:{self.v6[1]}']\n  idle_timeout: {idle_timeout}\n"
+                    f"  miss_wait: {miss_wait}\n"
                     f"  max_request: {max_request}\n  socket_mode: '0660'\n"
                     f"  socket_group: daemon\n{extra}")
         self.stderr = open(os.path.join(str(tmp), "policy.stderr"), "w+")
@@ -528,3 +531,56 @@ def test_policy_listen_option_replaces_config_and_refuses_a_live_socket(server, 
     proc = subprocess.run(policy_command() + ["--config", other.config, "--listen", "tcp:x"],
                           cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["dir", "redis"])
+def test_policy_miss_wait_answers_ok_when_the_gate_arrives_late(tmp_path, redis_server, kind):
+    """A miss is asked again for up to miss_wait: a gate written 0.3 s after the request gives
+    OK; no gate gives DUNNO after about miss_wait; a request pipelined behind a waiting one is
+    answered after it, in order, and other connections are not held up meanwhile."""
+    from logkey.stores.redisstore import RedisStore
+    if kind == "redis":
+        gates = RedisStore(redis_server.url)
+        srv = Server(tmp_path, store=f"{{type: redis, url: '{redis_server.url}'}}",
+                     miss_wait="2s")
+    else:
+        srv = Server(tmp_path, miss_wait="2s")
+        gates = srv.gates
+    srv.start()
+
+    def open_later(ip, delay):
+        def run():
+            time.sleep(delay)
+            now = time.time()
+            gates.put(GateRecord(ip, "u", None, None, now, now + 600, None))
+        threading.Thread(target=run, daemon=True).start()
+    try:
+        with connect(srv.v4) as s, connect(srv.v4) as other:
+            open_later(CLOSED_V4, 0.3)
+            t0 = time.monotonic()
+            s.sendall(encode(postfix_request(CLOSED_V4)) + encode(postfix_request(OPEN_V6)))
+            time.sleep(0.05)
+            assert ask(other, "192.0.2.77", request="other") == b"action=DUNNO\n\n"
+            assert time.monotonic() - t0 < 0.3            # not queued behind the wait
+            assert read_reply(s) == b"action=OK\n\n"
+            assert 0.25 < time.monotonic() - t0 < 1.5
+            t0 = time.monotonic()
+            assert read_reply(s) == b"action=DUNNO\n\n"   # OPEN_V6 has no gate in this store
+            assert 1.8 < time.monotonic() - t0 < 4
+    finally:
+        assert srv.stop() == 0, srv.log()
+
+
+def test_policy_stops_promptly_while_misses_are_waited_on(tmp_path):
+    srv = Server(tmp_path, miss_wait="30s")
+    srv.start()
+    s = connect(srv.v4, timeout=10)
+    try:
+        s.sendall(encode(postfix_request(CLOSED_V4)))
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        assert srv.stop() == 0, srv.log()
+        assert time.monotonic() - t0 < 3
+        assert read_reply(s) in (b"action=DUNNO\n\n", b"")
+    finally:
+        s.close()

@@ -4,7 +4,7 @@ protocol.py  the sans-I/O codec: bytes -> request dicts, action -> reply bytes
 decide.py    the pure decision: OK for a client with an open gate, else DUNNO
 server.py    asyncio listeners (unix:PATH, inet:HOST:PORT), limits, timeouts, signals
 
-Config: `policy:` (listen, socket_mode, socket_group, max_request, idle_timeout), `store:`,
+Config: `policy:` (listen, socket_mode, socket_group, max_request, idle_timeout, miss_wait), `store:`,
 `ipv6_prefix:`. `add_parser(sub)` registers the subcommand; `main(args)` runs it.
 """
 from __future__ import annotations
@@ -52,7 +52,8 @@ def main(args) -> int:
                               socket_mode=policy["socket_mode"],
                               socket_group=policy["socket_group"],
                               max_request=policy["max_request"],
-                              idle_timeout=policy["idle_timeout"])
+                              idle_timeout=policy["idle_timeout"],
+                              miss_wait=policy["miss_wait"])
         asyncio.run(server.run())
     finally:
         store.close()

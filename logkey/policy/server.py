@@ -12,7 +12,8 @@ bytes are buffered, reading pauses while replies are not being read, and the num
 connections is capped (the longest-idle connection is closed to make room), so memory stays
 bounded whatever clients do.
 Config (`policy:`): listen (unix:PATH, inet:HOST:PORT, inet:[V6]:PORT), socket_mode,
-socket_group, max_request (bytes), idle_timeout (seconds).
+socket_group, max_request (bytes), idle_timeout (seconds), miss_wait (seconds: a miss is
+asked again, less often each time, for up to this long before DUNNO; see wait_open).
 
 The store unreachable (or any internal error) means DUNNO, never OK, with one warning when the
 outage starts and one line when the store answers again. SIGTERM/SIGINT: stop accepting,
@@ -32,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import LogkeyError
 from ..unixsock import SocketSetupError, bind_unix, group_id
+from ..events import canonical_ip
 from .decide import DUNNO, OK, decide
 from .protocol import Decoder, ProtocolError, reply
 
@@ -43,6 +45,8 @@ THREADS = 16                  # store lookups in flight at once (non-dir stores)
 WARNINGS_PER_SECOND = 10      # client-error log lines; the rest are counted
 BACKLOG = 1024
 REPLIES = {OK: reply(OK), DUNNO: reply(DUNNO)}
+MISS_POLL_FIRST = 0.005       # a miss is asked again after 5 ms, then 10, 20, ... 100 ms apart
+MISS_POLL_MAX = 0.1
 KEEP = ("request", "client_address")        # all decide() looks at
 
 
@@ -87,8 +91,9 @@ class _Connection(asyncio.Protocol):
         self.decoder = Decoder(server.max_request, KEEP)
         self.transport = None
         self.since = time.monotonic()   # last completed request, or start of a partial one
-        self.busy = False               # a threaded lookup is in flight
-        self.queue = deque()            # requests waiting for it (threaded stores only)
+        self.busy = False               # a threaded lookup or a miss wait is in flight
+        self.queue = deque()            # requests waiting for it
+        self.task = None
         self.write_paused = False
         self.reading = True
         self.closed = False
@@ -119,43 +124,53 @@ class _Connection(asyncio.Protocol):
             self.since = time.monotonic()
         if not requests:
             return
-        if self.server.inline:
-            answer = self.server.answer
-            if len(requests) == 1:
-                self.transport.write(answer(requests[0]))
-            else:
-                self.transport.write(b"".join([answer(r) for r in requests]))
-        else:
+        if self.busy:                                 # a lookup or a miss wait is under way
             self.queue.extend(requests)
-            if not self.busy:
-                self._next()
-
-    # -- threaded stores: one lookup in flight per connection, reading paused meanwhile ------
-
-    def _next(self):
-        if self.closed or not self.queue:
-            self.busy = False
-            self._update_reading()
             return
+        if not self.server.inline:
+            self.queue.extend(requests)
+            self._serve_queue(None)
+            return
+        answer, replies = self.server.answer, []
+        for i, request in enumerate(requests):
+            action, wait_for = answer(request)
+            if wait_for is not None:                  # a miss: the rest waits its turn
+                self.queue.append(request)
+                self.queue.extend(requests[i + 1:])
+                self._serve_queue(wait_for)
+                break
+            replies.append(REPLIES[action])
+        if replies:
+            self.transport.write(replies[0] if len(replies) == 1 else b"".join(replies))
+
+    # -- the slow path: threaded stores, and misses waited on; replies stay in order, reading
+    #    is paused meanwhile ------------------------------------------------------------------
+
+    def _serve_queue(self, first_miss: str | None):
         self.busy = True
         self._update_reading()
-        future = self.server.loop.run_in_executor(self.server.pool, self.server.lookup,
-                                                  self.queue.popleft())
-        future.add_done_callback(self._done)
+        self.task = self.server.loop.create_task(self._serve(first_miss))
 
-    def _done(self, future):
+    async def _serve(self, first_miss: str | None):
+        server = self.server
         try:
-            action, error, consulted = future.result()
-        except asyncio.CancelledError:              # shutting down: no reply, no warning
+            while self.queue and not self.closed:
+                request = self.queue.popleft()
+                if first_miss is not None:            # looked up already, inline
+                    action, wait_for, first_miss = DUNNO, first_miss, None
+                else:
+                    action, wait_for = await server.answer_async(request)
+                if wait_for is not None:
+                    action = await server.wait_open(wait_for)
+                if self.closed:
+                    break
+                self.transport.write(REPLIES[action])
+                self.since = time.monotonic()
+        except asyncio.CancelledError:                # shutting down: no reply
             self.closed = True
-            action, error, consulted = DUNNO, None, False
-        except BaseException as exc:                # a bug: DUNNO, logged once
-            action, error, consulted = DUNNO, exc, False
-        self.server.account(error, consulted)
-        if not self.closed:
-            self.transport.write(REPLIES[action])
-            self.since = time.monotonic()
-        self._next()
+        finally:
+            self.busy, self.task = False, None
+            self._update_reading()
 
     # -- flow control: a client that does not read its replies is not read either ----------
 
@@ -182,7 +197,7 @@ class _Connection(asyncio.Protocol):
 class PolicyServer:
     def __init__(self, store, *, listen, ipv6_prefix=None, socket_mode="0660",
                  socket_group=None, max_request=65536, idle_timeout=300.0,
-                 max_connections=None, threaded=None):
+                 max_connections=None, threaded=None, miss_wait=0.0):
         from ..stores.dirstore import DirStore
         self.store, self.ipv6_prefix = store, ipv6_prefix
         self.listen = [(spec, parse_listen(spec)) for spec in listen]
@@ -193,6 +208,7 @@ class PolicyServer:
             raise PolicyError(f"socket_group: {exc}") from None
         self.max_request, self.idle_timeout = max_request, float(idle_timeout)
         self.max_connections = max_connections
+        self.miss_wait, self.stopping = float(miss_wait), False
         self.inline = not threaded if threaded is not None else isinstance(store, DirStore)
         self.is_open = lambda ip: store.is_open(ip, ipv6_prefix)
         self._error, self._consulted = None, False
@@ -217,6 +233,12 @@ class PolicyServer:
         action = decide(request, is_open, lambda exc: state.__setitem__(0, exc))
         return action, state[0], state[1]
 
+    def _miss(self, request: dict) -> str | None:
+        """The address to wait for when the store said closed (not failed) and miss_wait is on."""
+        if self.miss_wait <= 0 or self.stopping:
+            return None
+        return canonical_ip(request.get("client_address"))
+
     # The in-loop path: one request at a time, so the state lives on the server.
     def _probe(self, ip: str) -> bool:
         self._consulted = True
@@ -225,12 +247,57 @@ class PolicyServer:
     def _failed(self, exc: BaseException) -> None:
         self._error = exc
 
-    def answer(self, request: dict) -> bytes:
+    def answer(self, request: dict) -> tuple[str, str | None]:
+        """(action, address to wait for on a miss or None), inline."""
         self._error, self._consulted = None, False
         action = decide(request, self._probe, self._failed)
         if self._error is not None or self.outage:
             self.account(self._error, self._consulted)
-        return REPLIES[action]
+        if action == DUNNO and self._consulted and self._error is None:
+            return action, self._miss(request)
+        return action, None
+
+    async def answer_async(self, request: dict) -> tuple[str, str | None]:
+        if self.inline:
+            return self.answer(request)
+        try:
+            action, error, consulted = await self.loop.run_in_executor(self.pool, self.lookup,
+                                                                       request)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:                  # a bug: DUNNO, logged once
+            action, error, consulted = DUNNO, exc, False
+        self.account(error, consulted)
+        if action == DUNNO and consulted and error is None:
+            return action, self._miss(request)
+        return action, None
+
+    async def wait_open(self, ip: str) -> str:
+        """A miss: the login may be in the log but not yet in the store (the watcher follows the
+        log a few milliseconds behind, and a client may start SMTP at once after its POP QUIT).
+        Ask again, a little less often each time, for up to miss_wait seconds: OK as soon as the
+        gate is there, DUNNO when the time is up, the store fails or logkey is stopping."""
+        deadline = self.loop.time() + self.miss_wait
+        pause = MISS_POLL_FIRST
+        while not self.stopping:
+            pause = min(pause, deadline - self.loop.time())
+            if pause <= 0:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MISS_POLL_MAX)
+            try:
+                if self.inline:
+                    is_open = self.is_open(ip)
+                else:
+                    is_open = await self.loop.run_in_executor(self.pool, self.is_open, ip)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.account(exc, True)
+                return DUNNO
+            if is_open is True:
+                return OK
+        return DUNNO
 
     def account(self, error, consulted) -> None:
         """One warning when lookups start failing, one line when the store answers again."""
@@ -349,6 +416,7 @@ class PolicyServer:
         await self.close()
 
     async def close(self, grace: float = 5.0) -> None:
+        self.stopping = True                          # misses waited on answer DUNNO now
         for server in self.servers:
             server.close()
         if self._sweeper is not None:

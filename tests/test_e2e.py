@@ -1,0 +1,261 @@
+"""End to end, the way a mail administrator would check it: a real POP3/IMAP login against a real
+dovecot opens relay through a real postfix for that client IP only, for the window only.
+
+The servers are real programs from Debian's packages (installed by .ci/run), started by
+tests/servers.py on loopback ports with configuration in temp dirs. Each test client connects
+from its own loopback source address (127.0.0.2, 127.0.0.3, ...). These tests are the
+project's acceptance suite; pytest's report header names the server versions they ran against.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from servers import (PASSWORD, Dovecot, Logkey, Postfix, SyslogNamespace, missing_programs, port_open,
+                     wait_until)
+from conftest import free_port
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the servers run as root (as in CI)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def programs():
+    missing = missing_programs()
+    if missing:
+        pytest.fail(f"not installed: {', '.join(missing)}; .ci/run installs them "
+                    "(the end-to-end suite runs the real servers)")
+
+
+class Site:
+    """One mail site: dovecot(s) whose logs logkey watches, a gate store, `logkey policy`, and
+    a postfix whose relay restrictions ask that policy service."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.running = []
+
+    def add(self, thing):
+        self.running.append(thing)
+        return thing
+
+    def dovecot(self, name="dovecot", **kw):
+        return self.add(Dovecot(name, **kw)).start()
+
+    def config(self, name, logs, store=None, window="10m", policy_port=None, extra=""):
+        """A logkey config file: logs = [(path, pack)], a dir store by default."""
+        path = self.tmp / f"{name}.yaml"
+        store = store or f"{{type: dir, path: {self.tmp / (name + '-gates')}}}"
+        text = "logs:\n" + "".join(f"  - path: {p}\n    packs: [{pack}]\n" for p, pack in logs)
+        text += f"store: {store}\nstate_dir: {self.tmp / (name + '-state')}\nwindow: {window}\n"
+        if policy_port:
+            text += f"policy:\n  listen: [inet:127.0.0.1:{policy_port}]\n"
+        path.write_text(text + extra)
+        return path
+
+    def watch(self, config, *args):
+        return self.add(Logkey("watch", config, *args)).start()
+
+    def policy(self, config, port):
+        return self.add(Logkey("policy", config)).start(ready=lambda: port_open(port))
+
+    def postfix(self, policy_ports: dict[str, int] | None = None, maps: dict[str, str] | None = None):
+        """listeners: one per policy port ({name: port}) asking it, one per access map."""
+        listeners = {}
+        for name, port in (policy_ports or {}).items():
+            listeners[name] = ("permit_mynetworks, permit_auth_destination, "
+                               f"check_policy_service inet:127.0.0.1:{port}, "
+                               "reject_unauth_destination")
+        for name, table in (maps or {}).items():
+            listeners[name] = (f"permit_mynetworks, permit_auth_destination, "
+                               f"check_client_access {table}, reject_unauth_destination")
+        return self.add(Postfix(listeners)).start()
+
+    def stop(self):
+        for thing in reversed(self.running):
+            try:
+                thing.stop()
+            except Exception as exc:       # keep stopping the others
+                print(f"stopping {thing!r}: {exc}")
+
+
+@pytest.fixture
+def site(tmp_path):
+    s = Site(tmp_path)
+    yield s
+    s.stop()
+
+
+def standard(site, window="10m", store=None, extra=""):
+    """dovecot (own log file) -> logkey watch -> dir store -> logkey policy <- postfix."""
+    dovecot = site.dovecot()
+    port = free_port()
+    config = site.config("logkey", [(dovecot.log_path, "dovecot")], store=store, window=window,
+                         policy_port=port, extra=extra)
+    watcher = site.watch(config)
+    site.policy(config, port)
+    postfix = site.postfix({"main": port})
+    return dovecot, watcher, postfix, config
+
+
+def wait_relays(postfix, src, timeout=10.0, listener=None):
+    """True once postfix relays for src (the watcher is asynchronous: a login line is followed
+    within milliseconds, not at once); the first attempts may be refused."""
+    return wait_until(lambda: postfix.relays(src, listener), timeout=timeout,
+                      what=f"relay for {src}", interval=0.1)
+
+
+# -- 1, 2: a login opens relay for its own IP only --------------------------------------------
+
+def test_pop3_login_opens_relay_for_that_ip_only(site):
+    dovecot, _, postfix, _ = standard(site)
+    assert not postfix.relays("127.0.0.2")
+    assert dovecot.pop_login("127.0.0.2")
+    assert wait_relays(postfix, "127.0.0.2")
+    assert not postfix.relays("127.0.0.3")          # no login from there
+
+
+def test_pop3_login_then_swaks_relays(site):
+    """The same with swaks, the SMTP client mail administrators test with."""
+    import subprocess
+    dovecot, _, postfix, _ = standard(site)
+    assert dovecot.pop_login("127.0.0.2")
+    wait_relays(postfix, "127.0.0.2")
+
+    def swaks(src):
+        return subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(postfix.ports["main"]),
+                               "--local-interface", src, "--helo", "client.logkey.test",
+                               "--from", "sender@client.logkey.test", "--to", "x@outside.example",
+                               "--timeout", "20"], capture_output=True, text=True, timeout=60)
+    ok = swaks("127.0.0.2")
+    assert ok.returncode == 0 and "250 2.0.0 Ok: queued" in ok.stdout, ok.stdout
+    refused = swaks("127.0.0.3")
+    assert refused.returncode != 0 and "Relay access denied" in refused.stdout, refused.stdout
+
+
+def test_imap_login_opens_relay_for_that_ip_only(site):
+    dovecot, _, postfix, _ = standard(site)
+    assert dovecot.imap_login("127.0.0.4")
+    assert wait_relays(postfix, "127.0.0.4")
+    assert not postfix.relays("127.0.0.5")
+
+
+# -- 3: failures and hostile user names open nothing ------------------------------------------
+
+HOSTILE = "x>, method=PLAIN, rip=127.0.0.9, lip=127.0.0.1"
+
+
+def test_failed_and_hostile_logins_open_nothing(site):
+    dovecot, watcher, postfix, config = standard(site)
+    assert not dovecot.pop_login("127.0.0.2", password="wrong")
+    assert not dovecot.imap_login("127.0.0.3", password="wrong")
+    assert not dovecot.pop_login("127.0.0.4", user="nosuchuser")
+    assert not dovecot.pop_login("127.0.0.5", user=HOSTILE, password="wrong")
+    assert not dovecot.imap_login("127.0.0.6", user=HOSTILE, password="wrong")
+    assert not dovecot.imap_login("127.0.0.7", user=HOSTILE + ", session=<AAAA>")
+    # a last, good login from another address: once it relays, every line before it was read
+    assert dovecot.pop_login("127.0.0.8")
+    wait_relays(postfix, "127.0.0.8")
+    for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7",
+               "127.0.0.9"):
+        assert not postfix.relays(ip), ip
+    assert "rip=127.0.0.9" in dovecot.log_text()     # the bait really reached the log
+
+
+def test_hostile_user_name_that_logs_in_opens_no_other_ip(site):
+    """A user whose name carries `rip=127.0.0.9, lip=...` really exists and logs in from
+    127.0.0.10 and 127.0.0.11: its Login lines then hold rip= twice, which the dovecot pack
+    refuses whole (no event), so nothing opens, and never 127.0.0.9, the address in the name."""
+    dovecot = site.dovecot(users={"test": PASSWORD, HOSTILE: PASSWORD})
+    port = free_port()
+    config = site.config("logkey", [(dovecot.log_path, "dovecot")], policy_port=port)
+    watcher = site.watch(config)
+    site.policy(config, port)
+    postfix = site.postfix({"main": port})
+    assert dovecot.imap_login("127.0.0.10", user=HOSTILE)
+    assert dovecot.pop_login("127.0.0.11", user=HOSTILE)
+    assert dovecot.pop_login("127.0.0.12")              # read once this one relays
+    wait_relays(postfix, "127.0.0.12")
+    for ip in ("127.0.0.9", "127.0.0.10", "127.0.0.11"):
+        assert not postfix.relays(ip), ip
+    assert "rip=127.0.0.9, lip=127.0.0.1>, method=PLAIN, rip=127.0.0.10" in dovecot.log_text()
+
+
+# -- 4: the window ----------------------------------------------------------------------------
+
+def test_relay_only_within_the_window_with_no_further_log_traffic(site):
+    dovecot, _, postfix, _ = standard(site, window="4s")
+    assert dovecot.pop_login("127.0.0.2")
+    logged_in = time.time()
+    wait_relays(postfix, "127.0.0.2", timeout=3)
+    # dovecot stamps whole seconds: the gate ends 4 s after the logout's second, so at most
+    # 5 s after the login; nothing else is written to the log meanwhile
+    time.sleep(max(0.0, logged_in + 5.5 - time.time()))
+    assert not postfix.relays("127.0.0.2")
+
+
+# -- 5: the race of the 1999 paper ---------------------------------------------------------------
+
+def test_login_quit_then_smtp_at_once_200_times(site):
+    """POP login + QUIT, then SMTP at once from the same address, 200 times, each time from an
+    address with no gate yet (127.0.1.1 ... 127.0.1.200): every relay is accepted. The policy
+    service waits briefly on a miss (policy.miss_wait) for the watcher to catch up. One user
+    from 200 addresses is what max_ips_per_user exists to stop: raised here."""
+    dovecot, _, postfix, _ = standard(site, extra="max_ips_per_user: 1000\n")
+    refused = []
+    for i in range(1, 201):
+        src = f"127.0.1.{i}"
+        assert dovecot.pop_login(src)
+        if not postfix.relays(src):
+            refused.append(src)
+    assert refused == [], f"{len(refused)} refused: {refused}"
+
+
+# -- 7: rotation during traffic ------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["rename", "copytruncate"])
+def test_rotation_between_logins(site, how):
+    dovecot, _, postfix, _ = standard(site, extra="max_ips_per_user: 100\n")   # one user, 7 IPs
+    assert dovecot.pop_login("127.0.0.2")
+    wait_relays(postfix, "127.0.0.2")
+    log = dovecot.log_path
+    for n, src in enumerate(["127.0.0.3", "127.0.0.4", "127.0.0.5"], start=1):
+        if how == "rename":
+            os.rename(log, f"{log}.{n}")
+            dovecot.reopen_log()
+            wait_until(log.exists, what="dovecot to reopen its log")
+        else:
+            shutil.copyfile(log, f"{log}.{n}")
+            with open(log, "r+") as f:
+                f.truncate(0)
+        assert dovecot.pop_login(src)
+        assert dovecot.imap_login(src.replace("127.0.0.", "127.0.2."))
+        wait_relays(postfix, src)
+        wait_relays(postfix, src.replace("127.0.0.", "127.0.2."))
+
+
+# -- 8: restart ----------------------------------------------------------------------------------
+
+def test_kill_9_between_login_and_smtp_keeps_the_gate_and_reopens_nothing_stale(site):
+    dovecot, watcher, postfix, config = standard(site, window="6s")
+    assert dovecot.pop_login("127.0.0.2")
+    wait_relays(postfix, "127.0.0.2")
+    watcher.stop(signal.SIGKILL)
+    assert postfix.relays("127.0.0.2")                 # the store outlives the watcher
+    # a login while the watcher is down is picked up when it comes back
+    assert dovecot.pop_login("127.0.0.3")
+    again = site.watch(config)
+    wait_relays(postfix, "127.0.0.3")
+    # a login the watcher never saw live, older than the window when it comes back: no gate
+    again.stop(signal.SIGKILL)
+    assert dovecot.pop_login("127.0.0.4")
+    time.sleep(7.5)
+    site.watch(config)
+    assert dovecot.pop_login("127.0.0.5")            # fresh traffic after the restart
+    wait_relays(postfix, "127.0.0.5")
+    assert not postfix.relays("127.0.0.4")
+    assert not postfix.relays("127.0.0.2")           # expired meanwhile, not re-opened
