@@ -259,3 +259,34 @@ def test_kill_9_between_login_and_smtp_keeps_the_gate_and_reopens_nothing_stale(
     wait_relays(postfix, "127.0.0.5")
     assert not postfix.relays("127.0.0.4")
     assert not postfix.relays("127.0.0.2")           # expired meanwhile, not re-opened
+
+
+# -- 6: dovecot through syslog -------------------------------------------------------------------
+
+@pytest.mark.parametrize("file_format", ["traditional", "rfc3339"])
+def test_dovecot_through_rsyslog(site, file_format):
+    """dovecot with log_path = syslog, an rsyslogd of the test's own in a private mount
+    namespace (its /dev/log on a tmpfs), writing RSYSLOG_TraditionalFileFormat and
+    RSYSLOG_FileFormat (RFC 3339) files; logkey follows one of them."""
+    namespace = site.add(SyslogNamespace(Dovecot(log="syslog"))).start()
+    dovecot = namespace.dovecot
+    path = namespace.traditional if file_format == "traditional" else namespace.rfc3339
+    port = free_port()
+    config = site.config("logkey", [(path, "dovecot")], policy_port=port)
+    site.watch(config)
+    site.policy(config, port)
+    postfix = site.postfix({"main": port})
+    assert not dovecot.pop_login("127.0.0.3", password="wrong")
+    assert not dovecot.imap_login("127.0.0.4", user=HOSTILE, password="wrong")
+    assert dovecot.pop_login("127.0.0.2")
+    assert dovecot.imap_login("127.0.0.5")
+    wait_relays(postfix, "127.0.0.2")
+    wait_relays(postfix, "127.0.0.5")
+    for ip in ("127.0.0.3", "127.0.0.4", "127.0.0.9"):
+        assert not postfix.relays(ip), ip
+    text = path.read_text()
+    assert " dovecot: pop3-login: Login: user=<test>" in text, text
+    if file_format == "rfc3339":
+        assert text[:4].isdigit() and text[10] == "T", text[:80]
+    else:
+        assert text[:3].isalpha(), text[:80]
