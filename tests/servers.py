@@ -323,6 +323,7 @@ class Postfix:
     (default_transport = discard), log in DIR/maillog through postlogd."""
 
     def __init__(self, listeners: dict[str, str], extra_main: str = ""):
+        assert all(name.isidentifier() for name in listeners), "postfix parameter names"
         self.dir = server_dir("postfix")
         self.conf = self.dir / "conf"
         for d in ("conf", "queue", "data"):

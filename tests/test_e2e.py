@@ -290,3 +290,27 @@ def test_dovecot_through_rsyslog(site, file_format):
         assert text[:4].isdigit() and text[10] == "T", text[:80]
     else:
         assert text[:3].isalpha(), text[:80]
+
+
+# -- 9: two hosts' worth of POP servers, one Redis -------------------------------------------------
+
+def test_two_pop_hosts_one_redis_two_policy_services(site, redis_server):
+    """Two dovecots with separate logs, a `logkey watch` for each writing to one redis-server,
+    a `logkey policy` per host reading it, and one postfix asking each in turn (a listener
+    per policy service): a login on either POP host opens relay through both."""
+    store = f"{{type: redis, url: '{redis_server.url}'}}"
+    hosts = []
+    for name in ("pop-a", "pop-b"):
+        dovecot = site.dovecot(name)
+        port = free_port()
+        config = site.config(name, [(dovecot.log_path, "dovecot")], store=store, policy_port=port)
+        site.watch(config)
+        site.policy(config, port)
+        hosts.append((dovecot, port))
+    postfix = site.postfix({"via_a": hosts[0][1], "via_b": hosts[1][1]})
+    assert hosts[0][0].pop_login("127.0.0.2")
+    assert hosts[1][0].imap_login("127.0.0.3")
+    for listener in ("via_a", "via_b"):
+        wait_relays(postfix, "127.0.0.2", listener=listener)
+        wait_relays(postfix, "127.0.0.3", listener=listener)
+        assert not postfix.relays("127.0.0.4", listener)
