@@ -417,6 +417,53 @@ smtpd_policy_service_timeout = 20s
         return False
 
 
+# -- tcpserver (ucspi-tcp) with a stand-in for qmail-smtpd ----------------------------------------
+
+STANDIN_SMTPD = ('if [ "${RELAYCLIENT+set}" = set ]; then echo "relay $TCPREMOTEIP"; '
+                 'else echo "norelay $TCPREMOTEIP"; fi')
+
+
+class TcpServer:
+    """`tcpserver [-x CDB] 127.0.0.1 PORT [wrapper...] sh -c STANDIN_SMTPD`: the stand-in tells
+    the client whether it was given RELAYCLIENT, as qmail-smtpd would act on it."""
+
+    def __init__(self, wrapper=(), rules_cdb=None, env=None):
+        self.port = free_port()
+        rules = ["-x", str(rules_cdb)] if rules_cdb else []
+        self.proc = subprocess.Popen(
+            ["tcpserver", "-R", "-H", "-l", "localhost", *rules, "127.0.0.1", str(self.port),
+             *wrapper, "/bin/sh", "-c", STANDIN_SMTPD],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, start_new_session=True)
+        wait_until(lambda: port_open(self.port), what=f"tcpserver on {self.port}")
+
+    def relays(self, src) -> bool:
+        import socket
+        with socket.socket() as s:
+            s.settimeout(10)
+            s.bind((src, 0))
+            s.connect(("127.0.0.1", self.port))
+            data = b""
+            while chunk := s.recv(256):
+                data += chunk
+        answer = data.decode().strip()
+        assert answer in (f"relay {src}", f"norelay {src}"), answer
+        return answer.startswith("relay")
+
+    def stop(self):
+        kill_group(self.proc)
+
+
+class TempDir:
+    """A server_dir removed at stop(), for files servers read as their own users (maps)."""
+
+    def __init__(self, prefix):
+        self.path = server_dir(prefix)
+
+    def stop(self):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 # -- logkey's own daemons --------------------------------------------------------------------------
 
 def logkey_cmd() -> list[str]:
@@ -427,8 +474,9 @@ def logkey_cmd() -> list[str]:
 class Logkey:
     """`logkey watch` or `logkey policy` as a real process; stderr kept in a file."""
 
-    def __init__(self, command: str, config: Path, *args):
+    def __init__(self, command: str, config: Path, *args, env=None):
         self.command, self.config, self.args = command, config, args
+        self.env = {**os.environ, **(env or {})}
         self.stderr_path = config.parent / f"{command}-{time.monotonic_ns()}.err"
         self.proc = None
 
@@ -437,7 +485,7 @@ class Logkey:
             self.proc = subprocess.Popen(logkey_cmd() + [self.command, "--config", str(self.config),
                                                          *self.args],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=err, cwd=ROOT)
+                                         stderr=err, cwd=ROOT, env=self.env)
 
         def up():
             if self.proc.poll() is not None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from servers import (PASSWORD, Dovecot, Logkey, Postfix, SyslogNamespace, missing_programs, port_open,
+from servers import (PASSWORD, Dovecot, Logkey, Postfix, SyslogNamespace, TcpServer, TempDir,
+                     missing_programs, port_open,
                      wait_until)
 from conftest import free_port
 
@@ -57,13 +58,14 @@ class Site:
         path.write_text(text + extra)
         return path
 
-    def watch(self, config, *args):
-        return self.add(Logkey("watch", config, *args)).start()
+    def watch(self, config, *args, env=None):
+        return self.add(Logkey("watch", config, *args, env=env)).start()
 
     def policy(self, config, port):
         return self.add(Logkey("policy", config)).start(ready=lambda: port_open(port))
 
-    def postfix(self, policy_ports: dict[str, int] | None = None, maps: dict[str, str] | None = None):
+    def postfix(self, policy_ports: dict[str, int] | None = None,
+                maps: dict[str, str] | None = None, start=True):
         """listeners: one per policy port ({name: port}) asking it, one per access map."""
         listeners = {}
         for name, port in (policy_ports or {}).items():
@@ -73,7 +75,8 @@ class Site:
         for name, table in (maps or {}).items():
             listeners[name] = (f"permit_mynetworks, permit_auth_destination, "
                                f"check_client_access {table}, reject_unauth_destination")
-        return self.add(Postfix(listeners)).start()
+        postfix = self.add(Postfix(listeners))
+        return postfix.start() if start else postfix
 
     def stop(self):
         for thing in reversed(self.running):
@@ -314,3 +317,41 @@ def test_two_pop_hosts_one_redis_two_policy_services(site, redis_server):
         wait_relays(postfix, "127.0.0.2", listener=listener)
         wait_relays(postfix, "127.0.0.3", listener=listener)
         assert not postfix.relays("127.0.0.4", listener)
+
+
+# -- 10: the exported maps, read by their real consumers ------------------------------------------
+
+def test_exports_lmdb_for_postfix_and_tcprules_cdb_and_relayclient_for_tcpserver(site):
+    """The watcher keeps an lmdb: access map (read by postfix's check_client_access) and a
+    tcprules cdb (read by `tcpserver -x`); `logkey relayclient` in front of a stand-in for
+    qmail-smtpd reads the store directly. A login opens all three for its IP, for the window."""
+    dovecot = site.dovecot()
+    maps = site.add(TempDir("maps")).path
+    base = maps / "tcp.smtp"
+    base.write_text(":allow\n")
+    config = site.config("logkey", [(dovecot.log_path, "dovecot")], window="5s", extra=(
+        f"exports:\n  - {{format: lmdb, path: {maps}/clients}}\n"
+        f"  - {{format: tcprules, path: {maps}/tcp.smtp.cdb, base: {base}}}\n"))
+    postfix = site.postfix(maps={"lmdb": f"lmdb:{maps}/clients"}, start=False)
+    site.watch(config, env={"MAIL_CONFIG": str(postfix.conf)})     # postmap reads its main.cf
+    wait_until(lambda: (maps / "clients.lmdb").exists() and (maps / "tcp.smtp.cdb").exists(),
+               what="the first exports")
+    postfix.start()
+    by_cdb = site.add(TcpServer(rules_cdb=maps / "tcp.smtp.cdb"))
+    import servers
+    wrapper = servers.logkey_cmd() + ["relayclient"]
+    by_wrapper = site.add(TcpServer(wrapper=wrapper, env={"LOGKEY_CONFIG": str(config)}))
+    checks = {"postfix lmdb": postfix.relays, "tcpserver -x cdb": by_cdb.relays,
+              "relayclient": by_wrapper.relays}
+    for name, relays in checks.items():
+        assert not relays("127.0.0.2"), name
+    assert dovecot.pop_login("127.0.0.2")
+    logged_in = time.time()
+    for name, relays in checks.items():
+        wait_until(lambda: relays("127.0.0.2"), timeout=4, what=f"{name} relaying", interval=0.1)
+        assert not relays("127.0.0.3"), name
+    # the window is 5 s from the logout's whole second: closed everywhere soon after
+    time.sleep(max(0.0, logged_in + 6 - time.time()))
+    for name, relays in checks.items():
+        wait_until(lambda: not relays("127.0.0.2"), timeout=3, what=f"{name} closing",
+                   interval=0.1)
