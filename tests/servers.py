@@ -62,6 +62,28 @@ def port_open(port, host="127.0.0.1") -> bool:
         return False
 
 
+def keep_logs(name: str, files: list[Path], ledger: list[dict]) -> None:
+    """With LOGKEY_E2E_KEEP=DIR (tools/capture/e2e.sh sets it), copy what a server logged during
+    the current test into DIR/<test>-<name>.log (rotated files first, in order) with the
+    clients' own account of what they did beside it (<...>.ledger.json): the pack tests read
+    these (tests/test_e2e_fixtures.py), so the packs are tested on what the servers wrote."""
+    keep = os.environ.get("LOGKEY_E2E_KEEP")
+    if not keep or not ledger:
+        return
+    import json
+    import re
+    test = os.environ.get("PYTEST_CURRENT_TEST", "e2e").split("::")[-1].split(" ")[0]
+    stem = Path(keep) / re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{test}-{name}").strip("-")
+    Path(keep).mkdir(parents=True, exist_ok=True)
+    with open(f"{stem}.log", "wb") as out:
+        for path in files:
+            if path.exists():
+                out.write(path.read_bytes())
+    with open(f"{stem}.ledger.json", "w") as out:
+        json.dump(ledger, out, indent=0)
+        out.write("\n")
+
+
 def kill_group(proc):
     """SIGKILL to proc's process group (started with start_new_session=True), then reap it."""
     try:
@@ -110,6 +132,7 @@ class Dovecot:
         self.log_path = self.dir / "dovecot.log"
         self.users = users or {"test": PASSWORD}
         self.proc = None
+        self.ledger = []            # what the clients did: {ip, protocol, user, ok}
         (self.dir / "home").mkdir()
         lines = []
         for i, (user, password) in enumerate(self.users.items()):
@@ -194,6 +217,8 @@ service imap-login {{
         if self.proc is not None:
             kill_group(self.proc)
             self.proc.stderr.close()
+        rotated = sorted(self.dir.glob("dovecot.log.*"), key=lambda p: int(p.suffix[1:]))
+        keep_logs(self.name, rotated + [self.log_path], self.ledger)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- clients: every session from its own loopback source address --------------------------
@@ -201,14 +226,17 @@ service imap-login {{
     def pop_login(self, src, user="test", password=PASSWORD) -> bool:
         """USER/PASS, STAT, QUIT from src; True when the server accepted the password."""
         p = POP3From(src, self.pop_port)
+        ok = False
         try:
             p.user(user)
             p.pass_(password)
             p.stat()
+            ok = True
             return True
         except poplib.error_proto:
             return False
         finally:
+            self.ledger.append({"ip": src, "protocol": "pop3", "user": user, "ok": ok})
             try:
                 p.quit()
             except (poplib.error_proto, OSError):
@@ -216,14 +244,17 @@ service imap-login {{
 
     def imap_login(self, src, user="test", password=PASSWORD) -> bool:
         m = IMAPFrom(src, self.imap_port)
+        ok = False
         try:
             quoted = '"' + user.replace("\\", "\\\\").replace('"', '\\"') + '"'
             m.login(quoted, password)
             m.select("INBOX")
+            ok = True
             return True
         except imaplib.IMAP4.error:
             return False
         finally:
+            self.ledger.append({"ip": src, "protocol": "imap", "user": user, "ok": ok})
             try:
                 m.logout()
             except (imaplib.IMAP4.error, OSError):
@@ -289,6 +320,9 @@ mail.* action(type="omfile" file="{self.rfc3339}" template="RSYSLOG_FileFormat")
         if self.proc is not None:
             kill_group(self.proc)
             self.proc.stderr.close()
+        for path in (self.traditional, self.rfc3339):
+            keep_logs(f"rsyslog-{path.stem}", [path], self.dovecot.ledger)
+        self.dovecot.ledger = []       # kept with the syslog files, not with an empty log_path
         self.dovecot.proc = None
         self.dovecot.stop()
 
