@@ -5,7 +5,7 @@ decide.py    the pure decision: OK for a client with an open gate, else DUNNO
 server.py    asyncio listeners (unix:PATH, inet:HOST:PORT), limits, timeouts, signals
 
 Config: `policy:` (listen, socket_mode, socket_group, max_request, idle_timeout), `store:`,
-`ipv6_prefix:`. `add_parser(sub)` registers the subcommand; `main(args)` runs it.
+`ipv6_prefix:`, `metrics.policy` (Prometheus metrics address; metrics.py, imported only then). `add_parser(sub)` registers the subcommand; `main(args)` runs it.
 """
 from __future__ import annotations
 
@@ -53,7 +53,16 @@ def main(args) -> int:
                               socket_group=policy["socket_group"],
                               max_request=policy["max_request"],
                               idle_timeout=policy["idle_timeout"])
-        asyncio.run(server.run())
+        if cfg.metrics["policy"]:
+            from ..metrics import PolicyMetrics, serve_policy
+            metrics = PolicyMetrics(server)
+            server.measure(metrics)
+            http = serve_policy(metrics, cfg.metrics["policy"])
+        try:
+            asyncio.run(server.run())
+        finally:
+            if cfg.metrics["policy"]:
+                http.close()
     finally:
         store.close()
     return 0

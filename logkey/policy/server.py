@@ -14,6 +14,9 @@ bounded whatever clients do.
 Config (`policy:`): listen (unix:PATH, inet:HOST:PORT, inet:[V6]:PORT), socket_mode,
 socket_group, max_request (bytes), idle_timeout (seconds).
 
+Metrics (`metrics.policy`, optional): `measure(metrics)` counts each answer by action with its
+latency, store errors and client errors (metrics.PolicyMetrics); off, nothing is timed.
+
 The store unreachable (or any internal error) means DUNNO, never OK, with one warning when the
 outage starts and one line when the store answers again. SIGTERM/SIGINT: stop accepting,
 answer what is in flight, close every connection, remove the unix sockets, exit 0.
@@ -139,6 +142,7 @@ class _Connection(asyncio.Protocol):
             return
         self.busy = True
         self._update_reading()
+        self.started = time.perf_counter()
         future = self.server.loop.run_in_executor(self.server.pool, self.server.lookup,
                                                   self.queue.popleft())
         future.add_done_callback(self._done)
@@ -153,6 +157,8 @@ class _Connection(asyncio.Protocol):
             action, error, consulted = DUNNO, exc, False
         self.server.account(error, consulted)
         if not self.closed:
+            if self.server.metrics is not None:
+                self.server.metrics.answer(action, time.perf_counter() - self.started)
             self.transport.write(REPLIES[action])
             self.since = time.monotonic()
         self._next()
@@ -203,6 +209,19 @@ class PolicyServer:
         self._warn_window, self._warned, self._unlogged = 0.0, 0, 0
         self.loop = None
         self._sweeper = None
+        self.metrics = None
+
+    def measure(self, metrics) -> None:
+        """Count every answer, its latency and the errors in `metrics` (a PolicyMetrics)."""
+        self.metrics = metrics
+        plain = self.answer
+
+        def answer(request: dict) -> bytes:
+            started = time.perf_counter()
+            out = plain(request)
+            metrics.answer(OK if out is REPLIES[OK] else DUNNO, time.perf_counter() - started)
+            return out
+        self.answer = answer
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -235,6 +254,8 @@ class PolicyServer:
     def account(self, error, consulted) -> None:
         """One warning when lookups start failing, one line when the store answers again."""
         if error is not None:
+            if self.metrics is not None:
+                self.metrics.store_errors.inc()
             self.outage_answers += 1
             if not self.outage:
                 self.outage = True
@@ -258,6 +279,8 @@ class PolicyServer:
 
     def client_error(self, conn: _Connection, reason: str) -> None:
         """Log (rate-limited) and disconnect, without a reply."""
+        if self.metrics is not None:
+            self.metrics.client_errors.inc()
         now = time.monotonic()
         if now - self._warn_window >= 1.0:
             self._flush_warnings()
