@@ -94,7 +94,7 @@ class StatusWriter:
 
     def __init__(self, watcher):
         self.w = watcher
-        self.next_write = 0.0
+        self.next_write = self.last_write = 0.0     # time.monotonic()
         self.keys = None                # the exported keys last seen
         self.keys_changed = None        # wall time the exported gate set last changed
         self.warned = False
@@ -104,14 +104,18 @@ class StatusWriter:
         return os.path.join(self.w.cfg.state_dir, STATUS_NAME)
 
     def tick(self) -> None:
-        """From every watcher tick: note export changes; write the file when it is time."""
+        """From every watcher tick: note export changes; write the file every STATUS_EVERY
+        seconds, and within a second when the exported gates changed."""
         exporter = self.w.exporter
+        mono = time.monotonic()
         if exporter is not None and exporter.keys is not self.keys:
             if self.keys is not None and exporter.keys != self.keys:
                 self.keys_changed = time.time()
+                # soon, so that status sees the change (at most one write a second)
+                self.next_write = min(self.next_write, self.last_write + 1.0)
             self.keys = exporter.keys
-        if time.monotonic() >= self.next_write:
-            self.next_write = time.monotonic() + STATUS_EVERY
+        if mono >= self.next_write:
+            self.last_write, self.next_write = mono, mono + STATUS_EVERY
             if not self.w.pending:      # offsets first (never past a gate not yet stored)
                 try:
                     self.w.follower.commit()
