@@ -53,12 +53,12 @@ STATS_METRICS = {
 }
 assert set(STATS_METRICS) == set(STATS_FIELDS)
 
-GATE_COUNTS = {          # GatePolicy.counts key -> (metric, labels, help)
-    "opened": ("gates_opened", {}, "gates opened (no open gate for the address before)"),
-    "refreshed": ("gates_refreshed", {}, "logins that extended a gate already open"),
-    "extended": ("gates_extended", {}, "open sessions' gates pushed on (up to max_session)"),
-    "expired": ("gates_expired", {}, "gates that reached their expiry"),
-    "stale": ("logins_stale", {}, "logins older than the window when read: no gate"),
+GATE_COUNTS = {          # GatePolicy.counts key -> (metric, help)
+    "opened": ("gates_opened", "gates opened (no open gate for the address before)"),
+    "refreshed": ("gates_refreshed", "logins that extended a gate already open"),
+    "extended": ("gates_extended", "open sessions' gates pushed on (up to max_session)"),
+    "expired": ("gates_expired", "gates that reached their expiry"),
+    "stale": ("logins_stale", "logins older than the window when read: no gate"),
 }
 REFUSALS = ("never_gate", "only_gate", "never_gate_users", "max_ips_per_user")
 CLOSES = ("logout", "hand")
@@ -169,7 +169,7 @@ class WatchCollector:
 
     def _gates(self, snap):
         counts = snap["gates"]
-        for key, (name, _, help_) in GATE_COUNTS.items():
+        for key, (name, help_) in GATE_COUNTS.items():
             yield _single_counter(name, help_, counts.get(key, 0))
         refused = _counter("gates_refused", "logins that opened no gate, by the setting that "
                                             "refused them", ["reason"])
