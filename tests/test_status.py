@@ -6,7 +6,8 @@ import os
 import signal
 import time
 
-from conftest import run_logkey
+from conftest import free_port, run_logkey
+from test_metrics import scrape
 from test_watch import append, login, wait_for, watch, write_config  # noqa: F401 (fixture)
 
 STATUS_SECONDS = 15         # the watcher writes its status every 5 s; bounded waits use this
@@ -106,9 +107,11 @@ def test_status_missing_and_unreadable_logs_and_a_stale_export(tmp_path, watch):
 
 
 def test_status_redis_reachable_then_stopped(tmp_path, watch, redis_server):
-    cfg = write_config(tmp_path, store="{type: redis, url: '" + redis_server.url + "'}")
+    port = free_port()
+    cfg = write_config(tmp_path, store="{type: redis, url: '" + redis_server.url + "'}",
+                       extra=f"metrics: {{watch: '127.0.0.1:{port}'}}\n")
     (tmp_path / "mail.log").write_text(login("198.51.100.40"))
-    watch(cfg)
+    w = watch(cfg)
     wait_for(lambda: run_logkey("check", "--config", str(cfg), "198.51.100.40").returncode == 0,
              what="the gate in redis")
     wait_for(lambda: status(cfg)[0] == 0, timeout=STATUS_SECONDS, what="status OK")
@@ -120,6 +123,17 @@ def test_status_redis_reachable_then_stopped(tmp_path, watch, redis_server):
     assert code == 1 and not report["store"]["reachable"]
     assert report["problems"][0].startswith(f"store unreachable: redis store {redis_server.url}")
     assert "UNREACHABLE" in screen
+    # the watcher's side of the outage, in its metrics: a login it cannot write yet
+    append(tmp_path / "mail.log", login("198.51.100.41"))
+    wait_for(lambda: "store unavailable" in w.log(), what="the watcher's outage")
+    metrics = scrape(port)
+    assert metrics["logkey_watch_store_up"][(("type", "redis"),)] == 0
+    assert metrics["logkey_watch_store_errors_total"][()] >= 1
+    assert metrics["logkey_watch_gates_pending"][()] == 1
+    redis_server.start()
+    wait_for(lambda: scrape(port)["logkey_watch_store_up"][(("type", "redis"),)] == 1,
+             timeout=40, what="the store back in the metrics")
+    assert scrape(port)["logkey_watch_store_retries_total"][()] >= 1
 
 
 def test_status_of_a_policy_only_host_and_a_bad_config(tmp_path):
