@@ -9,7 +9,10 @@ request (as smtpd does), half for IPs with an open gate and half without. Report
 server: requests/s, p50 and p99 latency (send to complete reply). Goal (issue 4): logkey at
 least 0.7 of the responder's requests/s, p99 under 5 ms.
 
-    python bench/policy.py [--conns 50] [--gates 100000] [--seconds 5]
+    python bench/policy.py [--conns 50] [--gates 100000] [--seconds 5] [--with-metrics]
+
+--with-metrics adds a third server: logkey with `metrics.policy` on (every answer counted and
+timed into the Prometheus histogram), to show what the metrics cost.
 """
 from __future__ import annotations
 
@@ -186,6 +189,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="per round")
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternate the two servers this many times; report the median round")
+    ap.add_argument("--with-metrics", action="store_true",
+                    help="also run logkey with metrics.policy set (what the metrics cost)")
     ap.add_argument("--responder", metavar="PATH", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.responder:
@@ -211,6 +216,18 @@ def main() -> None:
             "logkey": (start([sys.executable, "-m", "logkey.policy", "--config", config,
                               "--listen", f"unix:{logkey_sock}"], logkey_sock), logkey_sock),
         }
+        if args.with_metrics:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            metrics_config = os.path.join(tmp, "metrics.yaml")
+            with open(metrics_config, "w") as f:
+                f.write(f"store: {{type: dir, path: {tmp}/gates}}\n"
+                        f"metrics: {{policy: '127.0.0.1:{port}'}}\n")
+            metrics_sock = f"{tmp}/metrics.sock"
+            servers["logkey+metrics"] = (start(
+                [sys.executable, "-m", "logkey.policy", "--config", metrics_config, "--listen",
+                 f"unix:{metrics_sock}"], metrics_sock), metrics_sock)
         runs = {name: [] for name in servers}
         try:
             for _ in range(args.rounds):            # alternate: other load hits both alike
@@ -225,16 +242,19 @@ def main() -> None:
         results = {name: median_run(r) for name, r in runs.items()}
         print(f"{args.conns} persistent connections over a unix socket; median of "
               f"{args.rounds} alternating rounds of {args.seconds:g}s")
-        print(f"{'server':<10} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
+        print(f"{'server':<14} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'server CPU/request':>19}  answers")
         for name, r in results.items():
             answers = ", ".join(f"{k.decode().split()[0]}: {v}" for k, v in r["answers"].items())
-            print(f"{name:<10} {r['rps']:>11,.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+            print(f"{name:<14} {r['rps']:>11,.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
                   f"{r['cpu_us']:>16.1f} us  {answers}")
         ratio = results["logkey"]["rps"] / results["responder"]["rps"]
         p99 = results["logkey"]["p99"]
         print(f"logkey/responder: {ratio:.2f} (goal >= 0.70); logkey p99 {p99:.2f} ms "
               f"(goal < 5 ms): {'met' if ratio >= 0.7 and p99 < 5 else 'NOT met'}")
+        if "logkey+metrics" in results:
+            print(f"logkey with metrics / without: "
+                  f"{results['logkey+metrics']['rps'] / results['logkey']['rps']:.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

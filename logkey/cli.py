@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy_parser(sub)
     from .popwrap import add_parser as add_popwrap_parser
     add_popwrap_parser(sub)
+    from .status import add_parser as add_status_parser
+    add_status_parser(sub)
 
     p = sub.add_parser("purge", help="remove expired gates from the store",
                        description="Remove expired gates from the store.")

@@ -222,6 +222,46 @@ def _popwrap(v):
     return out
 
 
+def parse_hostport(text: str) -> tuple[str, int]:
+    """("127.0.0.1", 9469) from "127.0.0.1:9469", ("::1", 9469) from "[::1]:9469"; the host
+    must be a literal IP address (no name lookups at start). ValueError otherwise."""
+    if not isinstance(text, str):
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9469 or [::1]:9469")
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+        if ":" in host:
+            sep = ""                                    # bare IPv6 needs brackets
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        sep = ""
+    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{text!r} is not IP:PORT (e.g. 127.0.0.1:9469 or [::1]:9469)")
+    return host, int(port)
+
+
+def _metrics(v):
+    if not isinstance(v, dict):
+        raise ValueError("must be a mapping: {watch: 127.0.0.1:9469, policy: 127.0.0.1:9470}")
+    bad = set(v) - set(METRICS_DEFAULTS)
+    if bad:
+        raise ValueError(f".{sorted(bad)[0]}: unknown key (known: watch, policy)")
+    out = dict(METRICS_DEFAULTS, **v)
+    for key, value in out.items():
+        if value is not None:
+            try:
+                parse_hostport(value)
+            except ValueError as exc:
+                raise ValueError(f".{key}: {exc}") from None
+    if out["watch"] is not None and out["watch"] == out["policy"]:
+        raise ValueError(".policy: must differ from metrics.watch (two processes, two ports)")
+    return out
+
+
+METRICS_DEFAULTS = {"watch": None, "policy": None}
+
 POPWRAP_DEFAULTS = {"socket": None, "socket_mode": "0660", "socket_group": None}
 
 POLICY_DEFAULTS = {"listen": ["unix:/run/logkey/policy.sock"], "socket_mode": "0660",
@@ -291,6 +331,9 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
                 "null: off), socket_mode, socket_group (who may claim logins)"),
     "exports": ([], _exports, "maps kept for the SMTP side: [{format: lmdb|sendmail|exim|"
                               "opensmtpd|text|tcprules, path: FILE, command: CMD, base: RULES}]"),
+    "metrics": (dict(METRICS_DEFAULTS), _metrics,
+                "Prometheus metrics over HTTP, off by default: watch: IP:PORT for logkey watch, "
+                "policy: IP:PORT for logkey policy (e.g. 127.0.0.1:9469, [::1]:9470)"),
     "ipv6_prefix": (None, _ipv6_prefix, "gate the client's IPv6 network of this length (e.g. "
                                         "64) instead of the exact address"),
 }

@@ -203,6 +203,12 @@ class Follower:
             if wake in ready or (ready and self._events(0)):
                 return
 
+    def positions(self) -> dict[str, dict | None]:
+        """Each followed path and its position after everything read() returned (the record a
+        state file holds: dev, ino, offset, lineno...), None before it was first opened. Safe to
+        call from another thread (metrics): it copies, never iterates a live dict."""
+        return {s.path: s.last for s in list(self._streams.values())}
+
     def fileno(self) -> int | None:
         return self._ino.fileno() if self._ino is not None else None
 

@@ -13,10 +13,16 @@ actions out; the caller owns the clock, the store and the log.
   password used from a botnet must not open the relay for the botnet), and a warning.
 - `ipv6_prefix`: gate the client's IPv6 network (privacy addresses change between the POP and
   the SMTP connection) instead of the exact address.
+
+`counts` tallies the decisions (metrics and `logkey status` read it): opened, refreshed (a
+login on an open gate), extended (an open session's gate pushed on), stale (a login older than
+the window), refused:<never_gate|only_gate|never_gate_users|max_ips_per_user>, expired,
+closed:logout, closed:hand (gone from the store: `logkey close`).
 """
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .events import GATE_PROTOCOLS, LOGIN, LOGOUT, Event
@@ -63,6 +69,7 @@ class GatePolicy:
     def __init__(self, config: PolicyConfig):
         self.config = config
         self.gates: dict[str, _Gate] = {}
+        self.counts: Counter = Counter()            # decisions, see the module docstring
 
     # --- the key of a gate ----------------------------------------------------------------
     def key_for(self, ip: str) -> str:
@@ -73,15 +80,20 @@ class GatePolicy:
 
     def refused(self, ip: str, user: str | None) -> str | None:
         """Why this IP/user never gets a gate, or None."""
+        found = self._refusal(ip, user)
+        return found[1] if found else None
+
+    def _refusal(self, ip: str, user: str | None) -> tuple[str, str] | None:
+        """(the setting that refuses this IP/user, why), or None."""
         addr = ipaddress.ip_address(ip)
         for net in self.config.never_gate:
             if addr.version == net.version and addr in net:
-                return f"{ip} is in never_gate {net}"
+                return "never_gate", f"{ip} is in never_gate {net}"
         if self.config.only_gate is not None and not any(
                 addr.version == net.version and addr in net for net in self.config.only_gate):
-            return f"{ip} is not in only_gate"
+            return "only_gate", f"{ip} is not in only_gate"
         if user is not None and user in self.config.never_gate_users:
-            return f"user {user} is in never_gate_users"
+            return "never_gate_users", f"user {user} is in never_gate_users"
         return None
 
     # --- events ---------------------------------------------------------------------------
@@ -93,8 +105,13 @@ class GatePolicy:
         key = self.key_for(event.ip)
         gate = self.gates.get(key)
         if event.kind == LOGIN and event.protocol in GATE_PROTOCOLS:
-            if t + window <= now or self.refused(event.ip, event.user):
-                return []                               # too old to matter, or never
+            if t + window <= now:
+                self.counts["stale"] += 1
+                return []                               # too old to matter
+            refusal = self._refusal(event.ip, event.user)
+            if refusal is not None:
+                self.counts["refused:" + refusal[0]] += 1
+                return []                               # never
             new = gate is None or gate.record.expires <= now
             if new:
                 limit = self.config.max_ips_per_user
@@ -102,11 +119,13 @@ class GatePolicy:
                     held = sum(1 for g in self.gates.values()
                                if g.record.user == event.user and g.record.expires > now)
                     if held >= limit:
+                        self.counts["refused:max_ips_per_user"] += 1
                         return [Warn(f"user {event.user}: {held} open gates already "
                                      f"(max_ips_per_user {limit}); no gate for {event.ip}")]
                 gate = _Gate(GateRecord(key, event.user, event.pack, event.protocol, t,
                                         t + window, source), last=t)
                 self.gates[key] = gate
+            self.counts["opened" if new else "refreshed"] += 1
             rec = gate.record
             if t >= gate.last:                          # the latest login names the gate
                 rec.user = event.user or rec.user
@@ -131,6 +150,7 @@ class GatePolicy:
             self._extend(gate, now)                     # ... unless other sessions stay open
             if rec.expires <= now:
                 del self.gates[key]
+                self.counts["closed:logout"] += 1
                 return [Delete(key)]
             return [Put(rec)]
         return []
@@ -161,15 +181,18 @@ class GatePolicy:
         for key, gate in list(self.gates.items()):
             if gate.record.expires <= now:
                 del self.gates[key]
+                self.counts["expired"] += 1
                 actions.append(Delete(key))
                 continue
             if still_stored is not None and (gate.sessions or check_all) \
                     and not still_stored(key):
                 del self.gates[key]
+                self.counts["closed:hand"] += 1
                 actions.append(Delete(key))
                 continue
             if gate.sessions:
                 if self._extend(gate, now):
+                    self.counts["extended"] += 1
                     actions.append(Put(gate.record))
         return actions
 

@@ -12,8 +12,11 @@ after a crash is judged by its own time (a stale login opens nothing).
 popwrap: when `popwrap.socket` is set, the watcher takes login/logout datagrams from
 `logkey popwrap` (popsocket.py); each is an event of the pack "popwrap", which reports logouts
 (the gate stays open during the session, up to max_session).
+Status and metrics: every few seconds the offsets are committed and `state_dir/watch.status`
+(JSON) written (watchstatus.py; `logkey status` reads both); with `metrics.watch` set,
+Prometheus metrics are served over HTTP on that address (metrics.py, imported only then).
 Config: logs, packs, store, state_dir, window, max_session, never_gate*, only_gate,
-max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports, popwrap.
+max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports, popwrap, metrics.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections import Counter
 from datetime import timedelta
 
 from .engine import Engine
@@ -37,6 +41,7 @@ from .packs import load_packs
 from .stores import Store, StoreError, open_store
 from .popsocket import POPWRAP_PACK, PopwrapListener
 from .unixsock import SocketSetupError
+from .watchstatus import StatusWriter
 
 log = logging.getLogger("logkey")
 
@@ -101,6 +106,11 @@ class Watcher:
         self.now = now
         self.stop = False
         self.reload_requested = False
+        self.started = time.time()
+        self.lines_read: Counter = Counter()    # lines read per followed file since start
+        self.last_events: dict = {}             # pack -> {kind, time (the line's), seen}
+        self.store_errors = self.store_retries = 0
+        self.status = self.metrics = None
         self.store = None if observe else (store or open_store(cfg.store))
         self._install(cfg, *build(cfg))
         self.policy = GatePolicy(self.policy_config)
@@ -122,12 +132,22 @@ class Watcher:
                 self.policy.adopt(self.store.scan(self.now()), self.now())
             except StoreError as exc:
                 self._outage(exc)
+        self.status = StatusWriter(self)
+        if cfg.metrics["watch"]:
+            from .metrics import MetricsError, serve_watch
+            try:
+                self.metrics = serve_watch(self, cfg.metrics["watch"])
+            except MetricsError as exc:
+                self.close()
+                raise WatchError(str(exc)) from None
 
     # --- configuration ----------------------------------------------------------------------
     def _install(self, cfg, packs: PackSet, pconf: PolicyConfig) -> None:
         self.cfg, self.packs, self.policy_config = cfg, packs, pconf
         self.clock = Clock(None, cfg.timezone)
         base = Engine(packs, self.clock, cfg.join_window)
+        if getattr(self, "base", None) is not None:
+            base.stats = self.base.stats        # counts go on across a reload (metrics)
         self.engines = []                       # (glob, engine, own rules) per log entry
         for entry in cfg.logs:
             subset = packs if not entry["packs"] else PackSet(
@@ -168,6 +188,8 @@ class Watcher:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return False
         old_logs, old_state = self.cfg.logs, self.cfg.state_dir
+        if cfg.metrics != self.cfg.metrics:
+            log.warning("metrics: the new addresses take effect at the next start")
         self._install(cfg, packs, pconf)
         self.policy.config = pconf
         if cfg.logs != old_logs or cfg.state_dir != old_state:
@@ -197,6 +219,7 @@ class Watcher:
         lines = self.follower.read()
         now = self.now()
         for line in lines:
+            self.lines_read[line.path] += 1
             if line.data is None:
                 self.base.stats.too_long += 1
                 continue
@@ -206,16 +229,25 @@ class Watcher:
                 if self.shift and event.time is not None:
                     event.time += timedelta(seconds=self.shift)
                 source = f"{line.path}:{line.lineno}" if line.lineno else line.path
+                self._seen(event)
                 self._apply(self.policy.on_event(event, now, source))
         datagrams = 0
         for event in self.popwrap.receive(now):
             datagrams += 1
             if event is not None:
+                self.base.stats.events[(POPWRAP_PACK, event.kind)] += 1
+                self._seen(event)
                 self._apply(self.policy.on_event(event, now, POPWRAP_PACK))
         self.tick(now)
         if lines and not self.pending:
             self.follower.commit()
         return len(lines) + datagrams
+
+    def _seen(self, event) -> None:
+        """The last event of each pack, for `logkey status` and the metrics."""
+        self.last_events[event.pack] = {
+            "kind": event.kind, "seen": time.time(),
+            "time": event.time.timestamp() if event.time is not None else None}
 
     def _still_stored(self, key: str) -> bool:
         """Whether the store still holds a gate (False: closed by hand); True when unsure."""
@@ -240,6 +272,8 @@ class Watcher:
                 self.store.purge(now)
             except StoreError as exc:
                 self._outage(exc)
+        if self.status is not None:
+            self.status.tick()
 
     def _apply(self, actions) -> None:
         for action in actions:
@@ -264,6 +298,7 @@ class Watcher:
         if self.outage_since is not None:
             if now < self.next_retry:
                 return
+            self.store_retries += 1
             # The store may have lost what it had (a Redis restarted without persistence):
             # write back every gate that is still valid, not only those opened meanwhile.
             for key, gate in self.policy.gates.items():
@@ -304,6 +339,7 @@ class Watcher:
             self.exporter.retry()
 
     def _outage(self, exc) -> None:
+        self.store_errors += 1
         now = self.now()
         if self.outage_since is None:
             self.outage_since = now
@@ -353,6 +389,12 @@ class Watcher:
         self.reload_requested = True
 
     def close(self) -> None:
+        if self.status is not None:
+            self.status.write(stopped=True)
+            self.status = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         self.popwrap.close()
         self.follower.close()
         if self.store is not None:

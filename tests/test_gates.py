@@ -142,3 +142,29 @@ def test_other_protocols_and_missing_ips_open_nothing():
     p = policy()
     assert p.on_event(ev("login", "192.0.2.1", T0, protocol=None), now=T0) == []
     assert p.on_event(ev("login", None, T0), now=T0) == []
+
+
+def test_counts_name_every_decision():
+    """The tallies the metrics and `logkey status` read: one per decision, by its reason."""
+    net = ipaddress.ip_network
+    p = policy(window=600, max_session=3600, max_ips_per_user=1, only_gate=[net("192.0.2.0/24")],
+               never_gate=[net("192.0.2.99/32")], never_gate_users=frozenset({"webmaster"}),
+               logout_packs=frozenset({"dovecot"}))
+    p.on_event(ev("login", "192.0.2.1", T0, session="a"), now=T0)                 # opened
+    p.on_event(ev("login", "192.0.2.1", T0 + 10, session="b"), now=T0 + 10)       # refreshed
+    p.on_event(ev("login", "192.0.2.2", T0 + 10), now=T0 + 10)                    # max_ips
+    p.on_event(ev("login", "192.0.2.99", T0, user="x"), now=T0)                   # never_gate
+    p.on_event(ev("login", "198.51.100.1", T0, user="y"), now=T0)                 # only_gate
+    p.on_event(ev("login", "192.0.2.3", T0, user="webmaster"), now=T0)            # users
+    p.on_event(ev("login", "192.0.2.4", T0 - 700, user="z"), now=T0)              # stale
+    p.on_tick(T0 + 400)                                                           # extended
+    p.on_event(ev("login", "192.0.2.5", T0, user="u5", pack="qpopper"), now=T0)   # no sessions
+    p.on_event(ev("login", "192.0.2.6", T0, user="u6", pack="qpopper"), now=T0)
+    p.on_tick(T0 + 401, still_stored=lambda key: key != "192.0.2.6", check_all=True)  # hand
+    p.on_tick(T0 + 600)                                                           # expired .5
+    p.on_event(ev("logout", "192.0.2.1", T0 + 50, session="a"), now=T0 + 700)
+    p.on_event(ev("logout", "192.0.2.1", T0 + 50, session="b"), now=T0 + 700)     # logout
+    assert dict(p.counts) == {
+        "opened": 3, "refreshed": 1, "refused:max_ips_per_user": 1, "refused:never_gate": 1,
+        "refused:only_gate": 1, "refused:never_gate_users": 1, "stale": 1, "extended": 1,
+        "closed:hand": 1, "expired": 1, "closed:logout": 1}

@@ -4,8 +4,9 @@ protocol.py  the sans-I/O codec: bytes -> request dicts, action -> reply bytes
 decide.py    the pure decision: OK for a client with an open gate, else DUNNO
 server.py    asyncio listeners (unix:PATH, inet:HOST:PORT), limits, timeouts, signals
 
-Config: `policy:` (listen, socket_mode, socket_group, max_request, idle_timeout, miss_wait), `store:`,
-`ipv6_prefix:`. `add_parser(sub)` registers the subcommand; `main(args)` runs it.
+Config: `policy:` (listen, socket_mode, socket_group, max_request, idle_timeout, miss_wait),
+`store:`, `ipv6_prefix:`, `metrics.policy` (Prometheus metrics address; metrics.py, imported
+only then). `add_parser(sub)` registers the subcommand; `main(args)` runs it.
 """
 from __future__ import annotations
 
@@ -54,7 +55,16 @@ def main(args) -> int:
                               max_request=policy["max_request"],
                               idle_timeout=policy["idle_timeout"],
                               miss_wait=policy["miss_wait"])
-        asyncio.run(server.run())
+        if cfg.metrics["policy"]:
+            from ..metrics import PolicyMetrics, serve_policy
+            metrics = PolicyMetrics(server)
+            server.measure(metrics)
+            http = serve_policy(metrics, cfg.metrics["policy"])
+        try:
+            asyncio.run(server.run())
+        finally:
+            if cfg.metrics["policy"]:
+                http.close()
     finally:
         store.close()
     return 0

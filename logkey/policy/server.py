@@ -15,6 +15,10 @@ Config (`policy:`): listen (unix:PATH, inet:HOST:PORT, inet:[V6]:PORT), socket_m
 socket_group, max_request (bytes), idle_timeout (seconds), miss_wait (seconds: a miss is
 asked again, less often each time, for up to this long before DUNNO; see wait_open).
 
+Metrics (`metrics.policy`, optional): `measure(metrics)` counts each answer by action with its
+latency (a waited-on miss included), store errors and client errors (metrics.PolicyMetrics);
+off, nothing is timed.
+
 The store unreachable (or any internal error) means DUNNO, never OK, with one warning when the
 outage starts and one line when the store answers again. SIGTERM/SIGINT: stop accepting,
 answer what is in flight, close every connection, remove the unix sockets, exit 0.
@@ -129,16 +133,19 @@ class _Connection(asyncio.Protocol):
             return
         if not self.server.inline:
             self.queue.extend(requests)
-            self._serve_queue(None)
+            self._serve_queue(None, time.perf_counter())
             return
-        answer, replies = self.server.answer, []
+        answer, replies, metrics = self.server.answer, [], self.server.metrics
         for i, request in enumerate(requests):
+            started = time.perf_counter() if metrics is not None else 0.0
             action, wait_for = answer(request)
             if wait_for is not None:                  # a miss: the rest waits its turn
                 self.queue.append(request)
                 self.queue.extend(requests[i + 1:])
-                self._serve_queue(wait_for)
+                self._serve_queue(wait_for, started)
                 break
+            if metrics is not None:
+                metrics.answer(action, time.perf_counter() - started)
             replies.append(REPLIES[action])
         if replies:
             self.transport.write(replies[0] if len(replies) == 1 else b"".join(replies))
@@ -146,12 +153,12 @@ class _Connection(asyncio.Protocol):
     # -- the slow path: threaded stores, and misses waited on; replies stay in order, reading
     #    is paused meanwhile ------------------------------------------------------------------
 
-    def _serve_queue(self, first_miss: str | None):
+    def _serve_queue(self, first_miss: str | None, started: float):
         self.busy = True
         self._update_reading()
-        self.task = self.server.loop.create_task(self._serve(first_miss))
+        self.task = self.server.loop.create_task(self._serve(first_miss, started))
 
-    async def _serve(self, first_miss: str | None):
+    async def _serve(self, first_miss: str | None, started: float):
         server = self.server
         try:
             while self.queue and not self.closed:
@@ -159,11 +166,14 @@ class _Connection(asyncio.Protocol):
                 if first_miss is not None:            # looked up already, inline
                     action, wait_for, first_miss = DUNNO, first_miss, None
                 else:
+                    started = time.perf_counter()
                     action, wait_for = await server.answer_async(request)
                 if wait_for is not None:
                     action = await server.wait_open(wait_for)
                 if self.closed:
                     break
+                if server.metrics is not None:
+                    server.metrics.answer(action, time.perf_counter() - started)
                 self.transport.write(REPLIES[action])
                 self.since = time.monotonic()
         except asyncio.CancelledError:                # shutting down: no reply
@@ -219,6 +229,11 @@ class PolicyServer:
         self._warn_window, self._warned, self._unlogged = 0.0, 0, 0
         self.loop = None
         self._sweeper = None
+        self.metrics = None
+
+    def measure(self, metrics) -> None:
+        """Count every answer, its latency and the errors in `metrics` (a PolicyMetrics)."""
+        self.metrics = metrics
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -302,6 +317,8 @@ class PolicyServer:
     def account(self, error, consulted) -> None:
         """One warning when lookups start failing, one line when the store answers again."""
         if error is not None:
+            if self.metrics is not None:
+                self.metrics.store_errors.inc()
             self.outage_answers += 1
             if not self.outage:
                 self.outage = True
@@ -325,6 +342,8 @@ class PolicyServer:
 
     def client_error(self, conn: _Connection, reason: str) -> None:
         """Log (rate-limited) and disconnect, without a reply."""
+        if self.metrics is not None:
+            self.metrics.client_errors.inc()
         now = time.monotonic()
         if now - self._warn_window >= 1.0:
             self._flush_warnings()
