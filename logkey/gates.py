@@ -10,9 +10,14 @@ actions out; the caller owns the clock, the store and the log.
 - Never: `never_gate` networks (default loopback: webmail logging in from 127.0.0.1 must not
   open relay for localhost), `never_gate_users`; only `only_gate` networks when set.
 - `max_ips_per_user`: a user with that many distinct open gates gets no new one (a stolen
-  password used from a botnet must not open the relay for the botnet), and a warning.
+  password used from a botnet must not open the relay for the botnet).
 - `ipv6_prefix`: gate the client's IPv6 network (privacy addresses change between the POP and
   the SMTP connection) instead of the exact address.
+
+Every decision is an action, so the caller can log each one (docs/log-lines.md): Put (a gate
+opened, or refreshed by a login, a logout or an open session), Delete (closed: expired, by a
+logout, or removed from the store by hand), Refuse (a login that opens nothing, and why).
+A login too old to matter (read again after a restart) is no decision and gives nothing.
 """
 from __future__ import annotations
 
@@ -36,20 +41,36 @@ class PolicyConfig:
     logout_packs: frozenset = frozenset()     # packs that report logouts (sessions tracked)
 
 
+# Why a gate was written, closed or refused: the words of the audit lines (docs/log-lines.md).
+OPEN, LOGIN_REFRESH, LOGOUT_REFRESH, SESSION = "open", "login", "logout", "session"
+EXPIRED, LOGGED_OUT, REMOVED = "expired", "logout", "removed"
+NEVER_GATE, ONLY_GATE, NEVER_GATE_USERS, MAX_IPS = (
+    "never_gate", "only_gate", "never_gate_users", "max_ips_per_user")
+
+
 @dataclass
 class Put:
     gate: GateRecord
-    new: bool = False            # a gate that was not open before (worth an info line)
+    new: bool = False            # a gate that was not open before
+    why: str = field(default=OPEN, compare=False)       # OPEN, LOGIN_REFRESH, LOGOUT_REFRESH, SESSION
 
 
 @dataclass
 class Delete:
     key: str
+    why: str = field(default=EXPIRED, compare=False)    # EXPIRED, LOGGED_OUT, REMOVED
+    gate: GateRecord | None = field(default=None, compare=False)   # what was closed
 
 
 @dataclass
-class Warn:
-    message: str
+class Refuse:
+    """A login that opens no gate: `reason` is the setting that refused it, `detail` the
+    matching network or the count."""
+    event: Event
+    key: str
+    source: str | None
+    reason: str                  # NEVER_GATE, ONLY_GATE, NEVER_GATE_USERS, MAX_IPS
+    detail: str | None = None
 
 
 @dataclass
@@ -71,17 +92,17 @@ class GatePolicy:
             return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
         return ip
 
-    def refused(self, ip: str, user: str | None) -> str | None:
-        """Why this IP/user never gets a gate, or None."""
+    def refused(self, ip: str, user: str | None) -> tuple[str, str | None] | None:
+        """(setting, detail) when this IP/user never gets a gate, else None."""
         addr = ipaddress.ip_address(ip)
         for net in self.config.never_gate:
             if addr.version == net.version and addr in net:
-                return f"{ip} is in never_gate {net}"
+                return NEVER_GATE, str(net)
         if self.config.only_gate is not None and not any(
                 addr.version == net.version and addr in net for net in self.config.only_gate):
-            return f"{ip} is not in only_gate"
+            return ONLY_GATE, None
         if user is not None and user in self.config.never_gate_users:
-            return f"user {user} is in never_gate_users"
+            return NEVER_GATE_USERS, None
         return None
 
     # --- events ---------------------------------------------------------------------------
@@ -93,8 +114,11 @@ class GatePolicy:
         key = self.key_for(event.ip)
         gate = self.gates.get(key)
         if event.kind == LOGIN and event.protocol in GATE_PROTOCOLS:
-            if t + window <= now or self.refused(event.ip, event.user):
-                return []                               # too old to matter, or never
+            if t + window <= now:
+                return []                               # too old to matter
+            refused = self.refused(event.ip, event.user)
+            if refused:
+                return [Refuse(event, key, source, *refused)]
             new = gate is None or gate.record.expires <= now
             if new:
                 limit = self.config.max_ips_per_user
@@ -102,8 +126,7 @@ class GatePolicy:
                     held = sum(1 for g in self.gates.values()
                                if g.record.user == event.user and g.record.expires > now)
                     if held >= limit:
-                        return [Warn(f"user {event.user}: {held} open gates already "
-                                     f"(max_ips_per_user {limit}); no gate for {event.ip}")]
+                        return [Refuse(event, key, source, MAX_IPS, f"{held} open, limit {limit}")]
                 gate = _Gate(GateRecord(key, event.user, event.pack, event.protocol, t,
                                         t + window, source), last=t)
                 self.gates[key] = gate
@@ -116,7 +139,7 @@ class GatePolicy:
             if event.pack in self.config.logout_packs:
                 gate.sessions[event.session or event.user or ""] = t
                 self._extend(gate, now)
-            return [Put(rec, new)]
+            return [Put(rec, new, OPEN if new else LOGIN_REFRESH)]
         if event.kind == LOGOUT and gate is not None and gate.record.expires > now:
             for sid in (event.session, event.user):
                 if sid and sid in gate.sessions:
@@ -127,12 +150,13 @@ class GatePolicy:
                     gate.sessions.clear()
             gate.last = max(gate.last, t)
             rec = gate.record
+            rec.source = source or rec.source           # the line that last set the expiry
             rec.expires = gate.last + window            # the logout sets the expiry ...
             self._extend(gate, now)                     # ... unless other sessions stay open
             if rec.expires <= now:
                 del self.gates[key]
-                return [Delete(key)]
-            return [Put(rec)]
+                return [Delete(key, LOGGED_OUT, rec)]
+            return [Put(rec, why=LOGOUT_REFRESH)]
         return []
 
     def _extend(self, gate: _Gate, now: float) -> bool:
@@ -161,16 +185,16 @@ class GatePolicy:
         for key, gate in list(self.gates.items()):
             if gate.record.expires <= now:
                 del self.gates[key]
-                actions.append(Delete(key))
+                actions.append(Delete(key, EXPIRED, gate.record))
                 continue
             if still_stored is not None and (gate.sessions or check_all) \
                     and not still_stored(key):
                 del self.gates[key]
-                actions.append(Delete(key))
+                actions.append(Delete(key, REMOVED, gate.record))
                 continue
             if gate.sessions:
                 if self._extend(gate, now):
-                    actions.append(Put(gate.record))
+                    actions.append(Put(gate.record, why=SESSION))
         return actions
 
     def adopt(self, records, now: float) -> None:

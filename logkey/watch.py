@@ -4,7 +4,7 @@ Reads: the configured logs (follow.py), the store at start (to adopt its open ga
 Writes: gates to the store, read offsets to state_dir, its own log to stderr, and the
 configured `exports:` (exports.py): brought to the open gates after every flush that changed
 gates and on every tick where a gate expired or was closed, so an expired gate leaves them
-within a tick (a second), with no log line.
+within a tick (a second).
 Trust: events come from the engine (packs linted, IPs canonical); the policy decides; the
 store is written only with validated keys. Offsets are saved only once every gate the lines
 opened is in the store, so a crash or a store outage loses no login, and a line read again
@@ -12,6 +12,8 @@ after a crash is judged by its own time (a stale login opens nothing).
 popwrap: when `popwrap.socket` is set, the watcher takes login/logout datagrams from
 `logkey popwrap` (popsocket.py); each is an event of the pack "popwrap", which reports logouts
 (the gate stays open during the session, up to max_session).
+Audit: every gate decision (opened, refreshed, refused, closed) is one line of its own log
+(audit.py; all lines in docs/log-lines.md).
 Config: logs, packs, store, state_dir, window, max_session, never_gate*, only_gate,
 max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports, popwrap.
 """
@@ -27,10 +29,11 @@ import subprocess
 import time
 from datetime import timedelta
 
+from . import audit
 from .engine import Engine
 from .errors import LogkeyError
 from .follow import Follower
-from .gates import Delete, GatePolicy, PolicyConfig, Put, Warn
+from .gates import Delete, GatePolicy, PolicyConfig, Put
 from .headers import Clock, parse
 from .match import PackSet, own_file_rules
 from .packs import load_packs
@@ -105,7 +108,6 @@ class Watcher:
         self._install(cfg, *build(cfg))
         self.policy = GatePolicy(self.policy_config)
         self.pending: dict[str, object] = {}    # key -> GateRecord to write, or None to delete
-        self.new_keys: set[str] = set()         # pending keys that are new gates
         self.outage_since: float | None = None
         self.next_retry = 0.0
         self.retry_wait = 1.0
@@ -122,6 +124,8 @@ class Watcher:
                 self.policy.adopt(self.store.scan(self.now()), self.now())
             except StoreError as exc:
                 self._outage(exc)
+            if self.policy.gates:
+                log.info("%d open gate(s) taken over from the store", len(self.policy.gates))
 
     # --- configuration ----------------------------------------------------------------------
     def _install(self, cfg, packs: PackSet, pconf: PolicyConfig) -> None:
@@ -243,19 +247,12 @@ class Watcher:
 
     def _apply(self, actions) -> None:
         for action in actions:
+            log.log(audit.level(action), "%s", audit.line(action, self.observe))
             if isinstance(action, Put):
-                g = action.gate
-                if action.new:
-                    self.new_keys.add(g.key)
-                if self.observe and action.new:
-                    log.info("would open %s for %s (%s, %s) until %s", g.key, g.user, g.pack,
-                             g.protocol, time.strftime("%H:%M:%S", time.localtime(g.expires)))
-                self.pending[g.key] = action.gate
+                self.pending[action.gate.key] = action.gate
             elif isinstance(action, Delete):
                 self.pending[action.key] = None
                 self.exports_dirty = True       # a closed gate leaves the exports at once
-            elif isinstance(action, Warn):
-                log.warning("%s", action.message)
 
     def _flush(self, now: float) -> None:
         if self.observe:
@@ -278,10 +275,8 @@ class Watcher:
                     self.store.delete(key)
                 elif gate.expires > now:
                     self.store.put(gate)
-                    log.log(logging.INFO if key in self.new_keys else logging.DEBUG,
-                            "gate %s for %s (%s) until %s", key, gate.user, gate.pack,
-                            time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(gate.expires)))
-                self.new_keys.discard(key)
+                    log.debug("stored %s until %s", key,
+                              time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(gate.expires)))
                 del self.pending[key]
         except StoreError as exc:
             self._outage(exc)
