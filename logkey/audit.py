@@ -7,7 +7,8 @@ lines and configuration, so every value that is not plain printable ASCII withou
 quotes or backslashes is written as a JSON string ("a b", "\\u00e9", "\\n"): a user name can
 never add a key, a field or a line of its own.
 
-Format (stable; new keys are only ever added at the end):
+Format (stable; new keys are only ever added at the end). user, pack, protocol and source are
+those of the line that caused the decision (for a refresh by an open session: the gate's):
     gate open    ip=IP user=U pack=P protocol=PR source=FILE:LINE expires=TIME
     gate refresh ip=IP user=U pack=P protocol=PR source=FILE:LINE expires=TIME by=login|logout|session
     gate refuse  ip=IP user=U pack=P protocol=PR source=FILE:LINE reason=SETTING [detail=D]
@@ -44,10 +45,15 @@ def _time(t: float) -> str:
 def line(action, observe: bool = False) -> str | None:
     """The audit line of one gate action (None for anything else)."""
     if isinstance(action, Put):
-        g = action.gate
+        g, e = action.gate, action.event
         what = "open" if action.new else "refresh"
-        fields = [("ip", g.key), ("user", g.user), ("pack", g.pack), ("protocol", g.protocol),
-                  ("source", g.source), ("expires", _time(g.expires))]
+        if e is not None:               # the login or logout that did it, not the gate's first
+            who = (e.user if e.user is not None else g.user, e.pack,
+                   e.protocol or g.protocol, action.source)
+        else:                           # an open session kept the gate open
+            who = (g.user, g.pack, g.protocol, g.source)
+        fields = [("ip", g.key), *zip(("user", "pack", "protocol", "source"), who),
+                  ("expires", _time(g.expires))]
         if not action.new:
             fields.append(("by", action.why))
     elif isinstance(action, Delete):

@@ -53,6 +53,8 @@ class Put:
     gate: GateRecord
     new: bool = False            # a gate that was not open before
     why: str = field(default=OPEN, compare=False)       # OPEN, LOGIN_REFRESH, LOGOUT_REFRESH, SESSION
+    event: Event | None = field(default=None, compare=False)    # the login or logout, if any
+    source: str | None = field(default=None, compare=False)     # ... and its line
 
 
 @dataclass
@@ -139,7 +141,7 @@ class GatePolicy:
             if event.pack in self.config.logout_packs:
                 gate.sessions[event.session or event.user or ""] = t
                 self._extend(gate, now)
-            return [Put(rec, new, OPEN if new else LOGIN_REFRESH)]
+            return [Put(rec, new, OPEN if new else LOGIN_REFRESH, event, source)]
         if event.kind == LOGOUT and gate is not None and gate.record.expires > now:
             for sid in (event.session, event.user):
                 if sid and sid in gate.sessions:
@@ -156,7 +158,7 @@ class GatePolicy:
             if rec.expires <= now:
                 del self.gates[key]
                 return [Delete(key, LOGGED_OUT, rec)]
-            return [Put(rec, why=LOGOUT_REFRESH)]
+            return [Put(rec, why=LOGOUT_REFRESH, event=event, source=source)]
         return []
 
     def _extend(self, gate: _Gate, now: float) -> bool:
