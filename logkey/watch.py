@@ -13,13 +13,15 @@ popwrap: when `popwrap.socket` is set, the watcher takes login/logout datagrams 
 `logkey popwrap` (popsocket.py); each is an event of the pack "popwrap", which reports logouts
 (the gate stays open during the session, up to max_session).
 Audit: every gate decision (opened, refreshed, refused, closed) is one line of its own log
-(audit.py; all lines in docs/log-lines.md).
+(audit.py; all lines in docs/log-lines.md); a followed file that others can write, or logins
+read from forgeable syslog lines, give one warning per file (logtrust.py).
 Config: logs, packs, store, state_dir, window, max_session, never_gate*, only_gate,
 max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports, popwrap.
 """
 from __future__ import annotations
 
 import fnmatch
+import glob
 import ipaddress
 import logging
 import os
@@ -35,6 +37,7 @@ from .errors import LogkeyError
 from .follow import Follower
 from .gates import Delete, GatePolicy, PolicyConfig, Put
 from .headers import Clock, parse
+from .logtrust import LogWarnings
 from .match import PackSet, own_file_rules
 from .packs import load_packs
 from .stores import Store, StoreError, open_store
@@ -105,6 +108,8 @@ class Watcher:
         self.stop = False
         self.reload_requested = False
         self.store = None if observe else (store or open_store(cfg.store))
+        self.trust = LogWarnings()
+        self.trust_checked: set[str] = set()    # paths whose permissions were looked at
         self._install(cfg, *build(cfg))
         self.policy = GatePolicy(self.policy_config)
         self.pending: dict[str, object] = {}    # key -> GateRecord to write, or None to delete
@@ -126,10 +131,14 @@ class Watcher:
                 self._outage(exc)
             if self.policy.gates:
                 log.info("%d open gate(s) taken over from the store", len(self.policy.gates))
+        for entry in cfg.logs:                  # files there now; later ones when first read
+            for path in sorted(glob.glob(entry["path"])):
+                self._check_file(path)
 
     # --- configuration ----------------------------------------------------------------------
     def _install(self, cfg, packs: PackSet, pconf: PolicyConfig) -> None:
         self.cfg, self.packs, self.policy_config = cfg, packs, pconf
+        self.trust.entries = list(cfg.logs)
         self.clock = Clock(None, cfg.timezone)
         base = Engine(packs, self.clock, cfg.join_window)
         self.engines = []                       # (glob, engine, own rules) per log entry
@@ -206,7 +215,12 @@ class Watcher:
                 continue
             engine, own = self._engine_for(line.path)
             self.base.stats.lines += 1
-            for event in engine.feed_line(line.data, (line.path, line.lineno), own):
+            if line.path not in self.trust_checked:
+                self._check_file(line.path)
+            raw = engine.match_line(line.data, (line.path, line.lineno), own)
+            if raw is not None:                 # a login from a forgeable syslog line?
+                self._warn(self.trust.event(line.path, raw))
+            for event in engine.sequence(raw, engine.cut_mark):
                 if self.shift and event.time is not None:
                     event.time += timedelta(seconds=self.shift)
                 source = f"{line.path}:{line.lineno}" if line.lineno else line.path
@@ -220,6 +234,15 @@ class Watcher:
         if lines and not self.pending:
             self.follower.commit()
         return len(lines) + datagrams
+
+    def _check_file(self, path: str) -> None:
+        self.trust_checked.add(path)
+        self._warn(self.trust.file(path))
+
+    @staticmethod
+    def _warn(message: str | None) -> None:
+        if message:
+            log.warning("%s", message)
 
     def _still_stored(self, key: str) -> bool:
         """Whether the store still holds a gate (False: closed by hand); True when unsure."""
