@@ -120,3 +120,17 @@ def redis_server():
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def open_tmp():
+    """A temp dir other uids can reach (pytest's tmp_path lies under a 0700 directory), for
+    tests that run programs as unprivileged users; removed afterwards."""
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="logkey-open-")
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -13,7 +13,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -129,16 +128,11 @@ def test_dir_store_refuses_a_directory_its_group_or_others_may_write(tmp_path):
 
 
 @pytest.fixture
-def world():
-    """A temp dir an unprivileged uid can reach (pytest's own is 0700), removed afterwards."""
+def world(open_tmp):
+    """A temp dir an unprivileged uid can reach."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv (util-linux) to run as another uid")
-    d = tempfile.mkdtemp(prefix="logkey-priv-")
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    return open_tmp
 
 
 def reachable_by_others(path) -> str | None:

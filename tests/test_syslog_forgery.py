@@ -16,12 +16,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 import pytest
 
-from conftest import ROOT, free_port, run_logkey
+from conftest import free_port, run_logkey
 
 FORGED = ("pop3-login: Login: user=<mallory>, method=PLAIN, rip=203.0.113.9, lip=127.0.0.1, "
           "mpid=4242, secured, session=<AAAAAAAAAAAAAAAA>")
@@ -123,19 +122,14 @@ done
 
 
 @pytest.fixture
-def world():
-    """A temp dir dovecot's unprivileged processes can reach (pytest's is 0700)."""
+def world(open_tmp):
+    """A temp dir dovecot's unprivileged processes can reach."""
     if os.geteuid() != 0:
         pytest.skip("needs root: a private mount namespace and dovecot")
     for tool in ("rsyslogd", "dovecot", "unshare", "setpriv", "logger"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} not found: .ci/run installs rsyslog, dovecot-pop3d, util-linux")
-    d = tempfile.mkdtemp(prefix="logkey-syslog-")
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    return open_tmp
 
 
 def test_filtered_rsyslog_file_keeps_out_a_forged_dovecot_login(world, tmp_path):
