@@ -129,6 +129,9 @@ def world(open_tmp):
     for tool in ("rsyslogd", "dovecot", "unshare", "setpriv", "logger"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} not found: .ci/run installs rsyslog, dovecot-pop3d, util-linux")
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:                   # e.g. a container without CAP_SYS_ADMIN
+        pytest.skip(f"no private mount namespace here: {probe.stderr.strip()}")
     return open_tmp
 
 
