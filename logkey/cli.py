@@ -53,9 +53,11 @@ def cmd_dry_run(args) -> int:
         own_rules = own_file_rules(pack)
     # "now" is read once, so every worker infers RFC 3164 years from the same instant.
     clock = Clock(now or datetime.now(timezone.utc), cfg.timezone)
+    from .logtrust import LogWarnings
     run(args.files, packs, clock, at=now, window=cfg.window,
         join_window=cfg.join_window, json_out=args.json, out=sys.stdout,
-        line_max=cfg.line_max, own_rules=own_rules)
+        line_max=cfg.line_max, own_rules=own_rules,
+        warnings=LogWarnings(cfg.logs, own_file=own_rules is not None))
     return 0
 
 

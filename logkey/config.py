@@ -116,16 +116,18 @@ def _logs(v):
     if v is None:
         return []
     if not isinstance(v, list):
-        raise ValueError("must be a list of {path: FILE-OR-GLOB, packs: [NAME...]}")
+        raise ValueError("must be a list of {path: FILE-OR-GLOB, packs: [NAME...], "
+                         "own_file: PACK, sender_verified: BOOL}")
     out = []
     for i, entry in enumerate(v):
         if isinstance(entry, str):
             entry = {"path": entry}
         if not isinstance(entry, dict):
             raise ValueError(f"[{i}]: must be a mapping with path:")
-        bad = set(entry) - {"path", "packs", "own_file"}
+        bad = set(entry) - {"path", "packs", "own_file", "sender_verified"}
         if bad:
-            raise ValueError(f"[{i}].{sorted(bad)[0]}: unknown key (known: path, packs, own_file)")
+            raise ValueError(f"[{i}].{sorted(bad)[0]}: unknown key "
+                             "(known: path, packs, own_file, sender_verified)")
         path = entry.get("path")
         if not isinstance(path, str) or not path:
             raise ValueError(f"[{i}].path: must be a path or glob")
@@ -136,7 +138,11 @@ def _logs(v):
         own = entry.get("own_file")
         if own is not None and not isinstance(own, str):
             raise ValueError(f"[{i}].own_file: must be a pack name")
-        out.append({"path": path, "packs": packs, "own_file": own})
+        verified = entry.get("sender_verified", False)
+        if not isinstance(verified, bool):
+            raise ValueError(f"[{i}].sender_verified: must be true or false")
+        out.append({"path": path, "packs": packs, "own_file": own,
+                    "sender_verified": verified})
     return out
 
 
@@ -308,7 +314,8 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
                      "directory of local packs; a local pack overrides a shipped one by name"),
     "line_max": (65536, _positive_int, "bytes; a longer log line is counted and skipped"),
     "logs": ([], _logs, "log files to follow (paths or globs), each with optional packs: "
-                        "[NAME...] and own_file: PACK"),
+                        "[NAME...], own_file: PACK and sender_verified: true (the log daemon "
+                        "lets only the real daemon's lines into this file; SECURITY.md)"),
     "store": ({"type": "dir", "path": "/var/lib/logkey/gates"}, _store,
               "the gate store: {type: dir, path: DIR, group: NAME} or "
               "{type: redis, url: URL, prefix: logkey:gate:}"),

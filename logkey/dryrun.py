@@ -1,8 +1,9 @@
 """`logkey dry-run`: read logs, report what logkey would see, change nothing.
 
 Reads: the files named (plain, .gz, or '-' for stdin). Writes: the report on `out` (human or
-JSON Lines), a progress line on a terminal's stderr. Trust: events are what the lines say,
-before any gate policy; the gates shown use only the window.
+JSON Lines), a progress line on a terminal's stderr, and on stderr one warning per file that
+others can write or whose logins come from forgeable syslog lines (logtrust.py). Trust: events
+are what the lines say, before any gate policy; the gates shown use only the window.
 """
 from __future__ import annotations
 
@@ -112,6 +113,11 @@ def _own_file_blocks(path, matcher, own_rules, line_max):
             f.close()
 
 
+def _warn(err, message) -> None:
+    if message:
+        err.write(f"logkey: warning: {message}\n")
+
+
 def _later(a, b):
     if a is None:
         return b
@@ -129,9 +135,11 @@ def _event_json(path, lineno, e) -> str:
 
 def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None = None,
         window: float, join_window: float,
-        json_out: bool, out, err=sys.stderr, line_max: int = 65536, own_rules=None) -> dict:
+        json_out: bool, out, err=sys.stderr, line_max: int = 65536, own_rules=None,
+        warnings=None) -> dict:
     """Read `paths`, write the report to `out`, return the summary. The gates shown are those
-    open at `at` (--now), else at the time of the last line read."""
+    open at `at` (--now), else at the time of the last line read. `warnings`: a
+    logtrust.LogWarnings, whose messages go to `err`."""
     engine = Engine(packs, clock, join_window)
     stats = engine.stats
     # Replayed history: each event is judged at its own time; only the window applies.
@@ -146,6 +154,8 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
             raise DryRunError(f"{path}: " + ("is a directory" if os.path.isdir(path)
                                               else _why_unreadable(path)))
         lineno = 0
+        if warnings is not None:
+            _warn(err, warnings.file(path))
         try:
             if scanner is None:
                 blocks = _own_file_blocks(path, matcher, own_rules, line_max)
@@ -156,6 +166,8 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
                 stats.merge(block_stats, lambda w: (w[0], base + w[1] + 1))
                 last_time = _later(last_time, block_stats.last_time)
                 for index, event, cut_mark in events:
+                    if warnings is not None and event is not None:
+                        _warn(err, warnings.event(path, event))
                     for e in engine.sequence(event, cut_mark):
                         if e.time is not None:
                             gates.on_event(e, e.time.timestamp())

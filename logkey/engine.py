@@ -197,7 +197,7 @@ class Engine:
             return None
         return Event(rule.kind, ip, m.user, m.protocol, self.clock.time(header), rule.pack,
                      rule.id, m.session, m.pid, rule.join,
-                     header.host.decode("ascii") if header.host else None)
+                     header.host.decode("ascii") if header.host else None, header.format)
 
     def _no_match(self, rules, program, message, where):
         if not NEAR_MISS_WORDS.search(message):

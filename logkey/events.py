@@ -52,6 +52,7 @@ class Event:
     pid: str | None = None
     join: str | None = None    # "pid" when the rule joins by pid
     host: str | None = None    # the syslog host, when the line names one
+    header: str | None = None  # the line's header format (headers.py): rfc3164, rfc3339 ...
 
 
 def canonical_ip(text: str) -> str | None:

@@ -10,9 +10,14 @@ actions out; the caller owns the clock, the store and the log.
 - Never: `never_gate` networks (default loopback: webmail logging in from 127.0.0.1 must not
   open relay for localhost), `never_gate_users`; only `only_gate` networks when set.
 - `max_ips_per_user`: a user with that many distinct open gates gets no new one (a stolen
-  password used from a botnet must not open the relay for the botnet), and a warning.
+  password used from a botnet must not open the relay for the botnet).
 - `ipv6_prefix`: gate the client's IPv6 network (privacy addresses change between the POP and
   the SMTP connection) instead of the exact address.
+
+Every decision is an action, so the caller can log each one (docs/log-lines.md): Put (a gate
+opened, or refreshed by a login, a logout or an open session), Delete (closed: expired, by a
+logout, or removed from the store by hand), Refuse (a login that opens nothing, and why).
+A login too old to matter (read again after a restart) is no decision and gives nothing.
 
 `counts` tallies the decisions (metrics and `logkey status` read it): opened, refreshed (a
 login on an open gate), extended (an open session's gate pushed on), stale (a login older than
@@ -42,20 +47,38 @@ class PolicyConfig:
     logout_packs: frozenset = frozenset()     # packs that report logouts (sessions tracked)
 
 
+# Why a gate was written, closed or refused: the words of the audit lines (docs/log-lines.md).
+OPEN, LOGIN_REFRESH, LOGOUT_REFRESH, SESSION = "open", "login", "logout", "session"
+EXPIRED, LOGGED_OUT, REMOVED = "expired", "logout", "removed"
+NEVER_GATE, ONLY_GATE, NEVER_GATE_USERS, MAX_IPS = (
+    "never_gate", "only_gate", "never_gate_users", "max_ips_per_user")
+
+
 @dataclass
 class Put:
     gate: GateRecord
-    new: bool = False            # a gate that was not open before (worth an info line)
+    new: bool = False            # a gate that was not open before
+    why: str = field(default=OPEN, compare=False)       # OPEN, LOGIN_REFRESH, LOGOUT_REFRESH, SESSION
+    event: Event | None = field(default=None, compare=False)    # the login or logout, if any
+    source: str | None = field(default=None, compare=False)     # ... and its line
 
 
 @dataclass
 class Delete:
     key: str
+    why: str = field(default=EXPIRED, compare=False)    # EXPIRED, LOGGED_OUT, REMOVED
+    gate: GateRecord | None = field(default=None, compare=False)   # what was closed
 
 
 @dataclass
-class Warn:
-    message: str
+class Refuse:
+    """A login that opens no gate: `reason` is the setting that refused it, `detail` the
+    matching network or the count."""
+    event: Event
+    key: str
+    source: str | None
+    reason: str                  # NEVER_GATE, ONLY_GATE, NEVER_GATE_USERS, MAX_IPS
+    detail: str | None = None
 
 
 @dataclass
@@ -65,11 +88,25 @@ class _Gate:
     last: float = 0.0                               # time of the last login or logout
 
 
+PUT_TALLY = {OPEN: "opened", LOGIN_REFRESH: "refreshed", SESSION: "extended"}
+DELETE_TALLY = {EXPIRED: "expired", LOGGED_OUT: "closed:logout", REMOVED: "closed:hand"}
+
+
 class GatePolicy:
     def __init__(self, config: PolicyConfig):
         self.config = config
         self.gates: dict[str, _Gate] = {}
         self.counts: Counter = Counter()            # decisions, see the module docstring
+
+    def _tally(self, actions: list) -> list:
+        for action in actions:
+            if isinstance(action, Refuse):
+                self.counts["refused:" + action.reason] += 1
+            else:
+                name = (PUT_TALLY if isinstance(action, Put) else DELETE_TALLY).get(action.why)
+                if name:
+                    self.counts[name] += 1
+        return actions
 
     # --- the key of a gate ----------------------------------------------------------------
     def key_for(self, ip: str) -> str:
@@ -78,26 +115,24 @@ class GatePolicy:
             return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
         return ip
 
-    def refused(self, ip: str, user: str | None) -> str | None:
-        """Why this IP/user never gets a gate, or None."""
-        found = self._refusal(ip, user)
-        return found[1] if found else None
-
-    def _refusal(self, ip: str, user: str | None) -> tuple[str, str] | None:
-        """(the setting that refuses this IP/user, why), or None."""
+    def refused(self, ip: str, user: str | None) -> tuple[str, str | None] | None:
+        """(setting, detail) when this IP/user never gets a gate, else None."""
         addr = ipaddress.ip_address(ip)
         for net in self.config.never_gate:
             if addr.version == net.version and addr in net:
-                return "never_gate", f"{ip} is in never_gate {net}"
+                return NEVER_GATE, str(net)
         if self.config.only_gate is not None and not any(
                 addr.version == net.version and addr in net for net in self.config.only_gate):
-            return "only_gate", f"{ip} is not in only_gate"
+            return ONLY_GATE, None
         if user is not None and user in self.config.never_gate_users:
-            return "never_gate_users", f"user {user} is in never_gate_users"
+            return NEVER_GATE_USERS, None
         return None
 
     # --- events ---------------------------------------------------------------------------
     def on_event(self, event: Event, now: float, source: str | None = None) -> list:
+        return self._tally(self._on_event(event, now, source))
+
+    def _on_event(self, event: Event, now: float, source: str | None) -> list:
         if event.ip is None or event.time is None:
             return []
         t = min(event.time.timestamp(), now)            # clock skew: never in the future
@@ -108,10 +143,9 @@ class GatePolicy:
             if t + window <= now:
                 self.counts["stale"] += 1
                 return []                               # too old to matter
-            refusal = self._refusal(event.ip, event.user)
-            if refusal is not None:
-                self.counts["refused:" + refusal[0]] += 1
-                return []                               # never
+            refused = self.refused(event.ip, event.user)
+            if refused:
+                return [Refuse(event, key, source, *refused)]
             new = gate is None or gate.record.expires <= now
             if new:
                 limit = self.config.max_ips_per_user
@@ -119,13 +153,10 @@ class GatePolicy:
                     held = sum(1 for g in self.gates.values()
                                if g.record.user == event.user and g.record.expires > now)
                     if held >= limit:
-                        self.counts["refused:max_ips_per_user"] += 1
-                        return [Warn(f"user {event.user}: {held} open gates already "
-                                     f"(max_ips_per_user {limit}); no gate for {event.ip}")]
+                        return [Refuse(event, key, source, MAX_IPS, f"{held} open, limit {limit}")]
                 gate = _Gate(GateRecord(key, event.user, event.pack, event.protocol, t,
                                         t + window, source), last=t)
                 self.gates[key] = gate
-            self.counts["opened" if new else "refreshed"] += 1
             rec = gate.record
             if t >= gate.last:                          # the latest login names the gate
                 rec.user = event.user or rec.user
@@ -135,7 +166,7 @@ class GatePolicy:
             if event.pack in self.config.logout_packs:
                 gate.sessions[event.session or event.user or ""] = t
                 self._extend(gate, now)
-            return [Put(rec, new)]
+            return [Put(rec, new, OPEN if new else LOGIN_REFRESH, event, source)]
         if event.kind == LOGOUT and gate is not None and gate.record.expires > now:
             for sid in (event.session, event.user):
                 if sid and sid in gate.sessions:
@@ -146,13 +177,13 @@ class GatePolicy:
                     gate.sessions.clear()
             gate.last = max(gate.last, t)
             rec = gate.record
+            rec.source = source or rec.source           # the line that last set the expiry
             rec.expires = gate.last + window            # the logout sets the expiry ...
             self._extend(gate, now)                     # ... unless other sessions stay open
             if rec.expires <= now:
                 del self.gates[key]
-                self.counts["closed:logout"] += 1
-                return [Delete(key)]
-            return [Put(rec)]
+                return [Delete(key, LOGGED_OUT, rec)]
+            return [Put(rec, why=LOGOUT_REFRESH, event=event, source=source)]
         return []
 
     def _extend(self, gate: _Gate, now: float) -> bool:
@@ -181,20 +212,17 @@ class GatePolicy:
         for key, gate in list(self.gates.items()):
             if gate.record.expires <= now:
                 del self.gates[key]
-                self.counts["expired"] += 1
-                actions.append(Delete(key))
+                actions.append(Delete(key, EXPIRED, gate.record))
                 continue
             if still_stored is not None and (gate.sessions or check_all) \
                     and not still_stored(key):
                 del self.gates[key]
-                self.counts["closed:hand"] += 1
-                actions.append(Delete(key))
+                actions.append(Delete(key, REMOVED, gate.record))
                 continue
             if gate.sessions:
                 if self._extend(gate, now):
-                    self.counts["extended"] += 1
-                    actions.append(Put(gate.record))
-        return actions
+                    actions.append(Put(gate.record, why=SESSION))
+        return self._tally(actions)
 
     def adopt(self, records, now: float) -> None:
         """Take over the gates a store already holds (at start), for max_ips_per_user."""

@@ -4,7 +4,7 @@ Reads: the configured logs (follow.py), the store at start (to adopt its open ga
 Writes: gates to the store, read offsets to state_dir, its own log to stderr, and the
 configured `exports:` (exports.py): brought to the open gates after every flush that changed
 gates and on every tick where a gate expired or was closed, so an expired gate leaves them
-within a tick (a second), with no log line.
+within a tick (a second).
 Trust: events come from the engine (packs linted, IPs canonical); the policy decides; the
 store is written only with validated keys. Offsets are saved only once every gate the lines
 opened is in the store, so a crash or a store outage loses no login, and a line read again
@@ -15,12 +15,16 @@ popwrap: when `popwrap.socket` is set, the watcher takes login/logout datagrams 
 Status and metrics: every few seconds the offsets are committed and `state_dir/watch.status`
 (JSON) written (watchstatus.py; `logkey status` reads both); with `metrics.watch` set,
 Prometheus metrics are served over HTTP on that address (metrics.py, imported only then).
+Audit: every gate decision (opened, refreshed, refused, closed) is one line of its own log
+(audit.py; all lines in docs/log-lines.md); a followed file that others can write, or logins
+read from forgeable syslog lines, give one warning per file (logtrust.py).
 Config: logs, packs, store, state_dir, window, max_session, never_gate*, only_gate,
 max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports, popwrap, metrics.
 """
 from __future__ import annotations
 
 import fnmatch
+import glob
 import ipaddress
 import logging
 import os
@@ -31,11 +35,13 @@ import time
 from collections import Counter
 from datetime import timedelta
 
+from . import audit
 from .engine import Engine
 from .errors import LogkeyError
 from .follow import Follower
-from .gates import Delete, GatePolicy, PolicyConfig, Put, Warn
+from .gates import Delete, GatePolicy, PolicyConfig, Put
 from .headers import Clock, parse
+from .logtrust import LogWarnings
 from .match import PackSet, own_file_rules
 from .packs import load_packs
 from .stores import Store, StoreError, open_store
@@ -112,10 +118,11 @@ class Watcher:
         self.store_errors = self.store_retries = 0
         self.status = self.metrics = None
         self.store = None if observe else (store or open_store(cfg.store))
+        self.trust = LogWarnings()
+        self.trust_checked: set[str] = set()    # paths whose permissions were looked at
         self._install(cfg, *build(cfg))
         self.policy = GatePolicy(self.policy_config)
         self.pending: dict[str, object] = {}    # key -> GateRecord to write, or None to delete
-        self.new_keys: set[str] = set()         # pending keys that are new gates
         self.outage_since: float | None = None
         self.next_retry = 0.0
         self.retry_wait = 1.0
@@ -132,6 +139,11 @@ class Watcher:
                 self.policy.adopt(self.store.scan(self.now()), self.now())
             except StoreError as exc:
                 self._outage(exc)
+            if self.policy.gates:
+                log.info("%d open gate(s) taken over from the store", len(self.policy.gates))
+        for entry in cfg.logs:                  # files there now; later ones when first read
+            for path in sorted(glob.glob(entry["path"])):
+                self._check_file(path)
         self.status = StatusWriter(self)
         if cfg.metrics["watch"]:
             from .metrics import MetricsError, serve_watch
@@ -144,6 +156,7 @@ class Watcher:
     # --- configuration ----------------------------------------------------------------------
     def _install(self, cfg, packs: PackSet, pconf: PolicyConfig) -> None:
         self.cfg, self.packs, self.policy_config = cfg, packs, pconf
+        self.trust.entries = list(cfg.logs)
         self.clock = Clock(None, cfg.timezone)
         base = Engine(packs, self.clock, cfg.join_window)
         if getattr(self, "base", None) is not None:
@@ -225,7 +238,12 @@ class Watcher:
                 continue
             engine, own = self._engine_for(line.path)
             self.base.stats.lines += 1
-            for event in engine.feed_line(line.data, (line.path, line.lineno), own):
+            if line.path not in self.trust_checked:
+                self._check_file(line.path)
+            raw = engine.match_line(line.data, (line.path, line.lineno), own)
+            if raw is not None:                 # a login from a forgeable syslog line?
+                self._warn(self.trust.event(line.path, raw))
+            for event in engine.sequence(raw, engine.cut_mark):
                 if self.shift and event.time is not None:
                     event.time += timedelta(seconds=self.shift)
                 source = f"{line.path}:{line.lineno}" if line.lineno else line.path
@@ -248,6 +266,15 @@ class Watcher:
         self.last_events[event.pack] = {
             "kind": event.kind, "seen": time.time(),
             "time": event.time.timestamp() if event.time is not None else None}
+
+    def _check_file(self, path: str) -> None:
+        self.trust_checked.add(path)
+        self._warn(self.trust.file(path))
+
+    @staticmethod
+    def _warn(message: str | None) -> None:
+        if message:
+            log.warning("%s", message)
 
     def _still_stored(self, key: str) -> bool:
         """Whether the store still holds a gate (False: closed by hand); True when unsure."""
@@ -277,19 +304,12 @@ class Watcher:
 
     def _apply(self, actions) -> None:
         for action in actions:
+            log.log(audit.level(action), "%s", audit.line(action, self.observe))
             if isinstance(action, Put):
-                g = action.gate
-                if action.new:
-                    self.new_keys.add(g.key)
-                if self.observe and action.new:
-                    log.info("would open %s for %s (%s, %s) until %s", g.key, g.user, g.pack,
-                             g.protocol, time.strftime("%H:%M:%S", time.localtime(g.expires)))
-                self.pending[g.key] = action.gate
+                self.pending[action.gate.key] = action.gate
             elif isinstance(action, Delete):
                 self.pending[action.key] = None
                 self.exports_dirty = True       # a closed gate leaves the exports at once
-            elif isinstance(action, Warn):
-                log.warning("%s", action.message)
 
     def _flush(self, now: float) -> None:
         if self.observe:
@@ -313,10 +333,8 @@ class Watcher:
                     self.store.delete(key)
                 elif gate.expires > now:
                     self.store.put(gate)
-                    log.log(logging.INFO if key in self.new_keys else logging.DEBUG,
-                            "gate %s for %s (%s) until %s", key, gate.user, gate.pack,
-                            time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(gate.expires)))
-                self.new_keys.discard(key)
+                    log.debug("stored %s until %s", key,
+                              time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(gate.expires)))
                 del self.pending[key]
         except StoreError as exc:
             self._outage(exc)

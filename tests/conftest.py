@@ -122,6 +122,20 @@ def redis_server():
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.fixture
+def open_tmp():
+    """A temp dir other uids can reach (pytest's tmp_path lies under a 0700 directory), for
+    tests that run programs as unprivileged users; removed afterwards."""
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="logkey-open-")
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def pytest_report_header(config):
     """The server versions the end-to-end suite runs against (tests/test_e2e*.py)."""
     from servers import versions

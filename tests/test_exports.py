@@ -355,7 +355,11 @@ def test_running_watch_drops_an_expired_gate_from_every_export_on_time(tmp_path,
     assert answer("127.0.0.2") == "norelay 127.0.0.2"
     assert answer("127.0.0.3") == "norelay 127.0.0.3"
     time.sleep(1.2)                                         # a few more ticks: still quiet
-    assert errpath.read_text() == log_before                # no log traffic for an expiry
+    after = errpath.read_text()                             # the expiry's one audit line only
+    assert after.startswith(log_before)
+    assert after[len(log_before):].startswith("<6>gate close ip=127.0.0.2 user=alice ")
+    assert after[len(log_before):].endswith(" reason=expired\n")
+    assert after[len(log_before):].count("\n") == 1
     assert watch.poll() is None
     watch.send_signal(signal.SIGTERM)
     assert watch.wait(10) == 0

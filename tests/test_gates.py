@@ -3,7 +3,7 @@ import ipaddress
 from datetime import datetime, timezone
 
 from logkey.events import Event
-from logkey.gates import Delete, GatePolicy, PolicyConfig, Put, Warn
+from logkey.gates import Delete, GatePolicy, PolicyConfig, Put, Refuse
 
 T0 = 1_800_000_000.0
 
@@ -100,26 +100,36 @@ def test_a_gate_closed_by_hand_is_not_re_extended():
         [Delete("192.0.2.8")]                                           # ... unless all are
 
 
+def refusal(actions):
+    """(reason, detail) of the one Refuse in `actions`."""
+    [refuse] = actions
+    assert isinstance(refuse, Refuse)
+    return refuse.reason, refuse.detail
+
+
 def test_never_gate_only_gate_and_users():
     p = policy()
-    assert p.on_event(ev("login", "127.0.0.1", T0), now=T0) == []
-    assert p.on_event(ev("login", "::1", T0), now=T0) == []
-    assert p.on_event(ev("login", "127.0.0.2", T0), now=T0) != []
+    assert refusal(p.on_event(ev("login", "127.0.0.1", T0), now=T0)) == \
+        ("never_gate", "127.0.0.1/32")
+    assert refusal(p.on_event(ev("login", "::1", T0), now=T0)) == ("never_gate", "::1/128")
+    assert isinstance(p.on_event(ev("login", "127.0.0.2", T0), now=T0)[0], Put)
     p = policy(never_gate=[ipaddress.ip_network("10.0.0.0/8")],
                only_gate=[ipaddress.ip_network("192.0.2.0/24")],
                never_gate_users=frozenset({"webmail"}))
-    assert p.on_event(ev("login", "10.1.2.3", T0), now=T0) == []
-    assert p.on_event(ev("login", "198.51.100.1", T0), now=T0) == []
-    assert p.on_event(ev("login", "192.0.2.9", T0, user="webmail"), now=T0) == []
-    assert p.on_event(ev("login", "192.0.2.9", T0), now=T0) != []
+    assert refusal(p.on_event(ev("login", "10.1.2.3", T0), now=T0)) == ("never_gate", "10.0.0.0/8")
+    assert refusal(p.on_event(ev("login", "198.51.100.1", T0), now=T0)) == ("only_gate", None)
+    assert refusal(p.on_event(ev("login", "192.0.2.9", T0, user="webmail"), now=T0)) == \
+        ("never_gate_users", None)
+    assert isinstance(p.on_event(ev("login", "192.0.2.9", T0), now=T0)[0], Put)
+    assert p.gates.keys() == {"192.0.2.9"}
 
 
 def test_max_ips_per_user():
     p = policy(max_ips_per_user=2)
     assert p.on_event(ev("login", "192.0.2.1", T0), now=T0)
     assert p.on_event(ev("login", "192.0.2.2", T0), now=T0)
-    [warn] = p.on_event(ev("login", "192.0.2.3", T0), now=T0)
-    assert isinstance(warn, Warn) and "max_ips_per_user" in warn.message
+    assert refusal(p.on_event(ev("login", "192.0.2.3", T0), now=T0)) == \
+        ("max_ips_per_user", "2 open, limit 2")
     assert "192.0.2.3" not in p.gates
     assert p.on_event(ev("login", "192.0.2.1", T0 + 10), now=T0 + 10)   # an open one extends
     assert p.on_event(ev("login", "192.0.2.3", T0, user="alice"), now=T0)  # other users fine
@@ -168,3 +178,27 @@ def test_counts_name_every_decision():
         "opened": 3, "refreshed": 1, "refused:max_ips_per_user": 1, "refused:never_gate": 1,
         "refused:only_gate": 1, "refused:never_gate_users": 1, "stale": 1, "extended": 1,
         "closed:hand": 1, "expired": 1, "closed:logout": 1}
+
+
+def test_every_decision_says_why():
+    """The audit log (audit.py) names each decision: open, refresh by login/logout/session,
+    close by expiry/logout/removal; closes carry the record that was closed."""
+    p = policy(window=600, logout_packs=frozenset({"dovecot"}))
+    [a] = p.on_event(ev("login", "192.0.2.7", T0, session="S"), now=T0)
+    assert (a.new, a.why) == (True, "open")
+    [a] = p.on_event(ev("login", "192.0.2.7", T0 + 10, session="S2"), now=T0 + 10)
+    assert (a.new, a.why) == (False, "login")
+    [a] = p.on_tick(T0 + 400)
+    assert (type(a), a.why) == (Put, "session")
+    [a] = p.on_event(ev("logout", "192.0.2.7", T0 + 420, session="S"), now=T0 + 420)
+    assert (type(a), a.why) == (Put, "logout")
+    for second in range(430, 1500, 10):         # S2 stays open: extended past its window
+        p.on_tick(T0 + second)
+    [a] = p.on_event(ev("logout", "192.0.2.7", T0 + 800, session="S2"), now=T0 + 1500)
+    assert (type(a), a.why, a.gate.user) == (Delete, "logout", "bob")     # read late
+    p.on_event(ev("login", "192.0.2.8", T0, pack="qpopper"), now=T0)
+    [a] = p.on_tick(T0 + 600)
+    assert (a.key, a.why, a.gate.pack) == ("192.0.2.8", "expired", "qpopper")
+    p.on_event(ev("login", "192.0.2.9", T0 + 700, pack="qpopper"), now=T0 + 700)
+    [a] = p.on_tick(T0 + 710, still_stored=lambda key: False, check_all=True)
+    assert (a.key, a.why) == ("192.0.2.9", "removed")

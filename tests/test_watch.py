@@ -192,7 +192,7 @@ def test_observe_writes_no_gate(tmp_path):
     (tmp_path / "mail.log").write_text(login("198.51.100.30"))
     proc = run_logkey("watch", "--config", str(cfg), "--once", "--observe")
     assert proc.returncode == 0
-    assert "would open 198.51.100.30" in proc.stderr.decode()
+    assert "would open ip=198.51.100.30 user=alice pack=dovecot " in proc.stderr.decode()
     assert not (tmp_path / "gates").exists() or not list((tmp_path / "gates").iterdir())
 
 

@@ -33,7 +33,8 @@ Decisions
   removes it). `delete()` returns True only if the gate it removed was open.
 - Names that are not ours (not a canonical key, not our temp pattern) are ignored, not removed.
 - The directory is created with mode 0750 (group `group` if given); an existing directory that
-  others may write to is refused. With `group`, files are chgrp'ed to it too.
+  its group or others may write to is refused (whoever can write there opens gates: the
+  checkers' group reads, never writes). With `group`, files are chgrp'ed to it too.
 
 Errors: every OSError becomes StoreError with one line; an invalid key is ValueError.
 """
@@ -119,8 +120,11 @@ class DirStore(Store):
             st = os.stat(self.path)
             if not stat.S_ISDIR(st.st_mode):
                 raise StoreError(f"gate store {self.path}: not a directory")
-            if st.st_mode & stat.S_IWOTH:
-                raise StoreError(f"gate store {self.path}: directory is writable by others")
+            if st.st_mode & (stat.S_IWOTH | stat.S_IWGRP):    # whoever writes opens gates
+                raise StoreError(f"gate store {self.path}: directory is writable by "
+                                 f"{'others' if st.st_mode & stat.S_IWOTH else 'its group'} "
+                                 f"(mode {stat.S_IMODE(st.st_mode):04o}); only logkey's user "
+                                 "may write there")
             if self.gid is not None and st.st_gid != self.gid:
                 os.chown(self.path, -1, self.gid)
         except OSError as e:
