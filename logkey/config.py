@@ -122,10 +122,20 @@ def _logs(v):
         if isinstance(entry, str):
             entry = {"path": entry}
         if not isinstance(entry, dict):
-            raise ValueError(f"[{i}]: must be a mapping with path:")
+            raise ValueError(f"[{i}]: must be a mapping with path: or journal:")
+        if "journal" in entry:              # the systemd journal (journal.py)
+            if set(entry) != {"journal"}:
+                raise ValueError(f"[{i}].{sorted(set(entry) - {'journal'})[0]}: a journal "
+                                 "entry has its keys inside journal: (match, program, packs, "
+                                 "directory, files)")
+            from .journal import parse_source
+            out.append({"path": None, "packs": None, "own_file": None,
+                        "journal": parse_source(entry["journal"], f"[{i}].journal")})
+            continue
         bad = set(entry) - {"path", "packs", "own_file"}
         if bad:
-            raise ValueError(f"[{i}].{sorted(bad)[0]}: unknown key (known: path, packs, own_file)")
+            raise ValueError(f"[{i}].{sorted(bad)[0]}: unknown key (known: path, packs, "
+                             "own_file; or journal:)")
         path = entry.get("path")
         if not isinstance(path, str) or not path:
             raise ValueError(f"[{i}].path: must be a path or glob")
@@ -136,7 +146,7 @@ def _logs(v):
         own = entry.get("own_file")
         if own is not None and not isinstance(own, str):
             raise ValueError(f"[{i}].own_file: must be a pack name")
-        out.append({"path": path, "packs": packs, "own_file": own})
+        out.append({"path": path, "packs": packs, "own_file": own, "journal": None})
     return out
 
 
@@ -264,7 +274,8 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
                      "directory of local packs; a local pack overrides a shipped one by name"),
     "line_max": (65536, _positive_int, "bytes; a longer log line is counted and skipped"),
     "logs": ([], _logs, "log files to follow (paths or globs), each with optional packs: "
-                        "[NAME...] and own_file: PACK"),
+                        "[NAME...] and own_file: PACK; or journal: {match, program, packs, "
+                        "directory, files} for the systemd journal"),
     "store": ({"type": "dir", "path": "/var/lib/logkey/gates"}, _store,
               "the gate store: {type: dir, path: DIR, group: NAME} or "
               "{type: redis, url: URL, prefix: logkey:gate:}"),
@@ -361,6 +372,13 @@ def _resolve_relative(values: dict, base: str) -> None:
     def resolve(p):
         return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
     for entry in values.get("logs", []):
+        if entry["journal"] is not None:
+            source = entry["journal"]
+            if source["directory"]:
+                source["directory"] = resolve(source["directory"])
+            if source["files"]:
+                source["files"] = [resolve(f) for f in source["files"]]
+            continue
         entry["path"] = resolve(entry["path"])
     store = values.get("store")
     if store and store.get("type") == "dir":
