@@ -306,6 +306,21 @@ def test_dry_run_errors_are_one_line(tmp_path):
 
 
 # --- watch on real journal files -------------------------------------------------------------
+def children(pid, comm="journalctl"):
+    """Pids of `comm` processes whose parent is `pid` (from /proc: no procps needed)."""
+    found = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                head, tail = f.read().rsplit(")", 1)
+        except (FileNotFoundError, ProcessLookupError):          # gone meanwhile
+            continue
+        fields = tail.split()
+        if head.split("(", 1)[1] == comm and fields[1] == str(pid) and fields[0] != "Z":
+            found.append(int(d))
+    return found
+
+
 def journal_log_counts(w):
     """The counts the watcher logs for its journal source when it stops."""
     found = re.findall(r"(\d+) entries read: (\d+) accepted, (\d+) refused", w.log())
@@ -358,10 +373,8 @@ def test_watch_once_and_a_restarted_journalctl(tmp_path, watch):
     # journalctl killed under a running watcher: restarted after the last cursor read.
     w = watch(cfg)
     wait_for(lambda: "reading after the saved cursor" in w.log(), what="journalctl started")
-    children = subprocess.run(["pgrep", "-P", str(w.proc.pid), "journalctl"],
-                              capture_output=True, text=True).stdout.split()
-    assert len(children) == 1
-    os.kill(int(children[0]), signal.SIGKILL)
+    (child,) = children(w.proc.pid)
+    os.kill(child, signal.SIGKILL)
     wait_for(lambda: "journalctl exited" in w.log(), what="the exit noticed")
     j.write(j.entry(DOVECOT, login("198.51.100.31")))
     wait_for(lambda: gate_file(tmp_path, "198.51.100.31").exists(), what="gate after restart")
@@ -374,8 +387,7 @@ def test_a_killed_watcher_leaves_no_journalctl_behind(tmp_path, watch):
     j.write(j.entry(DOVECOT, login("198.51.100.40")))
     w = watch(config(tmp_path))
     wait_for(lambda: gate_file(tmp_path, "198.51.100.40").exists(), what="gate")
-    (child,) = subprocess.run(["pgrep", "-P", str(w.proc.pid), "journalctl"],
-                              capture_output=True, text=True).stdout.split()
+    (child,) = children(w.proc.pid)
     w.stop(signal.SIGKILL)
 
     def gone():
