@@ -1,10 +1,12 @@
 """`logkey watch`: follow the mail logs into the gate store.
 
-Reads: the configured logs (follow.py), the store at start (to adopt its open gates).
-Writes: gates to the store, read offsets to state_dir, its own log to stderr, and the
-configured `exports:` (exports.py): brought to the open gates after every flush that changed
-gates and on every tick where a gate expired or was closed, so an expired gate leaves them
-within a tick (a second), with no log line.
+Reads: the configured logs (follow.py), the systemd journal for `journal:` entries of logs
+(journal.py: one journalctl each; only entries whose trusted fields match reach the packs,
+the others are counted and logged), the store at start (to adopt its open gates).
+Writes: gates to the store, read offsets and journal cursors to state_dir, its own log to
+stderr, and the configured `exports:` (exports.py): brought to the open gates after every
+flush that changed gates and on every tick where a gate expired or was closed, so an expired
+gate leaves them within a tick (a second), with no log line.
 Trust: events come from the engine (packs linted, IPs canonical); the policy decides; the
 store is written only with validated keys. Offsets are saved only once every gate the lines
 opened is in the store, so a crash or a store outage loses no login, and a line read again
