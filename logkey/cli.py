@@ -51,14 +51,42 @@ def cmd_dry_run(args) -> int:
             raise UsageError(f"--own-file: pack {args.own_file!r} is not loaded or has no "
                              "untagged rules")
         own_rules = own_file_rules(pack)
+    if not args.files and not args.journal:
+        raise UsageError("dry-run: give FILEs to read, or --journal")
+    journals = _journal_sources(cfg, packs) if args.journal else []
     # "now" is read once, so every worker infers RFC 3164 years from the same instant.
     clock = Clock(now or datetime.now(timezone.utc), cfg.timezone)
     from .logtrust import LogWarnings
     run(args.files, packs, clock, at=now, window=cfg.window,
         join_window=cfg.join_window, json_out=args.json, out=sys.stdout,
-        line_max=cfg.line_max, own_rules=own_rules,
+        line_max=cfg.line_max, own_rules=own_rules, journals=journals,
         warnings=LogWarnings(cfg.logs, own_file=own_rules is not None))
     return 0
+
+
+def _journal_sources(cfg, packs):
+    """dry-run --journal: the configuration's journal entries, else the system journal checked
+    against the loaded packs' own expectations."""
+    from . import journal
+    from .match import PackSet
+    entries = [(f"logs[{i}].journal", e["journal"]) for i, e in enumerate(cfg.logs)
+               if e["journal"] is not None]
+    if not entries:
+        entries = [("--journal", journal.parse_source({}, "--journal"))]
+    out = []
+    for where, source in entries:
+        missing = [n for n in source["packs"] or () if n not in packs.packs]
+        if missing:
+            raise UsageError(f"{where}.packs: pack {missing[0]!r} is not loaded")
+        try:
+            exps = journal.expectations(source, packs, where)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        subset = packs if not source["packs"] else PackSet(
+            [packs.packs[n] for n in source["packs"]])
+        out.append((source, exps, subset))
+    journal.journalctl()
+    return out
 
 
 def cmd_packs_list(args) -> int:
@@ -69,6 +97,9 @@ def cmd_packs_list(args) -> int:
         print(f"{pack.name}: {pack.description}")
         print(f"  programs: {', '.join(pack.programs)}")
         print(f"  events:   {', '.join(r.id for r in pack.rules + pack.untagged)}")
+        for program, match in (pack.journal or {}).items():
+            print(f"  journal:  {program} = " + " ".join(
+                f"{k}={'|'.join(sorted(v))}" for k, v in match.items()))
         print(f"  samples:  {len(pack.samples)} from {', '.join(sources)}")
         print(f"  file:     {pack.path}")
     return 0
@@ -156,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pin 'now' (year of RFC 3164 stamps, gates open at the end)")
     p.add_argument("--own-file", metavar="PACK",
                    help="the files are PACK's own log: try its untagged rules on every line")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--journal", action="store_true",
+                   help="read the systemd journal (the configuration's journal: entries, else "
+                        "the system journal); only entries whose trusted fields match count")
+    p.add_argument("files", nargs="*", metavar="FILE")
     p.set_defaults(func=cmd_dry_run)
 
     p = sub.add_parser("packs", help="list or test pattern packs",

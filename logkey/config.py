@@ -123,11 +123,20 @@ def _logs(v):
         if isinstance(entry, str):
             entry = {"path": entry}
         if not isinstance(entry, dict):
-            raise ValueError(f"[{i}]: must be a mapping with path:")
+            raise ValueError(f"[{i}]: must be a mapping with path: or journal:")
+        if "journal" in entry:              # the systemd journal (journal.py)
+            if set(entry) != {"journal"}:
+                raise ValueError(f"[{i}].{sorted(set(entry) - {'journal'})[0]}: a journal "
+                                 "entry has its keys inside journal: (match, program, packs, "
+                                 "directory, files)")
+            from .journal import parse_source
+            out.append({"path": None, "packs": None, "own_file": None, "sender_verified": True,
+                        "journal": parse_source(entry["journal"], f"[{i}].journal")})
+            continue
         bad = set(entry) - {"path", "packs", "own_file", "sender_verified"}
         if bad:
-            raise ValueError(f"[{i}].{sorted(bad)[0]}: unknown key "
-                             "(known: path, packs, own_file, sender_verified)")
+            raise ValueError(f"[{i}].{sorted(bad)[0]}: unknown key (known: path, packs, "
+                             "own_file, sender_verified; or journal:)")
         path = entry.get("path")
         if not isinstance(path, str) or not path:
             raise ValueError(f"[{i}].path: must be a path or glob")
@@ -142,7 +151,7 @@ def _logs(v):
         if not isinstance(verified, bool):
             raise ValueError(f"[{i}].sender_verified: must be true or false")
         out.append({"path": path, "packs": packs, "own_file": own,
-                    "sender_verified": verified})
+                    "sender_verified": verified, "journal": None})
     return out
 
 
@@ -315,7 +324,9 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
     "line_max": (65536, _positive_int, "bytes; a longer log line is counted and skipped"),
     "logs": ([], _logs, "log files to follow (paths or globs), each with optional packs: "
                         "[NAME...], own_file: PACK and sender_verified: true (the log daemon "
-                        "lets only the real daemon's lines into this file; SECURITY.md)"),
+                        "lets only the real daemon's lines into this file; SECURITY.md); or "
+                        "journal: {match, program, packs, directory, files} for the systemd "
+                        "journal"),
     "store": ({"type": "dir", "path": "/var/lib/logkey/gates"}, _store,
               "the gate store: {type: dir, path: DIR, group: NAME} or "
               "{type: redis, url: URL, prefix: logkey:gate:}"),
@@ -415,6 +426,13 @@ def _resolve_relative(values: dict, base: str) -> None:
     def resolve(p):
         return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
     for entry in values.get("logs", []):
+        if entry["journal"] is not None:
+            source = entry["journal"]
+            if source["directory"]:
+                source["directory"] = resolve(source["directory"])
+            if source["files"]:
+                source["files"] = [resolve(f) for f in source["files"]]
+            continue
         entry["path"] = resolve(entry["path"])
     store = values.get("store")
     if store and store.get("type") == "dir":

@@ -13,6 +13,7 @@ import sys
 import time
 from datetime import datetime
 
+from . import journal
 from .engine import Engine, Stats
 from .errors import LogkeyError
 from .events import LOGIN, LOGOUT
@@ -136,10 +137,11 @@ def _event_json(path, lineno, e) -> str:
 def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None = None,
         window: float, join_window: float,
         json_out: bool, out, err=sys.stderr, line_max: int = 65536, own_rules=None,
-        warnings=None) -> dict:
-    """Read `paths`, write the report to `out`, return the summary. The gates shown are those
-    open at `at` (--now), else at the time of the last line read. `warnings`: a
-    logtrust.LogWarnings, whose messages go to `err`."""
+        journals=(), warnings=None) -> dict:
+    """Read `paths`, then each journal source ((source, expectations, packs), journal.py), write
+    the report to `out`, return the summary. The gates shown are those open at `at` (--now),
+    else at the time of the last line read. `warnings`: a logtrust.LogWarnings, whose messages
+    go to `err`."""
     engine = Engine(packs, clock, join_window)
     stats = engine.stats
     # Replayed history: each event is judged at its own time; only the window applies.
@@ -182,16 +184,49 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
             raise DryRunError(f"{path}: line {lineno + 1}: "
                               f"{getattr(exc, 'strerror', None) or exc}") from None
     progress.close()
+    journal_stats = []
+    for source, exps, subset in journals:
+        jstats, jlast = _journal(source, exps, Engine(subset, clock, join_window, shared=engine),
+                                 gates, line_max, write if json_out else None)
+        journal_stats.append((journal.label(source), jstats))
+        last_time = _later(last_time, jlast)
     at = at or last_time            # gates open at --now, else at the last line's time
     open_gates = [] if at is None else sorted(
         (g.record for g in gates.gates.values() if g.record.expires > at.timestamp()),
         key=lambda r: (r.expires, r.key))
     summary = _summary(stats, paths, at, open_gates)
+    if journals:
+        summary["journal"] = {name: j.summary() for name, j in journal_stats}
     if json_out:
         write(json.dumps(summary) + "\n")
     else:
         _human(summary, stats, out)
+        for name, j in journal_stats:
+            _human_journal(name, j, out)
     return summary
+
+
+def _journal(source, exps, engine, gates, line_max, write):
+    """Every entry of one journal source (journalctl without --follow): trusted ones through
+    the engine, the others counted. (JournalStats, time of the last event)."""
+    reader = journal.JournalReader(source, exps, follow=False, attach_window=None)
+    jstats, last, name = journal.JournalStats(), None, reader.label
+    try:
+        while True:
+            entries = reader.read()
+            if not entries:
+                break
+            engine.stats.lines += len(entries)
+            for where, header, _ in journal.accepted(entries, exps, jstats, name, line_max):
+                for e in engine.feed_header(header, where):
+                    if e.time is not None:
+                        gates.on_event(e, e.time.timestamp())
+                    last = _later(last, e.time)
+                    if write is not None:
+                        write(_event_json(name, where[1], e) + "\n")
+    finally:
+        reader.close()
+    return jstats, last
 
 
 def _summary(stats, paths, at, open_gates) -> dict:
@@ -217,6 +252,19 @@ def _summary(stats, paths, at, open_gates) -> dict:
         "open_gates": [{"ip": g.key, "until": datetime.fromtimestamp(g.expires, at.tzinfo)
                         .isoformat(), "user": g.user, "protocol": g.protocol} for g in open_gates],
     }
+
+
+def _human_journal(name, j, out) -> None:
+    s = j.summary()
+    out.write(f"Journal {name}: {s['entries']} entries read, {s['accepted']} accepted\n"
+              f"  refused: {s['refused']} (trusted fields match no expectation: forged, or "
+              f"another process)\n"
+              f"  unsafe: {s['unsafe']} (MESSAGE with a line break, CR, NUL or several values)   "
+              f"too long: {s['too_long']}   malformed: {s['malformed']}\n")
+    for where, text in j.refused_examples:
+        out.write(f"  {_where(where)}: {text}\n")
+    if s["refused"] > len(j.refused_examples):
+        out.write(f"  ... {s['refused'] - len(j.refused_examples)} more\n")
 
 
 def _where(w):

@@ -82,6 +82,14 @@ class Engine:
         event = self.match_line(line, where, own_rules)
         return self.sequence(event, self.cut_mark)
 
+    def feed_header(self, header: headers.Header, where=None) -> list[Event]:
+        """A header built by the caller (a journal entry: program from its trusted fields,
+        time from journald): the events it completes. The caller counts lines."""
+        self.cut_mark = None
+        self.stats.formats[header.format] += 1
+        event = self.match_header(header, where)
+        return self.sequence(event, self.cut_mark)
+
     def sequence(self, event: Event | None, cut_mark) -> list[Event]:
         """The order-dependent part, in log order: cut fragments, then correlation."""
         if cut_mark is not None:

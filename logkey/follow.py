@@ -176,17 +176,18 @@ class Follower:
             finally:
                 os.close(fd)
 
-    def wait(self, timeout: float, wake: int | None = None) -> None:
+    def wait(self, timeout: float, wake: int | list[int] | None = None) -> None:
         """Block until a followed file or directory changes, or `timeout` seconds pass, or
-        (when given) the file descriptor `wake` becomes readable."""
+        (when given) a file descriptor in `wake` becomes readable."""
         if self._more or timeout <= 0:
             return
+        wakes = [] if wake is None else [wake] if isinstance(wake, int) else list(wake)
         if self._ino is None:
             timeout = min(timeout, self.poll_interval)
-            if wake is None:
+            if not wakes:
                 time.sleep(timeout)
             else:
-                select.select([wake], [], [], timeout)
+                select.select(wakes, [], [], timeout)
             return
         if self._unwatched():
             timeout = min(timeout, self.poll_interval)
@@ -195,12 +196,13 @@ class Follower:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            if wake is None:
+            if not wakes:
                 if self._events(max(1, int(left * 1000))):
                     return
                 continue
-            ready = select.select([wake, self._ino.fileno()], [], [], left)[0]
-            if wake in ready or (ready and self._events(0)):
+            ino = self._ino.fileno()
+            ready = select.select(wakes + [ino], [], [], left)[0]
+            if any(fd != ino for fd in ready) or (ready and self._events(0)):
                 return
 
     def positions(self) -> dict[str, dict | None]:

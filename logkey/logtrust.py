@@ -124,6 +124,8 @@ class LogWarnings:
         full = os.path.abspath(path)
         for entry in self.entries:
             pattern = entry["path"]
+            if pattern is None:                 # a journal source (journal.py checks its own)
+                continue
             if full == pattern or path == pattern or fnmatch.fnmatchcase(full, pattern):
                 return bool(entry.get("own_file") or entry.get("sender_verified"))
         return False

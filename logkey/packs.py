@@ -23,7 +23,7 @@ from .match import PackSet
 GROUPS = frozenset(("ip", "user", "protocol", "session", "pid", "fields"))
 FIELD_TARGETS = frozenset(("ip", "user", "session", "protocol", "pid"))
 PACK_KEYS = frozenset(("description", "covers", "programs", "events", "untagged", "ignore",
-                       "protocols", "cut", "samples"))
+                       "protocols", "cut", "journal", "samples"))
 RULE_KEYS = frozenset(("id", "kind", "regex", "protocol", "fields", "join", "programs"))
 
 
@@ -64,6 +64,7 @@ class Pack:
     samples: list[dict]
     protocols: dict[str, str] = field(default_factory=dict)
     cut_at: int | None = None     # messages this long may be cut by the logger (see Dispatch)
+    journal: dict | None = None   # program -> {trusted journal field: accepted values} (journal.py)
 
 
 def shipped_dir() -> Path:
@@ -213,11 +214,18 @@ def load_pack(path: Path) -> Pack:
             _fail(path, "cut", "must be {min: BYTES}: the length from which a message may be "
                                "the first part of a line the logger cut")
         cut_at = cut["min"]
+    journal = None
+    if data.get("journal") is not None:
+        from .journal import parse_pack_journal
+        try:
+            journal = parse_pack_journal(data["journal"], list(programs))
+        except ValueError as exc:
+            _fail(path, "", str(exc))
     covers = data.get("covers") or []
     if not isinstance(covers, list):
         _fail(path, "covers", "must be a list of strings")
     return Pack(name, path, str(data.get("description") or ""), [str(c) for c in covers],
-                list(programs), rules, untagged, ignore, samples, protocols, cut_at)
+                list(programs), rules, untagged, ignore, samples, protocols, cut_at, journal)
 
 
 def _check_sample(path, i, s):

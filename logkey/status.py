@@ -33,6 +33,8 @@ def followed_paths(cfg) -> tuple[list[str], list[str]]:
     paths, empty = [], []
     for entry in cfg.logs:
         pattern = entry["path"]
+        if pattern is None:                     # a journal source: no file to check
+            continue
         if glob.has_magic(pattern):
             found = sorted(glob.glob(pattern))
             if not found:

@@ -1,10 +1,12 @@
 """`logkey watch`: follow the mail logs into the gate store.
 
-Reads: the configured logs (follow.py), the store at start (to adopt its open gates).
-Writes: gates to the store, read offsets to state_dir, its own log to stderr, and the
-configured `exports:` (exports.py): brought to the open gates after every flush that changed
-gates and on every tick where a gate expired or was closed, so an expired gate leaves them
-within a tick (a second).
+Reads: the configured logs (follow.py), the systemd journal for `journal:` entries of logs
+(journal.py: one journalctl each; only entries whose trusted fields match reach the packs,
+the others are counted and logged), the store at start (to adopt its open gates).
+Writes: gates to the store, read offsets and journal cursors to state_dir, its own log to
+stderr, and the configured `exports:` (exports.py): brought to the open gates after every
+flush that changed gates and on every tick where a gate expired or was closed, so an expired
+gate leaves them within a tick (a second), with no log line.
 Trust: events come from the engine (packs linted, IPs canonical); the policy decides; the
 store is written only with validated keys. Offsets are saved only once every gate the lines
 opened is in the store, so a crash or a store outage loses no login, and a line read again
@@ -35,7 +37,7 @@ import time
 from collections import Counter
 from datetime import timedelta
 
-from . import audit
+from . import audit, journal
 from .engine import Engine
 from .errors import LogkeyError
 from .follow import Follower
@@ -94,14 +96,40 @@ def policy_config(cfg, packs: PackSet) -> PolicyConfig:
 
 
 def build(cfg):
-    """Everything that comes from the configuration and the packs, checked: (packs, engines
-    by log entry index, policy config). Raises PackError/WatchError."""
+    """Everything that comes from the configuration and the packs, checked: (packs, policy
+    config). Raises PackError/WatchError."""
     packs = load_packs(cfg.packs, cfg.patterns_dir)
     for i, entry in enumerate(cfg.logs):
-        for name in (entry["packs"] or []) + ([entry["own_file"]] if entry["own_file"] else []):
+        source = entry["journal"]
+        names = (source["packs"] if source else entry["packs"]) or []
+        where = f"logs[{i}].journal.packs" if source else f"logs[{i}].packs"
+        for name in names + ([entry["own_file"]] if entry["own_file"] else []):
             if name not in packs.packs:
-                raise WatchError(f"{cfg.path}: logs[{i}].packs: no pack named {name!r}")
+                raise WatchError(f"{cfg.path}: {where}: no pack named {name!r}")
+    if journal_sources(cfg, packs):
+        try:
+            journal.journalctl()
+        except journal.JournalError as exc:
+            raise WatchError(f"{cfg.path}: logs: {exc}") from None
     return packs, policy_config(cfg, packs)
+
+
+def journal_sources(cfg, packs: PackSet) -> list:
+    """(source, expectations, engine packs) for each `journal:` entry of logs; WatchError
+    when one has no expectation to check entries against."""
+    out = []
+    for i, entry in enumerate(cfg.logs):
+        source = entry["journal"]
+        if source is None:
+            continue
+        try:
+            exps = journal.expectations(source, packs, f"logs[{i}].journal")
+        except ValueError as exc:
+            raise WatchError(f"{cfg.path}: {exc}") from None
+        subset = packs if not source["packs"] else PackSet(
+            [packs.packs[n] for n in source["packs"]])
+        out.append((source, exps, subset))
+    return out
 
 
 class Watcher:
@@ -142,7 +170,7 @@ class Watcher:
             if self.policy.gates:
                 log.info("%d open gate(s) taken over from the store", len(self.policy.gates))
         for entry in cfg.logs:                  # files there now; later ones when first read
-            for path in sorted(glob.glob(entry["path"])):
+            for path in sorted(glob.glob(entry["path"])) if entry["journal"] is None else ():
                 self._check_file(path)
         self.status = StatusWriter(self)
         if cfg.metrics["watch"]:
@@ -161,8 +189,10 @@ class Watcher:
         base = Engine(packs, self.clock, cfg.join_window)
         if getattr(self, "base", None) is not None:
             base.stats = self.base.stats        # counts go on across a reload (metrics)
-        self.engines = []                       # (glob, engine, own rules) per log entry
+        self.engines = []                       # (glob, engine, own rules) per log file entry
         for entry in cfg.logs:
+            if entry["journal"] is not None:
+                continue
             subset = packs if not entry["packs"] else PackSet(
                 [packs.packs[n] for n in entry["packs"]])
             own = own_file_rules(packs.packs[entry["own_file"]]) if entry["own_file"] else None
@@ -170,6 +200,8 @@ class Watcher:
                                                        shared=base), own))
         self.base = base
         self._engine_of: dict[str, tuple] = {}
+        self.journals = [(source, exps, Engine(subset, self.clock, cfg.join_window, shared=base))
+                         for source, exps, subset in journal_sources(cfg, packs)]
         # Exports: rebuilt with the configuration; the first tick writes them all.
         self.exporter = None
         if cfg.exports and not self.observe:
@@ -181,12 +213,22 @@ class Watcher:
         attach = max(self.cfg.window, self.cfg.max_session)
         try:
             os.makedirs(self.cfg.state_dir, mode=0o750, exist_ok=True)
-            return Follower([e["path"] for e in self.cfg.logs], self.cfg.state_dir,
-                            line_max=self.cfg.line_max, attach_window=attach,
-                            line_time=self._line_time, now=lambda: self.now() - self.shift)
+            follower = Follower([e["path"] for e in self.cfg.logs if e["journal"] is None],
+                                self.cfg.state_dir, line_max=self.cfg.line_max,
+                                attach_window=attach, line_time=self._line_time,
+                                now=lambda: self.now() - self.shift)
         except OSError as exc:
             raise WatchError(f"state_dir: {self.cfg.state_dir}: "
                              f"{exc.strerror or exc}") from None
+        # One journalctl per journal entry, started at the first read; its cursor is saved in
+        # state_dir with the offsets (commit), under a name made from the entry's settings.
+        self.readers = [journal.JournalReader(source, exps, state_dir=self.cfg.state_dir,
+                                              attach_window=attach,
+                                              now=lambda: self.now() - self.shift)
+                        for source, exps, _ in self.journals]
+        self.journal_stats = [journal.JournalStats() for _ in self.readers]
+        self.refusals = journal.RefusalLog(log)
+        return follower
 
     def _line_time(self, line: bytes):
         header = parse(line)
@@ -203,11 +245,14 @@ class Watcher:
         old_logs, old_state = self.cfg.logs, self.cfg.state_dir
         if cfg.metrics != self.cfg.metrics:
             log.warning("metrics: the new addresses take effect at the next start")
+        old_exps = [exps for _, exps, _ in self.journals]
         self._install(cfg, packs, pconf)
         self.policy.config = pconf
-        if cfg.logs != old_logs or cfg.state_dir != old_state:
-            self.follower.commit()
+        if cfg.logs != old_logs or cfg.state_dir != old_state or \
+                old_exps != [exps for _, exps, _ in self.journals]:
+            self._commit()
             self.follower.close()
+            self._close_readers()
             self.follower = self._follower()
         if self.popwrap.settings != cfg.popwrap:
             try:
@@ -249,6 +294,18 @@ class Watcher:
                 source = f"{line.path}:{line.lineno}" if line.lineno else line.path
                 self._seen(event)
                 self._apply(self.policy.on_event(event, now, source))
+        entries = 0
+        for reader, (_, exps, engine), stats in zip(self.readers, self.journals,
+                                                     self.journal_stats):
+            got = reader.read()
+            entries += len(got)
+            self.base.stats.lines += len(got)
+            for where, header, cursor in journal.accepted(
+                    got, exps, stats, reader.label, self.cfg.line_max, self.refusals.refused):
+                for event in engine.feed_header(header, where):
+                    if self.shift and event.time is not None:
+                        event.time += timedelta(seconds=self.shift)
+                    self._apply(self.policy.on_event(event, now, f"{reader.label}:{cursor}"))
         datagrams = 0
         for event in self.popwrap.receive(now):
             datagrams += 1
@@ -257,9 +314,23 @@ class Watcher:
                 self._seen(event)
                 self._apply(self.policy.on_event(event, now, POPWRAP_PACK))
         self.tick(now)
-        if lines and not self.pending:
-            self.follower.commit()
-        return len(lines) + datagrams
+        if (lines or entries) and not self.pending:
+            self._commit()
+        return len(lines) + entries + datagrams
+
+    def _commit(self) -> None:
+        """Save the offsets and journal cursors of everything read (all its gates are stored)."""
+        self.follower.commit()
+        for reader in self.readers:
+            try:
+                reader.commit()
+            except OSError as exc:
+                log.warning("%s: cursor not saved: %s", reader.label, exc)
+
+    def _close_readers(self) -> None:
+        for reader, stats in zip(self.readers, self.journal_stats):
+            reader.close()
+            log.info("%s: %s", reader.label, stats.line())
 
     def _seen(self, event) -> None:
         """The last event of each pack, for `logkey status` and the metrics."""
@@ -368,11 +439,13 @@ class Watcher:
     # --- the loop -------------------------------------------------------------------------
     def run(self, once: bool = False, load_config=None) -> int:
         if once:
+            for reader in self.readers:
+                reader.follow = False           # read the journal to its end, then stop
             while self.step():
                 pass
             self._flush(self.now())
             if not self.pending:
-                self.follower.commit()
+                self._commit()
             self.close()
             return 0 if not self.pending else 1
         handlers = {signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop,
@@ -389,13 +462,14 @@ class Watcher:
                     except Exception as exc:    # noqa: BLE001 — a bad file keeps the old one
                         log.error("reload refused, keeping the running configuration: %s", exc)
                 if not self.step():
-                    self.follower.wait(TICK, self.popwrap.fileno())
+                    self.follower.wait(TICK, [fd for fd in [self.popwrap.fileno()] + [
+                        r.fileno() for r in self.readers] if fd is not None])
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
             self._flush(self.now())
             if not self.pending:
-                self.follower.commit()
+                self._commit()
             self.close()
         log.info("stopped")
         return 0
@@ -415,5 +489,6 @@ class Watcher:
             self.metrics = None
         self.popwrap.close()
         self.follower.close()
+        self._close_readers()
         if self.store is not None:
             self.store.close()

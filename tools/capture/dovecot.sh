@@ -7,6 +7,9 @@
 # Writes: OUTDIR/dovecot-<ver>-logpath.log      (log_path, default log_timestamp)
 #         OUTDIR/dovecot-<ver>-logpath-iso.log  (log_path, log_timestamp %Y-%m-%dT%H:%M:%S)
 #         OUTDIR/dovecot-<ver>-syslog.log       (log_path = syslog, via syslogsink.py)
+#         OUTDIR/dovecot-<ver>-syslog-senders.jsonl (the same messages with their senders'
+#                                                  _PID/_UID/_GID/_COMM/_EXE, as journald
+#                                                  records them: the pack's journal: key)
 #         OUTDIR/dovecot-<ver>-logpath-static.log (log_path, static passdb: one login
 #                                                  by a user name holding ": " and spaces)
 #         Everything else lives in a mktemp dir that is removed at exit.
@@ -300,6 +303,8 @@ run_file logpath-static '%b %d %H:%M:%S ' static imap_header_inject
 # --- 5. syslog: /dev/log exists only in a private mount namespace ---------------------------------
 write_conf "$tmp/syslog.conf" syslog '%b %d %H:%M:%S '
 : >"$tmp/syslog.out"
+: >"$tmp/syslog.senders"
+export LOGKEY_CAPTURE_CREDS="$tmp/syslog.senders"
 export tmp here POP_PORT IMAP_PORT PASS
 unshare -m bash -euo pipefail -c '
   . "$here/private-dev.sh"
@@ -323,6 +328,7 @@ unshare -m bash -euo pipefail -c '
   python3 "$tmp/drive.py" "$POP_PORT" "$IMAP_PORT" "$PASS" >"$tmp/syslog.client"
 '
 cp "$tmp/syslog.out" "$out_dir/dovecot-$short-syslog.log"
+cp "$tmp/syslog.senders" "$out_dir/dovecot-$short-syslog-senders.jsonl"
 
 echo "captured with dovecot $version:"
 wc -l "$out_dir"/dovecot-"$short"-*.log

@@ -1,0 +1,600 @@
+"""The systemd journal as a log source: entries whose trusted fields say which process wrote them.
+
+Reads: `journalctl --output=json` (the system journal, or the journal files of a `directory:`
+  or `files:`), with `--follow` for `logkey watch`; the saved cursor in state_dir.
+Writes: one small JSON file per journal source in state_dir holding the cursor of the last
+  entry whose gates are stored (temp file, fsync, rename: the old cursor or the new, never none).
+Trust: journald itself sets the fields that begin with one underscore (_SYSTEMD_UNIT from the
+  sender's cgroup, _COMM/_EXE from /proc, _UID from the socket credentials); the sender chooses
+  everything else, SYSLOG_IDENTIFIER included (`logger -t dovecot` sets it). An entry reaches a
+  pack only when its trusted fields match an Expectation (a pack's `journal:` key or the
+  source's `match:`), fed as that expectation's program with its MESSAGE: a MESSAGE with a line
+  break, CR or NUL is never an event (a user name could start a "line"), nor one over line_max.
+  Journal files read through `directory:`/`files:` are only as trustworthy as what wrote them
+  (systemd-journal-remote stores the fields a remote host sent).
+Config: logs[N].journal: {match, program, packs, directory, files}; pack key `journal:`.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from .atomic import write_atomic
+from .errors import LogkeyError
+from .headers import Header
+
+log = logging.getLogger("logkey.journal")
+
+# Fields journald sets itself from the kernel's view of the sender (systemd.journal-fields(7),
+# "Trusted Journal Fields"); a match may name only these.
+TRUSTED_FIELDS = ("_SYSTEMD_UNIT", "_SYSTEMD_SLICE", "_SYSTEMD_CGROUP", "_COMM", "_EXE",
+                  "_CMDLINE", "_UID", "_GID", "_TRANSPORT", "_HOSTNAME", "_MACHINE_ID",
+                  "_SELINUX_CONTEXT")
+REQUIRED_FIELD = "_SYSTEMD_UNIT"       # the cgroup: a local user cannot put a process in a unit
+NUMERIC_FIELDS = ("_UID", "_GID")
+SOURCE_KEYS = ("match", "program", "packs", "directory", "files")
+JSON_LINE_MAX = 1 << 20                # bytes of one journalctl JSON line; longer: skipped
+READ_MAX = 4 << 20                     # bytes read from journalctl per read() call
+EXAMPLES_KEEP = 20
+_VALUE = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+_PROGRAM = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./@+-]{0,63}")
+_CURSOR = re.compile(r"[a-z]=[0-9a-f]{1,64}(?:;[a-z]=[0-9a-f]{1,64}){0,15}")
+_HOST = re.compile(r"[A-Za-z0-9._-]{1,255}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+# --- configuration: expectations -------------------------------------------------------------
+def parse_match(value, where: str) -> dict[str, frozenset[str]]:
+    """{FIELD: value or [values]} -> {FIELD: accepted values}; ValueError "WHERE...: problem"."""
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"{where}: must be a mapping of trusted journal fields to values, "
+                         "e.g. {_SYSTEMD_UNIT: dovecot.service, _UID: 0}")
+    out = {}
+    for name, given in value.items():
+        here = f"{where}.{name}"
+        if name not in TRUSTED_FIELDS:
+            why = ("the sender chooses it (logger -t sets it), so it proves nothing"
+                   if not str(name).startswith("_") or str(name).startswith("__")
+                   else "not a field logkey matches")
+            raise ValueError(f"{here}: {why}; match fields journald sets itself: "
+                             f"{', '.join(TRUSTED_FIELDS)}")
+        items = given if isinstance(given, list) else [given]
+        values = set()
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (str, int)) or (
+                    isinstance(item, int) and item < 0):
+                raise ValueError(f"{here}: must be a value or a list of values")
+            text = str(item)
+            if not _VALUE.fullmatch(text) or (name in NUMERIC_FIELDS and not text.isdigit()):
+                raise ValueError(f"{here}: {text!r} is not a valid value"
+                                 + (" (a number)" if name in NUMERIC_FIELDS else ""))
+            values.add(text)
+        if not values:
+            raise ValueError(f"{here}: must name at least one value")
+        out[name] = frozenset(values)
+    if REQUIRED_FIELD not in out:
+        raise ValueError(f"{where}: must name {REQUIRED_FIELD} (the service's unit: the one "
+                         "field no local user can choose)")
+    return out
+
+
+def parse_pack_journal(value, programs) -> dict[str, dict[str, frozenset[str]]]:
+    """A pack's `journal:` key: {PROGRAM: match}. ValueError "journal.PROGRAM...: problem"."""
+    if not isinstance(value, dict) or not value:
+        raise ValueError("journal: must map program tags to trusted fields, e.g. "
+                         "{dovecot: {_SYSTEMD_UNIT: dovecot.service, _COMM: log, _UID: 0}}")
+    out = {}
+    for program, match in value.items():
+        if not isinstance(program, str) or program not in programs:
+            raise ValueError(f"journal.{program}: not one of the pack's programs "
+                             f"({', '.join(programs)})")
+        out[program] = parse_match(match, f"journal.{program}")
+    return out
+
+
+def parse_source(value, where: str) -> dict:
+    """A `logs:` entry's `journal:` mapping, checked; ValueError "WHERE.KEY: problem"."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: must be a mapping (match, program, packs, directory, "
+                         "files), or {} for the system journal and the packs' own expectations")
+    bad = set(value) - set(SOURCE_KEYS)
+    if bad:
+        raise ValueError(f"{where}.{sorted(map(str, bad))[0]}: unknown key "
+                         f"(known: {', '.join(SOURCE_KEYS)})")
+    out = {"match": None, "program": None, "packs": None, "directory": None, "files": None}
+    if value.get("match") is not None:
+        out["match"] = parse_match(value["match"], f"{where}.match")
+    program = value.get("program")
+    if program is not None:
+        if not isinstance(program, str) or not _PROGRAM.fullmatch(program):
+            raise ValueError(f"{where}.program: must be a program tag such as dovecot")
+        if out["match"] is None:
+            raise ValueError(f"{where}.program: only with match: (the packs' own journal: "
+                             "keys name their programs)")
+        out["program"] = program
+    packs = value.get("packs")
+    if packs is not None:
+        if not isinstance(packs, list) or not packs or not all(isinstance(p, str) for p in packs):
+            raise ValueError(f"{where}.packs: must be a list of pack names")
+        out["packs"] = list(packs)
+    directory, files = value.get("directory"), value.get("files")
+    if directory is not None and files is not None:
+        raise ValueError(f"{where}.files: give directory: or files:, not both")
+    if directory is not None:
+        if not isinstance(directory, str) or not directory or "\0" in directory:
+            raise ValueError(f"{where}.directory: must be a directory path")
+        out["directory"] = directory
+    if files is not None:
+        if isinstance(files, str):
+            files = [files]
+        if not isinstance(files, list) or not files or not all(
+                isinstance(f, str) and f and "\0" not in f for f in files):
+            raise ValueError(f"{where}.files: must be a list of journal file paths (globs allowed)")
+        out["files"] = list(files)
+    return out
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """Entries whose trusted fields all match are `program`'s own lines."""
+    program: str
+    match: tuple                            # ((field, frozenset of accepted values), ...)
+    origin: str                             # "pack dovecot" / "logs[0].journal.match"
+
+    def fields(self) -> dict:
+        return dict(self.match)
+
+
+def expectations(source: dict, packs, where: str) -> list[Expectation]:
+    """The expectations a source checks entries against (its match:, else the journal: keys of
+    its packs); ValueError naming WHERE when there are none or the program has no rules."""
+    chosen = [packs.packs[n] for n in source["packs"]] if source["packs"] else \
+        list(packs.packs.values())
+    own = [(p, prog, m) for p in chosen for prog, m in (p.journal or {}).items()]
+    if source["match"] is not None:
+        program = source["program"]
+        if program is None:
+            names = sorted({prog for _, prog, _ in own})
+            if len(names) != 1:
+                raise ValueError(f"{where}.program: needed with match: (which program the "
+                                 f"entries are: {', '.join(names) or 'a program tag a pack covers'})")
+            program = names[0]
+        if not packs.rules_for(program):
+            raise ValueError(f"{where}.program: no loaded pack covers program {program!r}")
+        return [Expectation(program, tuple(sorted(source["match"].items())),
+                            f"{where}.match")]
+    if not own:
+        raise ValueError(f"{where}: none of the packs ({', '.join(p.name for p in chosen)}) "
+                         "says what journald records for its server (a journal: key); give "
+                         "match: and program:")
+    return [Expectation(prog, tuple(sorted(m.items())), f"pack {p.name}") for p, prog, m in own]
+
+
+# --- the trust check and the entry -> header step (pure) --------------------------------------
+def trusted(entry: dict, exp: Expectation) -> bool:
+    """Every field of the expectation is present once, with an accepted value."""
+    for name, values in exp.match:
+        value = entry.get(name)
+        if not isinstance(value, str) or value not in values:
+            return False
+    return True
+
+
+def _printable(value, limit=80) -> str:
+    if isinstance(value, list):
+        value = "<binary>" if all(isinstance(x, int) for x in value) else "<several values>"
+    text = "<none>" if value is None else str(value)
+    text = "".join(c if c.isprintable() else f"\\x{ord(c) & 0xff:02x}" for c in text[:limit])
+    return text + ("..." if len(str(value)) > limit else "")
+
+
+def describe(entry: dict, exps) -> str:
+    """What a refused entry says about itself: its tag, the trusted fields checked, its text."""
+    names = sorted({name for e in exps for name, _ in e.match}, key=TRUSTED_FIELDS.index)
+    parts = [f"SYSLOG_IDENTIFIER={_printable(entry.get('SYSLOG_IDENTIFIER'))}"]
+    parts += [f"{n}={_printable(entry.get(n))}" for n in names]
+    return " ".join(parts) + f' MESSAGE="{_printable(entry.get("MESSAGE"))}"'
+
+
+def _bytes(value) -> bytes | None:
+    """A field's value as bytes: journalctl gives a string, or an array of byte values for
+    data that is not printable UTF-8; None when it is neither (several values, or null: a
+    field over 4096 bytes)."""
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:          # a lone surrogate from a \\ud800 escape
+            return None
+    if isinstance(value, list) and value and all(
+            type(b) is int and 0 <= b <= 255 for b in value):
+        return bytes(value)
+    return None
+
+
+ACCEPTED, REFUSED, UNSAFE, TOO_LONG, MALFORMED = "accepted", "refused", "unsafe", "too_long", \
+    "malformed"
+
+
+def judge(entry, exps, line_max: int):
+    """(verdict, Header or reason). Only ACCEPTED entries go to a pack: as the expectation's
+    program, with MESSAGE (one trailing newline dropped) and the time journald received it."""
+    if not isinstance(entry, dict):
+        return MALFORMED, "not a journal entry"
+    usec, cursor = entry.get("__REALTIME_TIMESTAMP"), entry.get("__CURSOR")
+    if not isinstance(usec, str) or not usec.isdigit() or len(usec) > 16 or \
+            not isinstance(cursor, str) or not _CURSOR.fullmatch(cursor):
+        return MALFORMED, "no time stamp or cursor"
+    exp = next((e for e in exps if trusted(entry, e)), None)
+    if exp is None:
+        return REFUSED, describe(entry, exps)
+    raw = entry.get("MESSAGE")
+    if raw is None:
+        return TOO_LONG, "MESSAGE over 4096 bytes (journalctl gives null)"
+    message = _bytes(raw)
+    if message is None:
+        return UNSAFE, "MESSAGE given more than once, or not text"
+    if message.endswith(b"\n"):
+        message = message[:-1]
+    if b"\n" in message or b"\r" in message or b"\0" in message:
+        return UNSAFE, "MESSAGE with a line break, CR or NUL"
+    if len(message) > line_max:
+        return TOO_LONG, f"MESSAGE over line_max ({line_max} bytes)"
+    when = _EPOCH + timedelta(microseconds=int(usec))
+    host = entry.get("_HOSTNAME")
+    pid = entry.get("_PID")
+    return ACCEPTED, Header(
+        "journal", when.isoformat().encode("ascii"),
+        host.encode("ascii") if isinstance(host, str) and _HOST.fullmatch(host) else None,
+        exp.program, pid if isinstance(pid, str) and pid.isdigit() and len(pid) <= 10 else None,
+        message)
+
+
+@dataclass
+class JournalStats:
+    entries: int = 0
+    accepted: int = 0
+    refused: int = 0              # trusted fields match no expectation: forged or another process
+    unsafe: int = 0               # multi-line, NUL, binary or repeated MESSAGE
+    too_long: int = 0
+    malformed: int = 0
+    refused_examples: list = field(default_factory=list)     # (where, text)
+
+    def count(self, verdict: str, where, reason) -> None:
+        self.entries += 1
+        setattr(self, verdict, getattr(self, verdict) + 1)
+        if verdict == REFUSED and len(self.refused_examples) < EXAMPLES_KEEP:
+            self.refused_examples.append((where, reason))
+
+    def summary(self) -> dict:
+        return {k: getattr(self, k) for k in (
+            "entries", "accepted", "refused", "unsafe", "too_long", "malformed")}
+
+    def line(self) -> str:
+        return ("{entries} entries read: {accepted} accepted, {refused} refused (trusted fields "
+                "match no expectation), {unsafe} unsafe, {too_long} too long, {malformed} "
+                "malformed").format(**self.summary())
+
+
+def accepted(entries, exps, stats: JournalStats, name: str, line_max: int, refused=None):
+    """(where, header, cursor) of each entry a pack may see; every entry is counted in `stats`
+    and each refused one passed to `refused(name, description)`. `where` is (name, the entry's
+    number in this run)."""
+    for entry in entries:
+        if entry is None:
+            verdict, got = MALFORMED, "not a JSON object, or a line over 1 MiB"
+        else:
+            verdict, got = judge(entry, exps, line_max)
+        where = (name, stats.entries + 1)
+        stats.count(verdict, where, got)
+        if verdict == ACCEPTED:
+            yield where, got, entry["__CURSOR"]
+        elif verdict == REFUSED and refused is not None:
+            refused(name, got)
+
+
+class RefusalLog:
+    """Refused entries in logkey's own log: the first few of each minute in full, then how many
+    more (a local user can send forgeries as fast as journald takes them)."""
+    PER_MINUTE = 10
+
+    def __init__(self, logger):
+        self.log, self.until, self.shown, self.hidden = logger, 0.0, 0, 0
+
+    def refused(self, source_label: str, text: str) -> None:
+        now = time.monotonic()
+        if now >= self.until:
+            if self.hidden:
+                self.log.warning("journal: %d more entries refused in the last minute",
+                                 self.hidden)
+            self.until, self.shown, self.hidden = now + 60.0, 0, 0
+        if self.shown < self.PER_MINUTE:
+            self.shown += 1
+            self.log.warning("%s: refused an entry whose trusted fields match no expectation "
+                             "(forged, or another process; see SECURITY.md): %s",
+                             source_label, text)
+        else:
+            self.hidden += 1
+
+
+def label(source: dict) -> str:
+    """How a source is named in reports and gate records."""
+    if source["directory"]:
+        return f"journal:{source['directory']}"
+    if source["files"]:
+        return f"journal:{','.join(source['files'])}"
+    return "journal"
+
+
+def journalctl_args(source: dict, exps, *, follow: bool, cursor: str | None = None,
+                    since: float | None = None) -> list[str]:
+    """The arguments after `journalctl`. The match terms only narrow what journalctl sends (the
+    expected units, or entries claiming a program, so forgeries are seen and counted); every
+    entry is still judged here."""
+    args = ["--output=json", "--no-pager"]     # no --quiet: its permission hint is logged
+    if source["directory"]:
+        args.append(f"--directory={source['directory']}")
+    for f in source["files"] or ():
+        args.append(f"--file={f}")
+    if follow:
+        args += ["--follow", "--no-tail"]
+    if cursor:
+        args.append(f"--after-cursor={cursor}")
+    elif since is not None:
+        args.append(f"--since=@{max(0, int(since))}")
+    terms = []
+    for exp in exps:
+        for value in sorted(exp.fields()[REQUIRED_FIELD]):
+            terms.append(f"{REQUIRED_FIELD}={value}")
+        terms.append(f"SYSLOG_IDENTIFIER={exp.program}")
+    seen: list[str] = []
+    for t in terms:
+        if t not in seen:
+            seen += ["+", t] if seen else [t]
+    return args + seen
+
+
+# --- I/O: the journalctl process ----------------------------------------------------------------
+class JournalError(LogkeyError):
+    """journalctl is missing or failed (dry-run: one line, exit 2)."""
+
+
+def journalctl() -> str:
+    path = shutil.which("journalctl") or ("/bin/journalctl" if os.access(
+        "/bin/journalctl", os.X_OK) else None)
+    if path is None:
+        raise JournalError("journalctl not found (Debian package systemd)")
+    return path
+
+
+def _split(buf: bytes, chunk: bytes, skipping: bool, cap: int):
+    """(complete lines (None for one over cap), rest, skipping) after adding chunk to buf."""
+    out = []
+    data = buf + chunk
+    start = 0
+    while (i := data.find(b"\n", start)) >= 0:
+        if skipping:
+            out.append(None)
+            skipping = False
+        else:
+            out.append(data[start:i] if i - start <= cap else None)
+        start = i + 1
+    rest = data[start:]
+    if len(rest) > cap:
+        rest, skipping = b"", True
+    return out, rest, skipping
+
+
+def _dies_with_parent():
+    """A preexec_fn asking the kernel to end journalctl when logkey dies (even by SIGKILL),
+    so no orphan keeps following; None where prctl is not available."""
+    try:
+        import ctypes
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)     # 1: PR_SET_PDEATHSIG
+
+
+class JournalReader:
+    """One journal source read through journalctl: JSON entries in journal order, the cursor of
+    the last one read, and that cursor saved (commit) once the caller has stored its gates.
+    follow=True (watch): journalctl --follow, read without blocking, restarted after the last
+    cursor read if it exits. follow=False (dry-run, watch --once): read to the end."""
+
+    def __init__(self, source: dict, exps, *, state_dir: str | None = None, follow: bool = True,
+                 attach_window: float | None = 600.0, now=time.time):
+        self.source, self.exps, self.follow = source, exps, follow
+        self.label = label(source)
+        self.attach_window, self.now = attach_window, now
+        self.state_path = None
+        if state_dir is not None:
+            # The state file is named by the entry's settings: a changed entry attaches anew,
+            # by time, as a newly named log file does.
+            match = {k: sorted(v) for k, v in (source["match"] or {}).items()}
+            ident = json.dumps([match, source["program"], source["packs"], source["directory"],
+                                source["files"]], sort_keys=True)
+            self.state_path = os.path.join(
+                state_dir, "journal-" + hashlib.sha256(ident.encode()).hexdigest()[:32] + ".json")
+        self.cursor = self.committed = self._load()
+        self.proc = None
+        self.buf, self.skipping, self.err_buf = b"", False, b""
+        self.read_this_run = 0
+        self.restart_at, self.retry = 0.0, 1.0
+        self.done = False                     # follow=False: journalctl reached the end
+        self.last_error, self.messages = None, []
+
+    # --- the cursor ---------------------------------------------------------------------------
+    def _load(self) -> str | None:
+        if self.state_path is None:
+            return None
+        try:
+            with open(self.state_path, "rb") as f:
+                rec = json.loads(f.read(1 << 16))
+            cursor = rec["cursor"]
+            if not isinstance(cursor, str) or not _CURSOR.fullmatch(cursor):
+                raise ValueError("not a journal cursor")
+            return cursor
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: saved cursor %s unreadable (%s): attaching by time", self.label,
+                        self.state_path, exc)
+            return None
+
+    def commit(self) -> None:
+        """Save the cursor of the last entry read (atomically), if it moved."""
+        if self.state_path is None or self.cursor == self.committed or self.cursor is None:
+            return
+        data = json.dumps({"source": self.label, "cursor": self.cursor}).encode()
+        write_atomic(self.state_path, data, mode=0o640)
+        self.committed = self.cursor
+
+    # --- the process --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start journalctl (OSError when it cannot be run)."""
+        since = None
+        if self.cursor is None and self.attach_window is not None:
+            since = self.now() - self.attach_window     # first attach: by time, as for files
+        argv = [journalctl()] + journalctl_args(self.source, self.exps, follow=self.follow,
+                                                cursor=self.cursor, since=since)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, close_fds=True,
+                                     env={**os.environ, "SYSTEMD_COLORS": "0", "LC_ALL": "C"},
+                                     preexec_fn=_dies_with_parent())
+        for f in (self.proc.stdout, self.proc.stderr):
+            if self.follow or f is self.proc.stderr:
+                fl = fcntl.fcntl(f.fileno(), fcntl.F_GETFL)
+                fcntl.fcntl(f.fileno(), fcntl.F_SETFL, fl | os.O_NONBLOCK)
+        self.buf, self.skipping, self.read_this_run, self.used_cursor = b"", False, 0, self.cursor
+        self.last_error, self.messages = None, []
+        log.info("%s: reading %s", self.label, "after the saved cursor" if self.cursor else
+                 "from %s" % time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since))
+                 if since is not None else "from the start")
+
+    def fileno(self) -> int | None:
+        return self.proc.stdout.fileno() if self.proc is not None else None
+
+    def read(self) -> list:
+        """Entries read since the last call: dicts (JSON objects) or None (an unreadable or
+        over-long line, counted by the caller). Never raises for journalctl trouble when
+        following: it is logged and journalctl restarted later."""
+        if self.proc is None:
+            if self.done or (self.follow and time.monotonic() < self.restart_at):
+                return []
+            try:
+                self.start()
+            except (OSError, JournalError) as exc:
+                why = getattr(exc, "strerror", None) or str(exc)
+                if not self.follow:
+                    raise JournalError(f"{self.label}: cannot run journalctl: {why}") from None
+                log.warning("%s: cannot run journalctl (%s); retrying in %.0f s", self.label,
+                            why, self.retry)
+                self._retry_later(False)
+                return []
+        out, used = [], 0
+        fd = self.proc.stdout.fileno()
+        eof = False
+        while used < READ_MAX:
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                eof = True
+                break
+            used += len(chunk)
+            lines, self.buf, self.skipping = _split(self.buf, chunk, self.skipping, JSON_LINE_MAX)
+            for line in lines:
+                out.append(self._entry(line))
+            if not self.follow and out:
+                break
+        self._stderr()
+        if eof:
+            self._ended()
+        return out
+
+    def _entry(self, line: bytes | None):
+        if line is None:
+            return None
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
+            return None
+        if isinstance(entry, dict):
+            cursor = entry.get("__CURSOR")
+            if isinstance(cursor, str) and _CURSOR.fullmatch(cursor):
+                self.cursor = cursor
+                self.read_this_run += 1
+        return entry
+
+    def _stderr(self, final: bool = False) -> None:
+        try:
+            data = self.proc.stderr.read(65536) or b""
+        except (BlockingIOError, ValueError):
+            data = b""
+        self.err_buf += data
+        *lines, self.err_buf = self.err_buf.split(b"\n")
+        if final and self.err_buf:
+            lines.append(self.err_buf)
+            self.err_buf = b""
+        for line in lines:
+            if line.strip():
+                self.last_error = line.decode("utf-8", "replace")[:300]
+                if self.follow:
+                    log.warning("%s: journalctl: %s", self.label, self.last_error)
+                else:                       # reported at the end: a failure is one line
+                    self.messages.append(self.last_error)
+
+    def _ended(self) -> None:
+        self._stderr(final=True)
+        rc = self.proc.wait()
+        error = self.last_error
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        self.proc = None
+        if not self.follow:
+            self.done = True
+            if rc != 0:
+                raise JournalError(f"{self.label}: journalctl failed (exit {rc})"
+                                   + (f": {error}" if error else ""))
+            for message in self.messages:   # e.g. the hint that permissions hid entries
+                log.warning("%s: journalctl: %s", self.label, message)
+            return
+        if rc != 0 and self.read_this_run == 0 and self.used_cursor and error and \
+                "cursor" in error:
+            log.warning("%s: the saved cursor is not usable: attaching by time", self.label)
+            self.cursor = None
+        log.warning("%s: journalctl exited (status %s); restarting in %.0f s", self.label, rc,
+                    self.retry)
+        self._retry_later(self.read_this_run > 0)
+
+    def _retry_later(self, progressed: bool) -> None:
+        """The next start in `retry` seconds; the wait doubles (to 30 s) while nothing is read."""
+        self.restart_at = time.monotonic() + self.retry
+        self.retry = 1.0 if progressed else min(30.0, self.retry * 2)
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        self.proc = None
