@@ -103,6 +103,7 @@ class _Stream:
         self.path = path
         self.key = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:32]
         self.gen: _Gen | None = None
+        self.queue: list[_Gen] = []  # generations to read after gen (see _copytruncated)
         self.saved = saved          # state from the last run, used when the file is first opened
         self.seek = seek            # no saved state: seek by time (True) or read from 0 (False)
         self.last: dict | None = saved      # the position after everything read() returned
@@ -216,9 +217,9 @@ class Follower:
 
     def close(self) -> None:
         for s in self._streams.values():
-            if s.gen is not None:
-                os.close(s.gen.fd)
-                s.gen = None
+            for g in [s.gen] + s.queue if s.gen is not None else s.queue:
+                os.close(g.fd)
+            s.gen, s.queue = None, []
         if self._ino is not None:
             self._ino.close()
             self._ino = None
@@ -380,7 +381,7 @@ class Follower:
             g.pos, g.buf, g.skipping = g.scan, b"", False
         s.last = g.record()
         os.close(g.fd)
-        s.gen = None
+        s.gen = s.queue.pop(0) if s.queue else None
         s.seek = False                  # what comes next is a new file: from its start
 
     def _switch(self, s: _Stream, g: _Gen, out: list[Line]) -> bool:
@@ -393,6 +394,9 @@ class Follower:
         except FileNotFoundError:
             return False                # renamed away, the new one not created yet: wait
         if (st.st_dev, st.st_ino) != (g.dev, g.ino):
+            if self._truncated(g):      # copytruncated, written to, then renamed
+                self._copytruncated(s, g)
+                return True
             self._read_gen(s, g, out, 1 << 62)   # what was written before the new file was made
             self._finish(s, g, out)
             return True
@@ -407,12 +411,27 @@ class Follower:
         return os.fstat(g.fd).st_size < g.scan or not g.same_start()
 
     def _copytruncated(self, s: _Stream, g: _Gen) -> None:
-        """The lines after our offset are in the copy: read it from there, then the file from 0."""
-        copy = self._sibling(s.path, g.record(), exclude=(g.dev, g.ino))
+        """The lines after our offset are in the copy: read it from there, then the file from 0.
+        If the truncated file was also renamed away before we looked (copytruncate, then a
+        rename at the next rotation), what was written to it after the truncation is read from
+        the open descriptor, before whatever the path names now."""
+        copy = self._sibling(s, g.record(), exclude=(g.dev, g.ino))
         if copy is None:
             log.warning("%s was truncated and no rotated copy matches: reading it from 0", s.path)
         s.last = g.record()
-        os.close(g.fd)
+        try:
+            st = os.stat(s.path)
+            renamed = (st.st_dev, st.st_ino) != (g.dev, g.ino)
+        except FileNotFoundError:
+            renamed = True
+        if renamed:
+            rest = _Gen(g.fd, os.fstat(g.fd), 0, 0, rotated=True)
+            if copy is None:
+                copy = rest
+            else:
+                s.queue.append(rest)
+        else:
+            os.close(g.fd)
         s.gen = copy
         s.seek = False
 
@@ -424,7 +443,7 @@ class Follower:
         except FileNotFoundError:
             s.saved = saved
             if saved is not None:       # renamed away while we were down, new one not there yet
-                g = self._sibling(s.path, saved)
+                g = self._sibling(s, saved)
                 if g is not None:
                     s.saved = None
                     return g
@@ -436,7 +455,7 @@ class Follower:
                          numbered=saved["numbered"])
                 if g.same_start():
                     return g
-            g = self._sibling(s.path, saved)
+            g = self._sibling(s, saved)
             if g is not None:
                 os.close(fd)
                 return g
@@ -451,11 +470,14 @@ class Follower:
             return _Gen(fd, st, pos, lineno or 0, numbered=lineno is not None)
         return _Gen(fd, st, 0, 0)
 
-    def _sibling(self, path: str, saved: dict, exclude=None) -> _Gen | None:
+    def _sibling(self, s: _Stream, saved: dict, exclude=None) -> _Gen | None:
         """The rotated file holding the lines after `saved`: same inode (renamed) or same first
-        bytes and long enough (copied); None if there is none."""
+        bytes and long enough (copied); None if there is none. When the same inode was renamed
+        but no longer starts as it did (copytruncated, written to, then renamed while we were
+        not looking), its new lines are queued on `s` to be read after the copy."""
+        path = s.path
         names = set(glob.glob(glob.escape(path) + ".*") + glob.glob(glob.escape(path) + "-*"))
-        found = []
+        found, truncated = [], None
         for name in names:
             if name.endswith(COMPRESSED):
                 continue
@@ -463,11 +485,16 @@ class Follower:
                 st = os.stat(name)
             except OSError:
                 continue
-            if st.st_size < saved["offset"] or (st.st_dev, st.st_ino) == exclude:
+            if (st.st_dev, st.st_ino) == exclude:
                 continue
             same = (st.st_dev, st.st_ino) == (saved["dev"], saved["ino"])
+            if same:
+                truncated = name
+            if st.st_size < saved["offset"]:
+                continue
             if same or saved["fp_len"] > 0:
                 found.append((not same, -st.st_mtime, name))
+        chosen = None
         for _, _, name in sorted(found):
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
@@ -477,6 +504,23 @@ class Follower:
                      saved["fp_len"], rotated=True, numbered=saved["numbered"])
             if saved["fp_len"] == 0 or g.same_start():
                 log.info("%s: reading the rest of rotated %s from offset %d", path, name, g.pos)
-                return g
+                chosen = g
+                break
             os.close(fd)
-        return None
+        if truncated is not None and (chosen is None or (chosen.dev, chosen.ino) !=
+                                      (saved["dev"], saved["ino"])):
+            try:
+                fd = os.open(truncated, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return chosen
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (saved["dev"], saved["ino"]):
+                os.close(fd)
+                return chosen
+            rest = _Gen(fd, st, 0, 0, rotated=True)
+            log.info("%s: %s was truncated before it was renamed: reading it from 0%s", path,
+                     truncated, " after the copy" if chosen is not None else "")
+            if chosen is None:
+                return rest
+            s.queue.append(rest)
+        return chosen

@@ -413,6 +413,35 @@ def test_rename_then_old_file_written_then_new_created(tmp_path):
     f.close()
 
 
+@pytest.mark.parametrize("running", [True, False])
+def test_copytruncate_then_rename_before_the_follower_looks(tmp_path, running):
+    """A copytruncate rotation, lines written to the truncated file, then a rename rotation, all
+    between two reads (or while logkey is stopped): the copy's rest, the truncated file's new
+    lines and the new file's lines all come out, in that order."""
+    log, state = tmp_path / "mail.log", str(tmp_path / "state")
+    log.write_bytes(b"1\n2\n")
+    f = Follower([str(log)], state, line_time=ALWAYS_RECENT)
+    assert [line.data for line in f.read()] == [b"1", b"2"]
+    f.commit()
+    if not running:
+        f.close()
+    with open(log, "ab") as w:
+        w.write(b"3\n")
+    (tmp_path / "mail.log.1").write_bytes(log.read_bytes())        # copytruncate
+    with open(log, "r+b") as w:
+        w.truncate(0)
+    with open(log, "ab") as w:
+        w.write(b"4 after the truncation\n5\n")
+    os.rename(log, tmp_path / "mail.log.2")                          # then a rename
+    log.write_bytes(b"6 in the new file\n")
+    if not running:
+        f = Follower([str(log)], state, line_time=ALWAYS_RECENT)
+    got = [line.data for line in f.read()]
+    got += [line.data for line in f.read()]
+    assert got == [b"3", b"4 after the truncation", b"5", b"6 in the new file"]
+    f.close()
+
+
 @pytest.mark.parametrize("mode", ["rename", "copytruncate", "dateext"])
 def test_rotation_while_stopped_reads_the_rest_of_the_rotated_file(tmp_path, mode):
     log, state = tmp_path / "mail.log", str(tmp_path / "state")
