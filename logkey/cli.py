@@ -59,39 +59,6 @@ def cmd_dry_run(args) -> int:
     return 0
 
 
-def cmd_packs_list(args) -> int:
-    cfg = _load_config(args)
-    packs = _packs(args, cfg)
-    for pack in packs.packs.values():
-        sources = sorted({str(s.get("source", "?")).split(" ")[0] for s in pack.samples})
-        print(f"{pack.name}: {pack.description}")
-        print(f"  programs: {', '.join(pack.programs)}")
-        print(f"  events:   {', '.join(r.id for r in pack.rules + pack.untagged)}")
-        print(f"  samples:  {len(pack.samples)} from {', '.join(sources)}")
-        print(f"  file:     {pack.path}")
-    return 0
-
-
-def cmd_packs_test(args) -> int:
-    from .packtest import test_pack
-    cfg = _load_config(args)
-    packs = load_packs(cfg.packs, cfg.patterns_dir)
-    names = args.names or list(packs.packs)
-    missing = [n for n in names if n not in packs.packs]
-    if missing:
-        raise UsageError(f"no pack named {missing[0]!r} (have: {', '.join(packs.packs)})")
-    total = failed = 0
-    for name in names:
-        n, failures = test_pack(packs, packs.packs[name])
-        total += n
-        failed += len(failures)
-        for f in failures:
-            print(f"FAIL {f.pack} samples[{f.index}]: {f.problem}\n     {f.line[:200]!r}")
-        print(f"{name}: {n - len(failures)}/{n} samples pass")
-    print(f"{total - failed} passed, {failed} failed")
-    return 1 if failed else 0
-
-
 def _load_required(args):
     return config_mod.load(args.config)
 
@@ -157,20 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_dry_run)
 
-    p = sub.add_parser("packs", help="list or test pattern packs",
-                       description="List the pattern packs, or run the samples they carry.")
-    psub = p.add_subparsers(dest="packs_command", metavar="ACTION")
-    pl = psub.add_parser("list", help="packs, programs, events, samples",
-                         description="Show every loaded pack.")
-    add_config(pl, optional=True)
-    pl.add_argument("--pack", action="append", metavar="NAME", help="only this pack")
-    pl.set_defaults(func=cmd_packs_list)
-    pt = psub.add_parser("test", help="run the packs' samples (exit 1 on any mismatch)",
-                         description="Run every sample of the named packs (default: all).")
-    add_config(pt, optional=True)
-    pt.add_argument("names", nargs="*", metavar="PACK")
-    pt.set_defaults(func=cmd_packs_test)
-    p.set_defaults(func=lambda a, p=p: (p.print_help(), 2)[1])
+    from .packscmd import add_parser as add_packs_parser
+    add_packs_parser(sub, add_config, _load_config, UsageError)
 
     p = sub.add_parser("watch", help="follow the mail logs into the gate store",
                        description="Follow the configured logs and open a gate for every "
