@@ -67,6 +67,8 @@ def cmd_watch(args) -> int:
     from .watch import Watcher
     setup_logging(args.verbose)
     cfg = _load_required(args)
+    from .ownlog import configure as configure_log
+    configure_log(cfg.log, args.verbose, args.log)
     shift = 0.0
     if args.as_of:
         shift = datetime.now(timezone.utc).timestamp() - _parse_now(args.as_of).timestamp()
@@ -75,23 +77,10 @@ def cmd_watch(args) -> int:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """logkey's own log: stderr, with the <N> priority prefix journald reads, no time stamp
-    (journald adds its own)."""
-    import logging
-
-    class Journald(logging.Formatter):
-        PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-                    logging.CRITICAL: 2}
-
-        def format(self, record):
-            return f"<{self.PRIORITY.get(record.levelno, 6)}>{record.getMessage()}"
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Journald())
-    root = logging.getLogger("logkey")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
+    """logkey's own log on stderr, with the <N> priority prefix journald reads (ownlog.py);
+    `ownlog.configure` moves it to syslog once the configuration is read."""
+    from .ownlog import to_stderr
+    to_stderr(verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", metavar="ISO8601",
                    help="read the logs as if it were this time now (a demo or a replay)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+    p.add_argument("--log", choices=("stderr", "syslog"),
+                   help="where logkey's own log goes (default: log.to, else stderr)")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("config", help="check the configuration",
