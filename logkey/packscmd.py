@@ -154,7 +154,8 @@ def add_parser(sub, add_config, load_config, usage_error):
                                      "the pack of its name. Exit 0 when all hold, 1 on any "
                                      "failure, 2 when a pack cannot be loaded.")
     add_config(pt, optional=True)
-    pt.add_argument("names", nargs="*", metavar="PACK|FILE")
+    pt.add_argument("names", nargs="*", metavar="PACK|FILE",
+                    help="a pack's name, or a pack file to load in place of the pack of its name")
     pt.set_defaults(func=run(cmd_test))
     p.set_defaults(func=lambda a, p=p: (p.print_help(), 2)[1])
     return p
