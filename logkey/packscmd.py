@@ -12,7 +12,6 @@ configuration cannot be loaded (one line naming the file, the entry and the reas
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 

@@ -21,7 +21,7 @@ def test_pages_are_current_with_the_cli():
         pytest.skip(f"pages are generated with Python {generated_with} (argparse's layout "
                     f"differs between versions); this is {running}")
     try:
-        import argparse_manpage  # noqa: F401
+        import argparse_manpage  # noqa: F401  (tools/manpages.py needs it)
     except ImportError:
         pytest.fail("argparse-manpage is missing: pip install '.[test]' (.ci/run does)")
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "manpages.py"), "--check"],
