@@ -89,42 +89,6 @@ def _journal_sources(cfg, packs):
     return out
 
 
-def cmd_packs_list(args) -> int:
-    cfg = _load_config(args)
-    packs = _packs(args, cfg)
-    for pack in packs.packs.values():
-        sources = sorted({str(s.get("source", "?")).split(" ")[0] for s in pack.samples})
-        print(f"{pack.name}: {pack.description}")
-        print(f"  programs: {', '.join(pack.programs)}")
-        print(f"  events:   {', '.join(r.id for r in pack.rules + pack.untagged)}")
-        for program, match in (pack.journal or {}).items():
-            print(f"  journal:  {program} = " + " ".join(
-                f"{k}={'|'.join(sorted(v))}" for k, v in match.items()))
-        print(f"  samples:  {len(pack.samples)} from {', '.join(sources)}")
-        print(f"  file:     {pack.path}")
-    return 0
-
-
-def cmd_packs_test(args) -> int:
-    from .packtest import test_pack
-    cfg = _load_config(args)
-    packs = load_packs(cfg.packs, cfg.patterns_dir)
-    names = args.names or list(packs.packs)
-    missing = [n for n in names if n not in packs.packs]
-    if missing:
-        raise UsageError(f"no pack named {missing[0]!r} (have: {', '.join(packs.packs)})")
-    total = failed = 0
-    for name in names:
-        n, failures = test_pack(packs, packs.packs[name])
-        total += n
-        failed += len(failures)
-        for f in failures:
-            print(f"FAIL {f.pack} samples[{f.index}]: {f.problem}\n     {f.line[:200]!r}")
-        print(f"{name}: {n - len(failures)}/{n} samples pass")
-    print(f"{total - failed} passed, {failed} failed")
-    return 1 if failed else 0
-
-
 def _load_required(args):
     return config_mod.load(args.config)
 
@@ -133,6 +97,8 @@ def cmd_watch(args) -> int:
     from .watch import Watcher
     setup_logging(args.verbose)
     cfg = _load_required(args)
+    from .ownlog import configure as configure_log
+    configure_log(cfg.log, args.verbose, args.log)
     shift = 0.0
     if args.as_of:
         shift = datetime.now(timezone.utc).timestamp() - _parse_now(args.as_of).timestamp()
@@ -141,23 +107,10 @@ def cmd_watch(args) -> int:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """logkey's own log: stderr, with the <N> priority prefix journald reads, no time stamp
-    (journald adds its own)."""
-    import logging
-
-    class Journald(logging.Formatter):
-        PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-                    logging.CRITICAL: 2}
-
-        def format(self, record):
-            return f"<{self.PRIORITY.get(record.levelno, 6)}>{record.getMessage()}"
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Journald())
-    root = logging.getLogger("logkey")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
+    """logkey's own log on stderr, with the <N> priority prefix journald reads (ownlog.py);
+    `ownlog.configure` moves it to syslog once the configuration is read."""
+    from .ownlog import to_stderr
+    to_stderr(verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,20 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", metavar="FILE")
     p.set_defaults(func=cmd_dry_run)
 
-    p = sub.add_parser("packs", help="list or test pattern packs",
-                       description="List the pattern packs, or run the samples they carry.")
-    psub = p.add_subparsers(dest="packs_command", metavar="ACTION")
-    pl = psub.add_parser("list", help="packs, programs, events, samples",
-                         description="Show every loaded pack.")
-    add_config(pl, optional=True)
-    pl.add_argument("--pack", action="append", metavar="NAME", help="only this pack")
-    pl.set_defaults(func=cmd_packs_list)
-    pt = psub.add_parser("test", help="run the packs' samples (exit 1 on any mismatch)",
-                         description="Run every sample of the named packs (default: all).")
-    add_config(pt, optional=True)
-    pt.add_argument("names", nargs="*", metavar="PACK")
-    pt.set_defaults(func=cmd_packs_test)
-    p.set_defaults(func=lambda a, p=p: (p.print_help(), 2)[1])
+    from .packscmd import add_parser as add_packs_parser
+    add_packs_parser(sub, add_config, _load_config, UsageError)
 
     p = sub.add_parser("watch", help="follow the mail logs into the gate store",
                        description="Follow the configured logs and open a gate for every "
@@ -219,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", metavar="ISO8601",
                    help="read the logs as if it were this time now (a demo or a replay)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+    p.add_argument("--log", choices=("stderr", "syslog"),
+                   help="where logkey's own log goes (default: log.to, else stderr)")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("config", help="check the configuration",

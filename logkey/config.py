@@ -284,6 +284,11 @@ POLICY_DEFAULTS = {"listen": ["unix:/run/logkey/policy.sock"], "socket_mode": "0
                    "miss_wait": "1s"}
 
 
+def _log(v):
+    from .ownlog import check_settings         # logging.handlers only where it is used
+    return check_settings(v)
+
+
 def _store(v):
     if not isinstance(v, dict):
         raise ValueError("must be a mapping: {type: dir, path: DIR} or {type: redis, url: URL}")
@@ -352,6 +357,8 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
     "metrics": (dict(METRICS_DEFAULTS), _metrics,
                 "Prometheus metrics over HTTP, off by default: watch: IP:PORT for logkey watch, "
                 "policy: IP:PORT for logkey policy (e.g. 127.0.0.1:9469, [::1]:9470)"),
+    "log": ({"to": "stderr"}, _log, "logkey's own log (watch, policy): {to: stderr|syslog, "
+                                   "facility: mail, address: /dev/log, tag: logkey}"),
     "ipv6_prefix": (None, _ipv6_prefix, "gate the client's IPv6 network of this length (e.g. "
                                         "64) instead of the exact address"),
 }
@@ -448,6 +455,9 @@ def _resolve_relative(values: dict, base: str) -> None:
     popwrap = values.get("popwrap")
     if popwrap and popwrap["socket"]:
         popwrap["socket"] = resolve(popwrap["socket"])
+    log = values.get("log")
+    if log:
+        log["address"] = resolve(log["address"])
     for key in ("state_dir", "patterns_dir"):
         if key in values:
             values[key] = resolve(values[key])

@@ -248,14 +248,25 @@ def _check_sample(path, i, s):
         _fail(path, where, f"expect: unknown key {sorted(bad)[0]!r}")
 
 
-def load_packs(names: list[str] | None = None, local_dir: str | os.PathLike | None = None) -> PackSet:
-    """Shipped packs, overridden by name by packs in `local_dir`; only `names` if given."""
+def pack_files(local_dir: str | os.PathLike | None = None, extra=()) -> dict[str, Path]:
+    """name -> file: shipped packs, overridden by name by packs in `local_dir`, then by the
+    `extra` files (a pack file named on the command line)."""
     paths: dict[str, Path] = {}
     for directory in (shipped_dir(), Path(local_dir) if local_dir else None):
         if directory is None or not directory.is_dir():
             continue
         for p in sorted(directory.glob("*.yaml")):
             paths[p.stem] = p
+    for p in extra:
+        paths[Path(p).stem] = Path(p)
+    return paths
+
+
+def load_packs(names: list[str] | None = None, local_dir: str | os.PathLike | None = None,
+               extra=()) -> PackSet:
+    """Shipped packs, overridden by name by packs in `local_dir` and by the `extra` files;
+    only `names` if given."""
+    paths = pack_files(local_dir, extra)
     if names:
         missing = [n for n in names if n not in paths]
         if missing:

@@ -1,11 +1,13 @@
 """Run the samples a pack carries (fail2ban-regex's job for logkey packs). Pure.
 
 Each sample is run through a fresh Engine over the whole PackSet, so a line that some other
-pack would wrongly claim fails the sample too. The expectation holds for the last line.
+pack would wrongly claim fails the sample too. The expectation holds for the last line. A rule
+that no sample exercises is reported as untested (fail2ban's "Regex has no samples").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .engine import Engine
@@ -24,13 +26,25 @@ class Failure:
     problem: str
 
 
-def run_sample(packs: PackSet, sample: dict, pack_name: str) -> str | None:
-    """None when the sample holds, else what went wrong."""
+@dataclass
+class PackResult:
+    pack: str
+    samples: int
+    failures: list[Failure] = field(default_factory=list)
+    untested: list[str] = field(default_factory=list)     # ids of rules no sample matched
+
+
+def run_sample(packs: PackSet, sample: dict, pack_name: str,
+               hits: Counter | None = None) -> str | None:
+    """None when the sample holds, else what went wrong. `hits` counts the pack's rules that
+    matched any line of the sample."""
     lines = sample["lines"] if "lines" in sample else [sample["line"]]
     engine = Engine(packs, Clock(SAMPLE_NOW, timezone.utc))
     events = []
     for text in lines:
         events = engine.feed_line(text.encode("utf-8", "surrogateescape"))
+    if hits is not None:
+        hits.update(rule for (p, rule) in engine.stats.hits if p == pack_name)
     expect = sample.get("expect")
     if expect in (None, "none"):
         if events:
@@ -57,11 +71,14 @@ def run_sample(packs: PackSet, sample: dict, pack_name: str) -> str | None:
     return None
 
 
-def test_pack(packs: PackSet, pack: Pack) -> tuple[int, list[Failure]]:
-    failures = []
+def check_pack(packs: PackSet, pack: Pack) -> PackResult:
+    """Every sample of `pack`, and every rule of it matched by at least one sample."""
+    result = PackResult(pack.name, len(pack.samples))
+    hits: Counter = Counter()
     for i, sample in enumerate(pack.samples):
-        problem = run_sample(packs, sample, pack.name)
+        problem = run_sample(packs, sample, pack.name, hits)
         if problem:
             line = sample["lines"][-1] if "lines" in sample else sample["line"]
-            failures.append(Failure(pack.name, i, line, problem))
-    return len(pack.samples), failures
+            result.failures.append(Failure(pack.name, i, line, problem))
+    result.untested = [r.id for r in pack.rules + pack.untagged if not hits[r.id]]
+    return result

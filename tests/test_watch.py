@@ -233,15 +233,27 @@ def test_redis_outage_under_the_watcher(tmp_path, watch, redis_server):
 
 WRITER = r"""
 import os, shutil, sys, time
-log, n = sys.argv[1], int(sys.argv[2])
+log, n, gates = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 line = ("{stamp} mail dovecot: pop3-login: Login: user=<u{i}>, method=PLAIN, "
         "rip=10.{a}.{b}.{c}, lip=192.0.2.1, mpid={i}, session=<s{i}>\n")
+
+
+def caught_up(i):
+    # Rotations come seconds apart, never two between reads: before each one, wait (bounded)
+    # until the watcher has read the last line written, rather than hoping a fixed sleep is
+    # enough on a loaded machine.
+    path = os.path.join(gates, f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}")
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 f = open(log, "a", buffering=1)
 for i in range(n):
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     f.write(line.format(stamp=stamp, i=i, a=i >> 16, b=(i >> 8) & 255, c=i & 255))
     if i in (n // 4, n // 2, 3 * n // 4):
-        time.sleep(0.7)              # rotations come seconds apart, never two between reads
+        caught_up(i)
     if i == n // 4:                                    # rename and create
         f.close(); os.rename(log, log + ".1"); f = open(log, "a", buffering=1)
     elif i == n // 2:                                  # copytruncate, as logrotate does it
@@ -260,9 +272,10 @@ def test_rotation_while_logins_stream_in_every_login_opens_its_gate(tmp_path, wa
     log.write_text("")
     w = watch(cfg)
     n = 2000
-    subprocess.run([sys.executable, "-c", WRITER, str(log), str(n)], check=True, timeout=60)
-    expected = {f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}" for i in range(n)}
     gates = tmp_path / "gates"
+    subprocess.run([sys.executable, "-c", WRITER, str(log), str(n), str(gates)], check=True,
+                   timeout=120)
+    expected = {f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}" for i in range(n)}
     wait_for(lambda: {p.name for p in gates.iterdir()} >= expected, timeout=30,
              what=f"{n} gates")
     assert {p.name for p in gates.iterdir() if not p.name.startswith(".")} == expected

@@ -19,6 +19,8 @@ def add_arguments(p) -> None:
                    help="unix:PATH, inet:HOST:PORT or inet:[IPV6]:PORT (repeatable); "
                         "replaces the configured policy.listen")
     p.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+    p.add_argument("--log", choices=("stderr", "syslog"),
+                   help="where logkey's own log goes (default: log.to, else stderr)")
 
 
 def add_parser(sub):
@@ -43,6 +45,8 @@ def main(args) -> int:
 
     setup_logging(getattr(args, "verbose", False))
     cfg = config_mod.load(args.config)
+    from ..ownlog import configure as configure_log
+    configure_log(cfg.log, getattr(args, "verbose", False), getattr(args, "log", None))
     policy = cfg.policy
     listen = args.listen or policy["listen"]
     for spec in listen:

@@ -3,7 +3,9 @@
 
 Reads:  datagrams on a unix socket (what glibc's syslog(3) sends to /dev/log).
 Writes: one RFC 3164 line per message to OUTFILE, with host "capture" inserted after the stamp,
-        exactly as rsyslog's traditional file format would write it.
+        exactly as rsyslog's traditional file format would write it; with SYSLOGSINK_KEEP_PRI=1
+        the <PRI> the daemon sent is kept in front (docs/packs/*.md name each server's facility
+        and severity from such runs).
 
 With $LOGKEY_CAPTURE_CREDS set to a file, it also appends one JSON line per message with what
 journald would record as the trusted fields of its sender: _PID, _UID, _GID from the socket's
@@ -46,6 +48,7 @@ def sender(ancillary) -> dict:
 
 
 def main(sock_path: str, out_path: str, seconds: float = 3600.0) -> int:
+    keep_pri = os.environ.get("SYSLOGSINK_KEEP_PRI") == "1"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
     sock.settimeout(1.0)
@@ -69,6 +72,8 @@ def main(sock_path: str, out_path: str, seconds: float = 3600.0) -> int:
                 line = m.group(2) + b" capture " + data[m.end():]
             else:
                 line = time.strftime("%b %e %H:%M:%S").encode() + b" capture " + data
+            if keep_pri and m:                  # which facility.severity the daemon used
+                line = b"<" + m.group(1) + b">" + line
             out.write(line.replace(b"\n", b"#012") + b"\n")
     return 0
 
