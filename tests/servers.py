@@ -524,12 +524,17 @@ class Logkey:
         self.stderr_path = config.parent / f"{command}-{time.monotonic_ns()}.err"
         self.proc = None
 
-    def start(self, ready=None):
+    def spawn(self):
+        """Start it and return at once (start() also waits until it is serving)."""
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(logkey_cmd() + [self.command, "--config", str(self.config),
                                                          *self.args],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=err, cwd=ROOT, env=self.env)
+        return self
+
+    def start(self, ready=None):
+        self.spawn()
 
         def up():
             if self.proc.poll() is not None:

@@ -42,26 +42,10 @@ def logkey_cmd():
     return [exe] if exe else [sys.executable, "-m", "logkey"]
 
 
-class Watch:
-    def __init__(self, cfg, *args):
-        self.stderr_path = cfg.parent / f"watch-{time.monotonic_ns()}.err"
-        self.err = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(logkey_cmd() + ["watch", "--config", str(cfg), *args],
-                                     stdout=subprocess.DEVNULL, stderr=self.err, cwd=ROOT)
-
-    def log(self):
-        return self.stderr_path.read_text(errors="replace")
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.err.close()
-        return self.proc.returncode
+def Watch(cfg, *args):
+    """A `logkey watch` process, not waited for (servers.Logkey, shared with the e2e suite)."""
+    from servers import Logkey
+    return Logkey("watch", cfg, *args).spawn()
 
 
 @pytest.fixture
