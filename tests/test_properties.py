@@ -154,6 +154,7 @@ def client_values(draw, pack: str, template: dict, cut_at: int | None):
     """{user}, {text}: hostile text; for about half the examples the user name is padded so
     that it reaches past the logger's cut (or 505 bytes) by a few bytes either way."""
     user, text = draw(client_text(pack)), draw(client_text(pack))
+    user = user.translate(None, template.get("user_refused", "").encode())
     shift = draw(st.one_of(st.none(), st.integers(-24, 24)))
     if shift is not None:
         user = b"b" * max(0, (cut_at or 505) - _user_offset(template) + shift) + user
@@ -218,6 +219,9 @@ def test_every_pack_has_templates_of_both_kinds():
         "add the new pack's real lines to tests/fixtures/login_templates.yaml"
     for name, entry in TEMPLATES.items():
         assert set(entry) == {"failure", "success"} and entry["failure"] and entry["success"], name
+        for template in entry["failure"] + entry["success"]:
+            assert set(template) <= {"line", "lines", "real", "user_refused", "why"}, template
+            assert ("user_refused" in template) == ("why" in template), template
 
 
 @pytest.mark.parametrize("pack", sorted(TEMPLATES))
