@@ -15,7 +15,6 @@ from datetime import datetime, timezone
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ROOT
 from logkey import headers, match
 from logkey.engine import Engine
 from logkey.events import GATE_PROTOCOLS, canonical_ip
@@ -24,7 +23,7 @@ from logkey.match import own_file_rules
 from logkey.packs import load_packs
 from logkey.packtest import SAMPLE_NOW
 from logkey.scan import Scanner
-from test_properties import written_addresses
+from test_properties import real_lines, written_addresses
 
 PACKS = load_packs()
 SCANNER = Scanner(PACKS)
@@ -33,18 +32,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-def _real_lines() -> list[bytes]:
-    pool = set()
-    for pack in PACKS.packs.values():
-        for sample in pack.samples:
-            for line in sample.get("lines") or [sample["line"]]:
-                pool.add(line.encode("utf-8", "surrogateescape"))
-    for path in sorted((ROOT / "tests" / "fixtures" / "captured").glob("*.log")):
-        pool.update(path.read_bytes().splitlines())
-    return sorted(pool)
-
-
-REAL_LINES = _real_lines()
+REAL_LINES = sorted(real_lines())
 BITS = [b"<", b">", b",", b"=", b"[", b"]", b"(", b")", b'"', b"'", b" ", b":", b"\r", b"\n",
         b"\x00", b"\xff", b"\xc3", b"\t", b"rip=", b"ip=[", b"user=<", b"203.0.113.66",
         b"::ffff:", b"2001:db8::", b"999.1.1.1", b"%eth0", b"Login: ", b" from ", b"-- ["]

@@ -172,38 +172,39 @@ PROPERTY = settings(max_examples=EXAMPLES, deadline=None, print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@pytest.mark.parametrize("pack", sorted(TEMPLATES))
-@PROPERTY
-@given(data=st.data())
-def test_failed_login_never_opens(pack, data):
-    template = data.draw(st.sampled_from(TEMPLATES[pack]["failure"]))
+def draw_case(data, pack: str, kind: str):
+    """(address the client has, lines, events) for one drawn template of `kind`."""
+    template = data.draw(st.sampled_from(TEMPLATES[pack][kind]))
     cut_at = PACKS.packs[pack].cut_at
     values = data.draw(client_values(pack, template, cut_at))
     values["ip"] = REAL[family(str(template["real"].get("ip", "192.0.2.1")))]
     lines = build(template, values, cut_at)
     events, _ = feed(lines)
-    assert [e for e in events if e.kind == "login"] == [], lines
     assert_emitted_addresses_are_written(events, lines)
+    return canonical_ip(values["ip"].decode()), lines, events
+
+
+@pytest.mark.parametrize("pack", sorted(TEMPLATES))
+@PROPERTY
+@given(data=st.data())
+def test_failed_login_never_opens(pack, data):
+    _, lines, events = draw_case(data, pack, "failure")
+    assert [e for e in events if e.kind == "login"] == [], lines
 
 
 @pytest.mark.parametrize("pack", sorted(TEMPLATES))
 @PROPERTY
 @given(data=st.data())
 def test_success_gives_the_real_ip_or_nothing(pack, data):
-    template = data.draw(st.sampled_from(TEMPLATES[pack]["success"]))
-    cut_at = PACKS.packs[pack].cut_at
-    values = data.draw(client_values(pack, template, cut_at))
-    values["ip"] = REAL[family(str(template["real"]["ip"]))]
-    lines = build(template, values, cut_at)
-    events, _ = feed(lines)
+    real, lines, events = draw_case(data, pack, "success")
     for e in events:
-        assert e.ip in (None, canonical_ip(values["ip"].decode())), (e, lines)
-    assert_emitted_addresses_are_written(events, lines)
+        assert e.ip in (None, real), (e, lines)
 
 
 # -- the templates themselves ---------------------------------------------------------------
 
-def _real_lines() -> set[bytes]:
+def real_lines() -> set[bytes]:
+    """Every line of every pack's samples and of the captured logs."""
     pool = set()
     for pack in PACKS.packs.values():
         for sample in pack.samples:
@@ -226,7 +227,7 @@ def test_every_pack_has_templates_of_both_kinds():
 
 @pytest.mark.parametrize("pack", sorted(TEMPLATES))
 def test_templates_are_real_lines_and_behave_with_their_real_values(pack):
-    pool = _real_lines()
+    pool = real_lines()
     for kind in ("failure", "success"):
         for template in TEMPLATES[pack][kind]:
             real = {k: str(v).encode() for k, v in template["real"].items()}
