@@ -57,7 +57,10 @@ def cmd_gates(cfg, as_json: bool, out=sys.stdout) -> int:
             out.write(f"{g.key:<40} {g.user or '-':<24} {g.pack or '-':<10} "
                       f"opened {_when(g.opened)}  expires in {g.expires - now:.0f} s\n")
     if not as_json:
-        out.write(f"{len(gates)} open gate(s)\n")
+        bad = getattr(store, "bad_records", 0)
+        out.write(f"{len(gates)} open gate(s)" + (
+            f"; {bad} entr{'y' if bad == 1 else 'ies'} under a gate name held no gate record "
+            "(treated as closed, named in the warnings above)" if bad else "") + "\n")
     return 0
 
 

@@ -5,12 +5,15 @@ reads TCPREMOTEIP, sets RELAYCLIENT="" when a gate is open for it, and execs PRO
 environment otherwise untouched (a RELAYCLIENT already set, e.g. by tcprules, is kept as
 is). qmail-smtpd then relays for that client and never learns why.
 
-Reads: $TCPREMOTEIP; the configuration's os.stat; the cache file (below); for a `dir` store one
-lstat of the gate file (its mtime is the expiry, see stores/dirstore.py); for a `redis` store
-one GET per key through stores/redisstore.py.
+Reads: $TCPREMOTEIP; the configuration's os.stat; the cache file (below); for a `dir` store the
+gate file, opened without following a symlink: open iff it is a regular file, its mtime (the
+expiry, see stores/dirstore.py) is in the future and it holds the gate's record (a JSON object
+naming its address, stores.base.record_data); for a `redis` store one GET per key through
+stores/redisstore.py.
 Writes: only the cache file, and only when it is missing or stale. Never the store.
 Trust: TCPREMOTEIP must be a literal address (anything else: no RELAYCLIENT); a gate file name
-is only ever the canonical address or its IPv6 network ("2001:db8:1:2::_64"). The cache is
+is only ever the canonical address or its IPv6 network ("2001:db8:1:2::_64"); a gate file with
+anything but its record in it is closed, with one line on stderr naming it. The cache is
 believed only when it is a regular file owned by root or by us, writable by nobody else, and
 names the configuration file and its current (st_dev, st_ino, st_size, st_mtime_ns,
 st_ctime_ns); otherwise it is ignored and rewritten. Any error in any of this means no
@@ -20,9 +23,9 @@ Config: found as by every command: --config FILE, else $LOGKEY_CONFIG, else
 Exit: none when PROG runs (exec); 111 (qmail's "temporary failure") when PROG is missing or
 cannot be exec'd, with one line on stderr.
 
-Start-up cost is the point, so this module imports nothing but builtins already loaded by the
-interpreter (os, sys, time), `_json` (the C scanner, without the `json` package's imports) and,
-only for an IPv6 client, `ipaddress`. The YAML configuration is parsed only on the slow path.
+Start-up cost is the point, so this module imports nothing but modules already loaded by the
+interpreter or built into it (os, sys, time, errno), `_json` (the C scanner, without the
+`json` package's imports) and, only for an IPv6 client, `ipaddress`. The YAML configuration is parsed only on the slow path.
 
 The cache: the settings this wrapper needs (store type, dir path or the redis spec,
 ipv6_prefix; popwrap.socket for `logkey popwrap`, which shares this cache), as JSON,
@@ -38,6 +41,7 @@ mode is the configuration's read bits (it may hold a redis password), never grou
 write. A `redis` store always imports the redis client (the slow part); the tcprules cdb
 export (`tcpserver -x`) is the path with no per-connection cost at all.
 """
+import errno                                    # built into the interpreter: no file read
 import os
 import sys
 import time
@@ -47,6 +51,7 @@ DEFAULT_CONFIG = "/etc/logkey/config.yaml"      # as config.DEFAULT_PATH (not im
 DEFAULT_RUN_DIR = "/run/logkey"
 EXIT_TEMPFAIL = 111                             # qmail: temporary failure
 MAX_CACHE = 64 * 1024
+MAX_RECORD = 64 * 1024                          # as stores/dirstore.py: bigger is not a record
 USAGE = "usage: logkey relayclient [--config FILE] PROG [ARGS...]"
 
 
@@ -256,17 +261,51 @@ def gate_names(ip: str, ipv6_prefix: int | None) -> list[str]:
     return names
 
 
+def gate_file_open(path: str, key: str, now_ns: int) -> bool:
+    """The dir store's test (stores/dirstore.py) in builtins: a regular file, not reached
+    through a symlink, whose mtime is after `now_ns` and which holds `key`'s record. Raises
+    OSError when it cannot be read."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if (st.st_mode & 0o170000) != 0o100000:
+        _say(f"gate store: {path}: not a regular file; treated as closed")
+        return False
+    if st.st_mtime_ns <= now_ns:
+        return False
+    try:
+        # O_NOFOLLOW: a symlink planted since the lstat fails (ELOOP); O_NONBLOCK: a FIFO
+        # cannot hang us (ENXIO for a socket)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
+            return False
+        raise
+    try:
+        st = os.fstat(fd)
+        raw = os.read(fd, MAX_RECORD + 1) if (st.st_mode & 0o170000) == 0o100000 else b""
+    finally:
+        os.close(fd)
+    if st.st_mtime_ns <= now_ns:
+        return False
+    try:
+        data = _parse_json(raw.decode("utf-8")) if len(raw) <= MAX_RECORD else None
+    except Exception:                           # ValueError, UnicodeDecodeError, RecursionError
+        data = None
+    if type(data) is dict and data.get("key") == key:
+        return True
+    _say(f"gate store: {path}: not a gate record for this address; treated as closed")
+    return False
+
+
 def gate_open(ip: str, settings: dict) -> bool:
     """Whether a gate is open for `ip` now. Raises on a store error."""
     store, prefix = settings["store"], settings.get("ipv6_prefix")
     if store.get("type", "dir") == "dir":
         now = time.time_ns()
         for name in gate_names(ip, prefix):
-            try:
-                st = os.lstat(os.path.join(store["path"], name))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            if (st.st_mode & 0o170000) == 0o100000 and st.st_mtime_ns > now:
+            if gate_file_open(os.path.join(store["path"], name), name.replace("_", "/"), now):
                 return True
         return False
     from .stores.base import open_store        # redis: the client library is the cost

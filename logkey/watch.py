@@ -57,6 +57,7 @@ TICK = 1.0                      # seconds between timer runs (expiry, session ex
 PURGE_EVERY = 60.0              # seconds between removals of expired gates from the store
 RETRY_MAX = 30.0                # longest wait between store retries during an outage
 RECONCILE_EVERY = 5.0           # seconds between checks for gates closed by hand
+TIMEOUT_WARN_EVERY = 60.0       # at most one warning a minute about lines over the match limit
 
 
 class WatchError(LogkeyError):
@@ -156,6 +157,9 @@ class Watcher:
         self.retry_wait = 1.0
         self.next_purge = 0.0
         self.next_reconcile = 0.0
+        self.timeouts_seen = 0                  # match time-outs warned about or pending
+        self.timeouts_pending = 0
+        self.next_timeout_warning = 0.0
         self.follower = self._follower()
         self.popwrap = PopwrapListener()
         try:
@@ -294,6 +298,8 @@ class Watcher:
                 source = f"{line.path}:{line.lineno}" if line.lineno else line.path
                 self._seen(event)
                 self._apply(self.policy.on_event(event, now, source))
+            if self.base.stats.timeouts != self.timeouts_seen:
+                self._timed_out(line)
         entries = 0
         for reader, (_, exps, engine), stats in zip(self.readers, self.journals,
                                                      self.journal_stats):
@@ -305,6 +311,7 @@ class Watcher:
                 for event in engine.feed_header(header, where):
                     if self.shift and event.time is not None:
                         event.time += timedelta(seconds=self.shift)
+                    self._seen(event)
                     self._apply(self.policy.on_event(event, now, f"{reader.label}:{cursor}"))
         datagrams = 0
         for event in self.popwrap.receive(now):
@@ -346,6 +353,23 @@ class Watcher:
     def _warn(message: str | None) -> None:
         if message:
             log.warning("%s", message)
+
+    def _timed_out(self, line) -> None:
+        """A line hit the matcher's time limit (no event from it): warn, at most once a
+        minute, naming the line and how many there were."""
+        total = self.base.stats.timeouts
+        if total < self.timeouts_seen:          # a reload started new counts
+            self.timeouts_seen = 0
+        self.timeouts_pending += total - self.timeouts_seen
+        self.timeouts_seen = total
+        now = time.monotonic()
+        if now >= self.next_timeout_warning:
+            where = f"{line.path}:{line.lineno}" if line.lineno else line.path
+            log.warning("%s: pattern match over its time limit, line skipped (no event); "
+                        "%d such line(s) since the last warning, %d since start",
+                        where, self.timeouts_pending, total)
+            self.timeouts_pending = 0
+            self.next_timeout_warning = now + TIMEOUT_WARN_EVERY
 
     def _still_stored(self, key: str) -> bool:
         """Whether the store still holds a gate (False: closed by hand); True when unsure."""
@@ -481,6 +505,10 @@ class Watcher:
         self.reload_requested = True
 
     def close(self) -> None:
+        if self.timeouts_pending:
+            log.warning("%d more line(s) skipped over the pattern match time limit since the "
+                        "last warning, %d since start", self.timeouts_pending, self.timeouts_seen)
+            self.timeouts_pending = 0
         if self.status is not None:
             self.status.write(stopped=True)
             self.status = None

@@ -93,29 +93,50 @@ def test_huge_and_binary_lines_through_the_cli(tmp_path):
     assert s["lines"] == 7 and s["too_long"] == 3
 
 
-def test_match_time_limit_counts_and_carries_on(tmp_path):
-    # A local pack whose (lint-clean) regex backtracks badly on a crafted line.
+SLOW_PACK = ("programs: [slowd]\n"
+             "events:\n"
+             "  - id: login\n"
+             "    kind: login\n"
+             "    protocol: pop3\n"
+             "    regex: '^(?:(?:a|aa|aaa){1,40}){1,40}b (?P<ip>[0-9.]{7,15})$'\n"
+             "samples:\n"
+             "  - line: 'Nov 27 10:00:00 h slowd: ab 192.0.2.1'\n"
+             "    expect: {kind: login, ip: 192.0.2.1}\n"
+             "    source: test\n")
+
+
+def slow_site(tmp_path, slow_lines=1):
+    """A local pack whose (lint-clean) regex backtracks badly on a crafted line, and a log
+    with `slow_lines` such lines, then a good login."""
     (tmp_path / "packs").mkdir()
-    (tmp_path / "packs" / "slow.yaml").write_text(
-        "programs: [slowd]\n"
-        "events:\n"
-        "  - id: login\n"
-        "    kind: login\n"
-        "    protocol: pop3\n"
-        "    regex: '^(?:(?:a|aa|aaa){1,40}){1,40}b (?P<ip>[0-9.]{7,15})$'\n"
-        "samples:\n"
-        "  - line: 'Nov 27 10:00:00 h slowd: ab 192.0.2.1'\n"
-        "    expect: {kind: login, ip: 192.0.2.1}\n"
-        "    source: test\n")
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"patterns_dir: {tmp_path / 'packs'}\n")
+    (tmp_path / "packs" / "slow.yaml").write_text(SLOW_PACK)
     log = tmp_path / "m.log"
-    log.write_text("Nov 27 10:00:00 h slowd: " + "a" * 60 + "c 192.0.2.1\n"
-                   "Nov 27 10:00:01 h slowd: ab 192.0.2.2\n")
+    log.write_text("".join(f"Nov 27 10:00:00 h slowd: {'a' * 60}c 192.0.2.{i + 10}\n"
+                           for i in range(slow_lines)) + "Nov 27 10:00:01 h slowd: ab 192.0.2.2\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"patterns_dir: {tmp_path / 'packs'}\nlogs: [{{path: {log}}}]\n"
+                   f"store: {{type: dir, path: {tmp_path / 'gates'}}}\n"
+                   f"state_dir: {tmp_path / 'state'}\ntimezone: UTC\n")
+    return cfg, log
+
+
+def test_match_time_limit_counts_and_carries_on(tmp_path):
+    cfg, log = slow_site(tmp_path)
     out = run_logkey("dry-run", "--json", "--config", str(cfg), "--now", NOW, str(log), check=0)
     lines = [json.loads(x) for x in out.stdout.decode().splitlines()]
     assert [e["ip"] for e in lines[:-1]] == ["192.0.2.2"]
     assert lines[-1]["timeouts"] == 1
+
+
+def test_match_time_limit_in_watch_is_warned_and_counted(tmp_path):
+    cfg, log = slow_site(tmp_path, slow_lines=3)
+    out = run_logkey("watch", "--once", "--config", str(cfg),
+                     "--as-of", "2026-11-27T10:00:05+00:00", check=0)
+    assert sorted(p.name for p in (tmp_path / "gates").iterdir()) == ["192.0.2.2"]
+    warnings = [x for x in out.stderr.decode().splitlines() if "time limit" in x]
+    assert len(warnings) == 2, out.stderr                # the first at once, the rest at exit
+    assert f"{log}:1: pattern match over its time limit, line skipped" in warnings[0]
+    assert "2 more line(s)" in warnings[1] and "3 since start" in warnings[1]
 
 
 def test_pid_join_needs_the_same_host_and_the_window():

@@ -65,8 +65,9 @@ RELAY, NO_RELAY = "RELAYCLIENT=[]", "RELAYCLIENT unset"
 
 
 def touch(path, offset):
+    """A gate file as the dir store writes it: its record (naming its key), mtime = expiry."""
     with open(path, "w") as f:
-        f.write("{}\n")
+        f.write(json.dumps({"key": os.path.basename(path).replace("_", "/")}) + "\n")
     t = time.time() + offset
     os.utime(path, (t, t))
 
@@ -300,6 +301,46 @@ def test_relayclient_store_errors_serve_without_relay(site, case):
     else:
         assert len(lines) == 1 and lines[0].startswith("logkey relayclient: ") \
             and lines[0].endswith(f"no RELAYCLIENT for {OPEN}"), lines
+
+
+@pytest.mark.parametrize("kind", ["symlink-to-gate", "symlink-to-dir", "dangling", "fifo",
+                                  "socket", "directory", "empty", "garbage", "other-key",
+                                  "huge", "not-utf8", "nesting"])
+def test_relayclient_planted_gate_entry_never_relays(site, kind, tmp_path):
+    """Whatever sits under the client's gate name, only its own record opens it; anything
+    else is closed and named in one line on stderr, and nothing is followed or hangs."""
+    gate = site / "gates" / NONE
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    record = json.dumps({"key": NONE}).encode()
+    content = {"empty": b"", "garbage": b"\x00{garbage", "other-key": json.dumps(
+        {"key": OPEN}).encode(), "huge": record + b" " * 70_000, "not-utf8": b"\xff" + record,
+               "nesting": b"[" * 50_000}.get(kind)
+    if content is not None:
+        gate.write_bytes(content)
+    elif kind == "symlink-to-gate":
+        touch(outside / NONE, 3600)                # a good gate file, outside the store
+        os.symlink(outside / NONE, gate)
+    elif kind == "symlink-to-dir":
+        os.symlink(outside, gate)
+    elif kind == "dangling":
+        os.symlink(outside / "nothing", gate)
+    elif kind == "fifo":
+        os.mkfifo(gate)
+    elif kind == "socket":
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(gate))
+    else:
+        gate.mkdir()
+    future = time.time() + 3600
+    os.utime(gate, (future, future), follow_symlinks=False)
+    proc = run_direct(site, NONE)
+    assert proc.returncode == 0
+    assert report(proc.stdout)["relay"] == NO_RELAY
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and str(gate) in lines[0] and lines[0].endswith(
+        "treated as closed"), lines
+    assert report(run_direct(site, OPEN).stdout)["relay"] == RELAY
 
 
 def test_relayclient_redis_store(site, redis_server):

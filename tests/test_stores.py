@@ -349,20 +349,155 @@ def test_dir_non_regular_files_closed_and_purged(gates):
     assert sorted(os.listdir(gates)) == ["192.0.2.3"]          # a non-empty dir is not ours
 
 
-def test_dir_tampered_file_with_future_mtime_is_open(gates):
+GARBAGE = {                      # content planted under a gate name -> why it is no gate
+    "192.0.2.1": b"\x00garbage{",
+    "192.0.2.2": b"",
+    "192.0.2.3": gate("192.0.2.99", time.time() + 300).to_json().encode(),   # another's record
+    "192.0.2.4": b"[1, 2]",
+    "192.0.2.5": b"x" * 100_000,
+    "192.0.2.6": b'{"key": "192.0.2.6", "user": "trunc',                   # cut short
+    "192.0.2.7": b"\xff\xfe{\"key\": \"192.0.2.7\"}",                       # not UTF-8
+    "192.0.2.8": b"[" * 100_000,                                            # nesting bomb
+    "192.0.2.9": b'{"key": ["192.0.2.9"]}',
+}
+
+
+def test_dir_garbage_content_is_closed_reported_once_and_purged(gates, caplog):
     s = DirStore(gates)
     future = time.time() + 300
-    for name, content in (("192.0.2.1", b"\x00garbage{"), ("192.0.2.2", b""),
-                          ("192.0.2.3", gate("192.0.2.99", future).to_json().encode()),
-                          ("192.0.2.4", b"[1, 2]"), ("192.0.2.5", b"x" * 100_000)):
+    for name, content in GARBAGE.items():
         (gates / name).write_bytes(content)
         os.utime(gates / name, (future, future))
-        got = s.get(name)
-        assert got is not None and got.key == name
-        assert got.user is None and got.source is None and got.pack is None
-        assert got.expires == pytest.approx(future, abs=1e-3)
-        assert got.opened <= future
-    assert len(list(s.scan())) == 5
+    s.put(gate("192.0.2.10", future))                        # a real gate among them
+    with caplog.at_level("WARNING", logger="logkey.store"):
+        for _ in range(3):                                   # however often it is looked at
+            for name in GARBAGE:
+                assert s.get(name) is None
+                assert not s.is_open(name)
+            assert [g.key for g in s.scan()] == ["192.0.2.10"]
+    assert s.is_open("192.0.2.10")
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == len(GARBAGE) == s.bad_records      # one line per file, counted
+    for name in GARBAGE:
+        line = next(w for w in warned if f"gates: {name}: " in w)
+        assert line.endswith("treated as closed") and "\n" not in line
+    (gates / "192.0.2.1").write_bytes(b"still not a record")   # a new version: reported again
+    os.utime(gates / "192.0.2.1", (future, future))
+    assert not s.is_open("192.0.2.1") and s.bad_records == len(GARBAGE) + 1
+    assert s.purge() == len(GARBAGE)                         # removed like expired gates
+    assert os.listdir(gates) == ["192.0.2.10"]
+
+
+def test_dir_record_with_odd_fields_is_still_its_gate(gates):
+    s = DirStore(gates)
+    future = time.time() + 300
+    (gates / "192.0.2.1").write_text('{"key": "192.0.2.1", "user": 5, "opened": "x"}')
+    os.utime(gates / "192.0.2.1", (future, future))
+    got = s.get("192.0.2.1")
+    assert got.user is None and got.source is None and got.opened <= future
+    assert got.expires == pytest.approx(future, abs=1e-3)
+    assert s.is_open("192.0.2.1") and s.bad_records == 0
+
+
+def test_dir_is_open_rereads_a_rewritten_file(gates):
+    s = DirStore(gates)
+    future = time.time() + 300
+    s.put(gate("192.0.2.1", future))
+    assert s.is_open("192.0.2.1")                            # now remembered as good
+    with open(gates / "192.0.2.1", "r+b") as f:              # rewritten in place
+        f.write(b"#")
+    os.utime(gates / "192.0.2.1", (future, future))
+    assert not s.is_open("192.0.2.1") and s.bad_records == 1
+
+
+def plant(gates, name, kind, outside):
+    """A non-regular entry under a gate name; `outside` is a directory beyond the store."""
+    path = gates / name
+    if kind == "symlink-to-gate":            # a real, open gate file of another store
+        target = outside / "gate"
+        target.write_text(json.dumps({"key": name}))
+        future = time.time() + 3600
+        os.utime(target, (future, future))
+        os.symlink(target, path)
+    elif kind == "symlink-to-dir":
+        (outside / "sub").mkdir(exist_ok=True)
+        (outside / "sub" / "keep").write_text("x")
+        os.symlink(outside / "sub", path)
+    elif kind == "dangling":
+        os.symlink(outside / "nothing", path)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
+    elif kind == "directory":
+        path.mkdir()
+    future = time.time() + 3600
+    os.utime(path, (future, future), follow_symlinks=False)
+
+
+PLANTED = ["symlink-to-gate", "symlink-to-dir", "dangling", "fifo", "socket", "directory"]
+
+
+@pytest.mark.parametrize("kind", PLANTED)
+def test_dir_planted_non_regular_entry_never_followed(tmp_path, kind, caplog):
+    gates, outside = tmp_path / "g", tmp_path / "outside"
+    outside.mkdir()
+    s = DirStore(gates)
+    name = "192.0.2.20"
+    plant(gates, name, kind, outside)
+    before = sorted(str(p) for p in outside.rglob("*"))
+    with caplog.at_level("WARNING", logger="logkey.store"):
+        assert not s.is_open(name)
+        assert s.get(name) is None
+        assert list(s.scan()) == []
+        assert s.delete(name) is False                       # `logkey close`: it was not open
+        assert os.listdir(gates) == []                       # ... and it is gone
+        plant(gates, name, kind, outside)
+        assert s.purge() == 1
+    assert os.listdir(gates) == []                           # the entry itself, nothing else
+    assert sorted(str(p) for p in outside.rglob("*")) == before
+    assert s.bad_records >= 1
+    assert all(f"{gates}: {name}: " in r.getMessage() for r in caplog.records)
+    assert any("not a regular file" in r.getMessage() for r in caplog.records)
+
+
+def test_dir_planted_entries_through_the_commands(tmp_path):
+    """`logkey gates`, `check`, `close`, `purge` against a store full of planted entries."""
+    gates, outside = tmp_path / "gates", tmp_path / "outside"
+    outside.mkdir()
+    s = DirStore(gates)
+    names = {}
+    for i, kind in enumerate(PLANTED):
+        names[kind] = f"192.0.2.{30 + i}"
+        plant(gates, names[kind], kind, outside)
+    future = time.time() + 300
+    for name, content in GARBAGE.items():
+        (gates / name).write_bytes(content)
+        os.utime(gates / name, (future, future))
+    s.put(gate("192.0.2.50", future))
+    before = sorted(str(p) for p in outside.rglob("*"))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"store: {{type: dir, path: {gates}}}\n")
+    from conftest import run_logkey
+    out = run_logkey("gates", "--config", str(cfg), check=0)
+    assert out.stdout.decode().splitlines()[0].startswith("192.0.2.50 ")
+    last = out.stdout.decode().splitlines()[-1]
+    assert last.startswith("1 open gate(s); " + str(len(PLANTED) + len(GARBAGE)) + " entries"), last
+    err = out.stderr.decode().splitlines()
+    assert len(err) == len(PLANTED) + len(GARBAGE), err
+    assert all(line.endswith("treated as closed") for line in err)
+    for name in list(names.values()) + list(GARBAGE):
+        proc = run_logkey("check", "--config", str(cfg), name)
+        assert proc.returncode == 1 and proc.stdout.decode() == f"{name}: closed\n"
+        assert len(proc.stderr.decode().splitlines()) == 1 and name in proc.stderr.decode()
+    assert run_logkey("check", "--config", str(cfg), "192.0.2.50").returncode == 0
+    assert run_logkey("close", "--config", str(cfg), names["symlink-to-gate"],
+                      check=0).stdout.decode() == "closed 0 gate(s)\n"
+    run_logkey("purge", "--config", str(cfg), check=0)
+    assert os.listdir(gates) == ["192.0.2.50"]
+    assert sorted(str(p) for p in outside.rglob("*")) == before
 
 
 def test_dir_purge(gates, monkeypatch):
@@ -467,17 +602,25 @@ def test_redis_prefixes_isolate(redis_server):
     b.close()
 
 
-def test_redis_tampered_values(rstore):
+def test_redis_tampered_values(rstore, caplog):
     c = rstore.client
     c.set("logkey:gate:192.0.2.1", b"\xffgarbage", px=30_000)
-    c.set("logkey:gate:192.0.2.2", b"garbage")                     # no TTL: never open
+    c.set("logkey:gate:192.0.2.2", b"garbage")
     c.set("logkey:gate:192.0.2.3", gate("192.0.2.99", time.time() + 60).to_json(), px=30_000)
-    got = rstore.get("192.0.2.1")
-    assert got is not None and got.user is None and got.source is None
-    assert got.expires == pytest.approx(time.time() + 30, abs=2)
-    assert rstore.get("192.0.2.2") is None
-    assert rstore.get("192.0.2.3").user is None
-    assert {g.key for g in rstore.scan()} == {"192.0.2.1", "192.0.2.3"}
+    c.set("logkey:gate:192.0.2.4", b'{"key": "192.0.2.4", "expires": "x"}', px=30_000)
+    c.set("logkey:gate:192.0.2.5", b'{"key": "192.0.2.5", "expires": "x"}')   # no TTL
+    with caplog.at_level("WARNING", logger="logkey.store"):
+        for _ in range(2):
+            for key in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):  # no record for its key
+                assert rstore.get(key) is None and not rstore.is_open(key)
+            got = rstore.get("192.0.2.4")                        # its record, odd fields
+            assert got is not None and got.user is None and got.source is None
+            assert got.expires == pytest.approx(time.time() + 30, abs=2)
+            assert rstore.get("192.0.2.5") is None               # ... and no TTL: never open
+            assert {g.key for g in rstore.scan()} == {"192.0.2.4"}
+    assert rstore.bad_records == 3
+    assert sorted(r.getMessage().split(": ")[1] for r in caplog.records) == [
+        "logkey:gate:192.0.2.1", "logkey:gate:192.0.2.2", "logkey:gate:192.0.2.3"]
 
 
 def test_redis_unix_socket(redis_server):

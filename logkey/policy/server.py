@@ -47,7 +47,11 @@ MAX_CONNECTIONS = 4096        # ~100 per Postfix instance by default (default_pr
 FD_RESERVE = 64               # descriptors kept for listeners, the store and logging
 THREADS = 16                  # store lookups in flight at once (non-dir stores)
 WARNINGS_PER_SECOND = 10      # client-error log lines; the rest are counted
-BACKLOG = 1024
+# The listen backlog, which is also how many connections asyncio accepts in one go per
+# listener, before any of them is set up (and before the cap below can close an idle one):
+# the connection cap leaves that many descriptors free per listener, so a flood of connects
+# never runs the process out of descriptors.
+BACKLOG = 128
 REPLIES = {OK: reply(OK), DUNNO: reply(DUNNO)}
 MISS_POLL_FIRST = 0.005       # a miss is asked again after 5 ms, then 10, 20, ... 100 ms apart
 MISS_POLL_MAX = 0.1
@@ -227,6 +231,7 @@ class PolicyServer:
         self.servers, self.sockets = [], []       # asyncio servers; (path, inode) of ours
         self.outage, self.outage_answers = False, 0
         self._warn_window, self._warned, self._unlogged = 0.0, 0, 0
+        self._accept_warned = -1.0
         self.loop = None
         self._sweeper = None
         self.metrics = None
@@ -361,6 +366,19 @@ class PolicyServer:
                         self._unlogged)
             self._unlogged = 0
 
+    def _loop_error(self, loop, context) -> None:
+        """asyncio's reports: running out of descriptors on accept (it then pauses that
+        listener for a second) is one rate-limited line, not a traceback per connection."""
+        exc = context.get("exception")
+        if context.get("message", "").startswith("socket.accept() out of system resource"):
+            now = time.monotonic()
+            if now - self._accept_warned >= 1.0:
+                self._accept_warned = now
+                log.warning("cannot accept connections: %s; listener paused for a second",
+                            getattr(exc, "strerror", None) or exc)
+            return
+        loop.default_exception_handler(context)
+
     async def _sweep(self):
         """Close connections idle, or stuck half-way through a request, past idle_timeout."""
         interval = min(1.0, max(0.05, self.idle_timeout / 4))
@@ -383,7 +401,9 @@ class PolicyServer:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         if self.max_connections is None:
-            self.max_connections = max(16, min(MAX_CONNECTIONS, _raise_fd_limit() - FD_RESERVE))
+            self.max_connections = max(16, min(MAX_CONNECTIONS, _raise_fd_limit() - FD_RESERVE
+                                               - BACKLOG * len(self.listen)))
+        self.loop.set_exception_handler(self._loop_error)
         try:
             for spec, where in self.listen:
                 factory = lambda spec=spec: _Connection(self, spec)  # noqa: E731

@@ -6,17 +6,25 @@ name, key or path from anything else. Time is epoch seconds (float) throughout.
 
 Backends: `dir` (dirstore.py, the default: a file per gate, mtime = expiry) and `redis`
 (redisstore.py; the `redis` package is imported only when that backend is chosen).
+
+A stored entry is a gate only when its content is a record for its own key (`record_data`):
+anything else under a gate's name (garbage, an empty file, another address's record) is
+closed, reported once with one warning line naming it, and counted in `bad_records`.
 """
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
 from ..errors import LogkeyError
+
+log = logging.getLogger("logkey.store")
+REPORTED_MAX = 4096           # entries remembered as already reported (then forgotten, re-reported)
 
 
 class StoreError(LogkeyError):
@@ -56,6 +64,18 @@ def check_key(key: str) -> str:
     return key
 
 
+def record_data(key: str, raw: bytes | None) -> dict | None:
+    """The JSON object in `raw` when it is a gate record for `key` (it names that key), else
+    None. This is the whole test of "is this a gate": relayclient applies the same one."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and data.get("key") == key else None
+
+
 def keys_for(ip: str, ipv6_prefix: int | None) -> list[str]:
     """The keys under which a gate for `ip` may be stored: the address, and for IPv6 with a
     prefix configured, its network."""
@@ -66,6 +86,19 @@ def keys_for(ip: str, ipv6_prefix: int | None) -> list[str]:
 
 
 class Store(ABC):
+    bad_records = 0           # entries under a gate name that hold no record for it, reported
+
+    def report_bad(self, what: str, identity, why: str) -> None:
+        """One warning per bad entry (per `identity`: it is reported again once changed)."""
+        reported = self.__dict__.setdefault("_reported", {})
+        if reported.get(what) == identity:
+            return
+        if len(reported) >= REPORTED_MAX:
+            reported.clear()
+        reported[what] = identity
+        self.bad_records += 1
+        log.warning("%s: %s; treated as closed", what, why)
+
     @abstractmethod
     def put(self, gate: GateRecord) -> None:
         """Create or replace the gate (atomic for readers)."""

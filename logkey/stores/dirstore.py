@@ -12,23 +12,27 @@ Layout
                                   (no address or network ever contains "_")
     <path>/.<name>.<random>.tmp   a gate being written (dot-prefixed, same directory)
 
-The file's **mtime is the expiry**: a gate is open iff a regular file exists under its name
-and its mtime is later than now. That is all a checker (`logkey relayclient`) needs: one
-lstat. The content is `GateRecord.to_json()`, for people and for `logkey gates`.
+The file's **mtime is the expiry**: a gate is open iff a regular file exists under its name,
+its mtime is later than now, and it holds the record of that gate (JSON naming its key,
+`base.record_data`). A checker lstats the name and, when it is a regular file with a future
+mtime, reads it once (O_NOFOLLOW); `is_open` remembers which file versions (device, inode,
+ctime, size) held a good record, so a long-running checker pays one lstat per lookup. The
+content is `GateRecord.to_json()`, also for people and for `logkey gates`.
 
 Writes are atomic: the record goes to a dot-prefixed temp file in the same directory (mode
 0640), its mtime is set to the expiry, it is fsynced and renamed over the gate's name, then the
 directory is fsynced. A reader sees the old gate or the new one, never a partial file.
 
 Decisions
-- The mtime decides, not the content. `get()` returns the record with `expires` taken from
-  the mtime (so `touch -d` extends a gate, as the checker would see it). A file whose content
-  is unreadable, unparseable or names another key but whose mtime is in the future IS open,
-  because the SMTP-side checker only stats it and would relay for it; `get()` then reports it
-  with user/pack/protocol/source None and `opened` = the file's ctime (when it was last
-  written), so `logkey gates` shows it and an admin can `logkey close` it.
+- The mtime decides the expiry, not the content. `get()` returns the record with `expires`
+  taken from the mtime (so `touch -d` extends a gate, as the checker would see it).
+- A file whose content is not a record for its name (garbage, empty, truncated, over 64 KiB,
+  another address's record) is closed for every reader (`is_open`, `get`, `scan`, so `logkey
+  gates`, `logkey check`, the policy service, the exports, and relayclient's own check), is
+  reported with one warning line naming it (once per version of the file) and counted in
+  `bad_records`; `purge()` removes it like an expired gate.
 - A symlink, directory, FIFO or other non-regular file under a gate name is never followed,
-  never open, and removed by `purge()` (a non-empty directory is left alone).
+  never open, and removed by `purge()` (the link itself; a non-empty directory is left alone).
 - `put()` writes what it is given, even an already expired gate (it is simply closed; `purge()`
   removes it). `delete()` returns True only if the gate it removed was open.
 - Names that are not ours (not a canonical key, not our temp pattern) are ignored, not removed.
@@ -42,7 +46,6 @@ from __future__ import annotations
 
 import errno
 import grp
-import json
 import os
 import re
 import secrets
@@ -51,7 +54,7 @@ import time
 from typing import Iterator
 
 from ..atomic import write_atomic
-from .base import GateRecord, Store, StoreError, check_key, keys_for, now_or
+from .base import GateRecord, Store, StoreError, check_key, keys_for, now_or, record_data
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
@@ -59,6 +62,7 @@ MAX_RECORD = 64 * 1024          # a record is ~200 bytes; anything bigger is not
 TEMP_MAX_AGE = 60.0             # seconds before purge() removes a stray temp file
 TEMP_SUFFIX = ".tmp"
 TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{12}(?:\.purge)?\.tmp")   # what put()/purge() create
+GOOD_MAX = 65536                # file versions remembered as holding a good record (is_open)
 
 
 _GATE_NAME = re.compile(r"[0-9a-f.:]{2,45}(?:_[0-9]{1,3})?")
@@ -90,6 +94,7 @@ class DirStore(Store):
     def __init__(self, path: str | os.PathLike, group: str | int | None = None):
         self.path = os.fspath(path)
         self.gid = self._resolve_group(group)
+        self._good: dict[str, tuple] = {}          # name -> identity of a version with a record
         self._make_dir()
 
     # -- setup ------------------------------------------------------------------------------
@@ -150,6 +155,7 @@ class DirStore(Store):
     def delete(self, key: str) -> bool:
         name = key_to_name(key)
         path = self._file(name)
+        was_open = self._read(key, name, time.time()) is not None
         try:
             st = os.lstat(path)
             if stat.S_ISDIR(st.st_mode):
@@ -160,14 +166,15 @@ class DirStore(Store):
             return False
         except OSError as e:
             raise self._error(f"remove gate {name}", e) from None
-        return stat.S_ISREG(st.st_mode) and st.st_mtime > time.time()
+        return was_open and stat.S_ISREG(st.st_mode)
 
     # -- reading ----------------------------------------------------------------------------
 
     def is_open(self, ip: str, ipv6_prefix: int | None = None, now: float | None = None) -> bool:
-        """What a checker does: one lstat per key, a regular file whose mtime is in the future.
-        `ip` must be canonical (every caller passes canonical_ip output); the file name is the
-        key itself ("/" -> "_" for a prefix gate), nothing else."""
+        """What a checker does: one lstat per key, a regular file whose mtime is in the future,
+        then its record read once per version of the file. `ip` must be canonical (every
+        caller passes canonical_ip output); the file name is the key itself ("/" -> "_" for a
+        prefix gate), nothing else."""
         now = now_or(now)
         for key in (keys_for(ip, ipv6_prefix) if ipv6_prefix and ":" in ip else (ip,)):
             name = key.replace("/", "_")
@@ -179,7 +186,11 @@ class DirStore(Store):
                 continue
             except OSError as e:
                 raise self._error(f"read gate {key}", e) from None
-            if stat.S_ISREG(st.st_mode) and st.st_mtime > now:
+            if not stat.S_ISREG(st.st_mode):
+                self._not_regular(name, st)
+            elif st.st_mtime > now and (
+                    self._good.get(name) == _identity(st) or
+                    self._read(key, name, now) is not None):
                 return True
         return False
 
@@ -187,27 +198,56 @@ class DirStore(Store):
         name = key_to_name(key)
         return self._read(key, name, now_or(now))
 
-    def _read(self, key: str, name: str, now: float) -> GateRecord | None:
+    def _read(self, key: str, name: str, now: float, quiet: bool = False) -> GateRecord | None:
+        """The gate in the file `name`, if it is open at `now` and holds `key`'s record (else
+        None; bad content is reported unless `quiet`)."""
         try:
             # O_NOFOLLOW: a symlink fails with ELOOP; O_NONBLOCK: a planted FIFO cannot hang us.
             fd = os.open(self._file(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
                          | os.O_CLOEXEC)
         except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 return None
-            if e.errno == errno.ENXIO:                 # a socket or a reader-less FIFO
+            if e.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a socket or reader-less FIFO
+                try:
+                    self._not_regular(name, os.lstat(self._file(name)), quiet)
+                except OSError:
+                    pass
                 return None
             raise self._error(f"read gate {name}", e) from None
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_mtime <= now:
+            if not stat.S_ISREG(st.st_mode):
+                self._not_regular(name, st, quiet)
+                return None
+            if st.st_mtime <= now:
                 return None
             raw = os.read(fd, MAX_RECORD + 1)
         except OSError as e:
             raise self._error(f"read gate {name}", e) from None
         finally:
             os.close(fd)
-        return _record(key, raw, st)
+        data = record_data(key, raw) if len(raw) <= MAX_RECORD else None
+        if data is None:
+            if quiet:
+                return None
+            why = (f"larger than {MAX_RECORD} bytes" if len(raw) > MAX_RECORD else
+                   "empty" if not raw else "not a gate record for this address")
+            self.report_bad(f"gate store {self.path}: {name}", _identity(st), why)
+            return None
+        if not quiet:
+            if len(self._good) >= GOOD_MAX:
+                self._good.clear()
+            self._good[name] = _identity(st)
+        return _record(key, data, st)
+
+    def _not_regular(self, name: str, st: os.stat_result, quiet: bool = False) -> None:
+        if not quiet and not stat.S_ISREG(st.st_mode):
+            kind = ("a symlink" if stat.S_ISLNK(st.st_mode) else "a directory"
+                    if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device")
+            self.report_bad(f"gate store {self.path}: {name}", _identity(st),
+                            f"{kind}, not a regular file (never followed)")
 
     def scan(self, now: float | None = None) -> Iterator[GateRecord]:
         now = now_or(now)
@@ -252,23 +292,27 @@ class DirStore(Store):
     def _purge_one(self, name: str, now: float) -> int:
         path = self._file(name)
         st = os.lstat(path)
+        self._not_regular(name, st)
         if stat.S_ISDIR(st.st_mode):
             try:
                 os.rmdir(path)
                 return 1
             except OSError:
                 return 0                               # not empty: not ours to delete
-        if stat.S_ISREG(st.st_mode) and st.st_mtime > now:
-            return 0
         if not stat.S_ISREG(st.st_mode):
             os.unlink(path)
             return 1
-        # Expired. A put() may rename a fresh gate into place between our lstat and our
-        # removal, so move it aside atomically first and put it back if it turned out fresh.
-        aside = self._file(f".{name}.{secrets.token_hex(6)}.purge{TEMP_SUFFIX}")
+        key = name_to_key(name)
+        if st.st_mtime > now and self._read(key, name, now) is not None:
+            return 0
+        # Expired, or no record in it. A put() may rename a fresh gate into place between our
+        # look and our removal, so move it aside atomically first and put it back if it
+        # turned out to be a fresh gate.
+        aside_name = f".{name}.{secrets.token_hex(6)}.purge{TEMP_SUFFIX}"
+        aside = self._file(aside_name)
         os.rename(path, aside)
         try:
-            if os.lstat(aside).st_mtime > now:
+            if self._read(key, aside_name, now, quiet=True) is not None:
                 try:
                     os.link(aside, path)               # fails if an even newer gate exists
                 except FileExistsError:
@@ -279,22 +323,20 @@ class DirStore(Store):
             os.unlink(aside)
 
 
-def _record(key: str, raw: bytes, st: os.stat_result) -> GateRecord:
-    """The record in a gate file; `expires` is always the mtime. Unparseable content, or a
-    record for another key, gives a record with the unknown fields None (see the docstring)."""
+def _identity(st: os.stat_result) -> tuple:
+    """A version of a file: a rewrite (rename over it, or in place) changes ctime or inode."""
+    return (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_size, st.st_mtime_ns)
+
+
+def _record(key: str, data: dict, st: os.stat_result) -> GateRecord:
+    """The record of a gate file (`data` names `key`); `expires` is always the mtime. Fields
+    of the wrong type are None (`opened` then the file's ctime)."""
     expires = st.st_mtime
-    data = None
-    if len(raw) <= MAX_RECORD:
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            data = None
-    if isinstance(data, dict) and data.get("key") == key:
-        fields = {k: data.get(k) for k in GateRecord.__dataclass_fields__}
-        texts = ("user", "pack", "protocol", "source")
-        if all(fields[k] is None or isinstance(fields[k], str) for k in texts) and \
-                isinstance(fields["opened"], (int, float)) and not isinstance(fields["opened"], bool):
-            fields.update(key=key, expires=expires, opened=float(fields["opened"]))
-            return GateRecord(**fields)
+    fields = {k: data.get(k) for k in GateRecord.__dataclass_fields__}
+    texts = ("user", "pack", "protocol", "source")
+    if all(fields[k] is None or isinstance(fields[k], str) for k in texts) and \
+            isinstance(fields["opened"], (int, float)) and not isinstance(fields["opened"], bool):
+        fields.update(key=key, expires=expires, opened=float(fields["opened"]))
+        return GateRecord(**fields)
     return GateRecord(key=key, user=None, pack=None, protocol=None,
                       opened=min(st.st_ctime, expires), expires=expires, source=None)

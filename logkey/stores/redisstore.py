@@ -12,9 +12,11 @@ Expiry: every gate is written with `SET key value PX <remaining lifetime in ms>`
 expires it on time even while logkey is down; `purge()` has nothing to do and returns 0. The
 TTL is computed on the real clock: a gate already expired when `put()` runs is deleted, never
 written. `get()`/`scan()` also require the record's `expires` to be later than `now`. A value
-that is not a valid record for its key (hand-written, tampered) counts as open while its key
-has a TTL (expiry = now + PTTL; a key without a TTL is never open), with the unknown fields
-None, so `logkey gates` shows it and `logkey close` removes it.
+that is not a record for its key (garbage, another address's record: `base.record_data`) is
+closed, reported once with one warning line naming the key, and counted in `bad_records`; a
+record for its key whose fields are unusable counts as open while its key has a TTL (expiry =
+now + PTTL; a key without a TTL is never open), with the unknown fields None, so `logkey
+gates` shows it and `logkey close` removes it.
 
 Connections: `redis://[user:password@]host:port/db`, `rediss://...` (TLS) and
 `unix:///path/to/redis.sock?db=N`, through `redis.Redis.from_url`. Sentinel: give
@@ -31,13 +33,12 @@ this module, which `open_store` imports only when this backend is chosen.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from .base import GateRecord, Store, StoreError, check_key, now_or
+from .base import GateRecord, Store, StoreError, check_key, now_or, record_data
 
 try:
     import redis
@@ -178,21 +179,24 @@ class RedisStore(Store):
             return None
 
     def _record(self, key: str, name, raw: bytes | None) -> GateRecord | None:
-        """The record stored under `name`, or None if it has gone. A value that is not a valid
-        record for `key` is open for its remaining TTL, with the unknown fields None."""
+        """The record stored under `name`, or None if it has gone or holds no record for `key`
+        (reported). A record for `key` with unusable fields is open for its remaining TTL,
+        with the unknown fields None."""
         if raw is None:
             return None
+        data = record_data(key, raw)
+        if data is None:
+            self.report_bad(f"redis store {self.where}: {self.prefix}{key}",
+                            hash(raw), "not a gate record for this address")
+            return None
         try:
-            data = json.loads(raw)
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and data.get("key") == key:
-            try:
-                gate = GateRecord.from_json(raw)
-                gate.opened, gate.expires = float(gate.opened), float(gate.expires)
+            gate = GateRecord(**{k: data.get(k) for k in GateRecord.__dataclass_fields__})
+            gate.opened, gate.expires = float(gate.opened), float(gate.expires)
+            if all(getattr(gate, k) is None or isinstance(getattr(gate, k), str)
+                   for k in ("user", "pack", "protocol", "source")):
                 return gate
-            except (TypeError, ValueError):
-                pass
+        except (TypeError, ValueError, OverflowError):
+            pass
         pttl = self.client.pttl(name)
         if pttl is None or pttl <= 0:              # gone meanwhile, or no TTL: never open
             return None
