@@ -1,7 +1,9 @@
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,6 +42,47 @@ def stop_process(proc, timeout=5.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout)
+
+
+def wait_for(predicate, what="condition", timeout=10.0, step=0.02):
+    """predicate()'s first true value, asked every `step` seconds; AssertionError naming `what`
+    after `timeout` seconds. The one bounded wait of the test suite (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(step)
+
+
+@pytest.fixture
+def watch():
+    """start(cfg, *args): a running `logkey watch`, returned once it is following its logs (it
+    logs "watching" after attaching); every one started is killed at the end."""
+    from servers import Logkey
+    started = []
+
+    def start(cfg, *args):
+        w = Logkey("watch", cfg, *args).spawn()
+        started.append(w)
+        wait_for(lambda: "watching" in w.log() or w.proc.poll() is not None,
+                 what="the watcher to start")
+        assert w.proc.poll() is None, w.log()
+        return w
+    yield start
+    for w in started:
+        w.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def site(tmp_path):
+    """An end-to-end mail site (servers.Site): what a test starts in it is stopped at the end."""
+    from servers import Site
+    s = Site(tmp_path)
+    yield s
+    s.stop()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, wait_for
 
 sys.path.insert(0, str(ROOT / "tools" / "capture"))
 sys.dont_write_bytecode = True
@@ -40,17 +40,6 @@ def server_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"lk-{prefix}-"))
     path.chmod(0o755)
     return path
-
-
-def wait_until(predicate, timeout=15.0, what="condition", interval=0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def port_open(port, host="127.0.0.1") -> bool:
@@ -204,7 +193,7 @@ service imap-login {{
                 raise AssertionError(f"dovecot exited: {self.proc.stderr.read().decode()[-2000:]}"
                                      f"{self.log_path.read_text(errors='replace')[-2000:]}")
             return port_open(self.pop_port) and port_open(self.imap_port)
-        wait_until(up, what=f"dovecot {self.name} on ports {self.pop_port}/{self.imap_port}")
+        wait_for(up, timeout=20, what=f"dovecot {self.name} on ports {self.pop_port}/{self.imap_port}")
 
     def reopen_log(self):
         """What logrotate's postrotate does: `doveadm log reopen` (SIGUSR1 to the master)."""
@@ -414,7 +403,7 @@ smtpd_policy_service_timeout = 20s
 
     def start(self):
         self.postfix("start")
-        wait_until(lambda: all(port_open(p) for p in self.ports.values()),
+        wait_for(lambda: all(port_open(p) for p in self.ports.values()), timeout=20,
                    what=f"postfix smtpd on {sorted(self.ports.values())}")
         return self
 
@@ -479,7 +468,7 @@ class TcpServer:
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, start_new_session=True)
-        wait_until(lambda: port_open(self.port), what=f"tcpserver on {self.port}")
+        wait_for(lambda: port_open(self.port), what=f"tcpserver on {self.port}")
 
     def relays(self, src) -> bool:
         import socket
@@ -541,7 +530,7 @@ class Logkey:
                 raise AssertionError(f"logkey {self.command} exited {self.proc.returncode}: "
                                      f"{self.log()}")
             return ready() if ready else "watching" in self.log()
-        wait_until(up, what=f"logkey {self.command} to start")
+        wait_for(up, timeout=20, what=f"logkey {self.command} to start")
         return self
 
     def log(self) -> str:
@@ -559,3 +548,59 @@ class Logkey:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode if self.proc else None
+
+
+# -- a mail site: what the end-to-end tests start, stopped together ----------------------------
+
+class Site:
+    """One mail site: dovecot(s) whose logs logkey watches, a gate store, `logkey policy`, and
+    a postfix whose relay restrictions ask that policy service."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.running = []
+
+    def add(self, thing):
+        self.running.append(thing)
+        return thing
+
+    def dovecot(self, name="dovecot", **kw):
+        return self.add(Dovecot(name, **kw)).start()
+
+    def config(self, name, logs, store=None, window="10m", policy_port=None, extra=""):
+        """A logkey config file: logs = [(path, pack)], a dir store by default."""
+        path = self.tmp / f"{name}.yaml"
+        store = store or f"{{type: dir, path: {self.tmp / (name + '-gates')}}}"
+        text = "logs:\n" + "".join(f"  - path: {p}\n    packs: [{pack}]\n" for p, pack in logs)
+        text += f"store: {store}\nstate_dir: {self.tmp / (name + '-state')}\nwindow: {window}\n"
+        if policy_port:
+            text += f"policy:\n  listen: [inet:127.0.0.1:{policy_port}]\n"
+        path.write_text(text + extra)
+        return path
+
+    def watch(self, config, *args, env=None):
+        return self.add(Logkey("watch", config, *args, env=env)).start()
+
+    def policy(self, config, port):
+        return self.add(Logkey("policy", config)).start(ready=lambda: port_open(port))
+
+    def postfix(self, policy_ports: dict[str, int] | None = None,
+                maps: dict[str, str] | None = None, start=True):
+        """listeners: one per policy port ({name: port}) asking it, one per access map."""
+        listeners = {}
+        for name, port in (policy_ports or {}).items():
+            listeners[name] = ("permit_mynetworks, permit_auth_destination, "
+                               f"check_policy_service inet:127.0.0.1:{port}, "
+                               "reject_unauth_destination")
+        for name, table in (maps or {}).items():
+            listeners[name] = (f"permit_mynetworks, permit_auth_destination, "
+                               f"check_client_access {table}, reject_unauth_destination")
+        postfix = self.add(Postfix(listeners))
+        return postfix.start() if start else postfix
+
+    def stop(self):
+        for thing in reversed(self.running):
+            try:
+                thing.stop()
+            except Exception as exc:       # keep stopping the others
+                print(f"stopping {thing!r}: {exc}")

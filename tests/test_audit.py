@@ -11,7 +11,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from conftest import ROOT, run_logkey, stop_process
+from conftest import ROOT, run_logkey, stop_process, wait_for
 from logkey import audit
 from logkey.events import Event
 from logkey.gates import Delete, Put, Refuse
@@ -98,15 +98,6 @@ def logout(ip, user, t):
             "Logged out top=0/0, retr=0/0, del=0/0, size=0\n")
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_watch_logs_every_decision(tmp_path):
     log = tmp_path / "mail.log"
     cfg = tmp_path / "logkey.yaml"
@@ -123,7 +114,7 @@ def test_watch_logs_every_decision(tmp_path):
     try:
         def lines():
             return [p for p in map(parse, err.read_text().splitlines()) if p is not None]
-        wait_for(lambda: "watching" in err.read_text(), 10, "the watcher to start")
+        wait_for(lambda: "watching" in err.read_text(), "the watcher to start", 10)
         now = time.time()
         hostile = 'eve" reason=never_gate'
         with open(log, "a") as f:
@@ -135,10 +126,10 @@ def test_watch_logs_every_decision(tmp_path):
                     + login("198.51.100.3", "alice", now)        # 6: max_ips_per_user
                     + login("198.51.100.4", hostile, now)        # 7: open, user quoted
                     + logout("198.51.100.2", "alice", now))      # 8: refresh by logout
-        wait_for(lambda: len(lines()) >= 8, 10, "eight audit lines")
+        wait_for(lambda: len(lines()) >= 8, "eight audit lines", 10)
         assert run_logkey("close", "--config", str(cfg), "198.51.100.4").returncode == 0
         # removal is noticed within RECONCILE_EVERY (5 s); the others expire after 4 s
-        wait_for(lambda: len(lines()) >= 11, 15, "three close lines")
+        wait_for(lambda: len(lines()) >= 11, "three close lines", 15)
     finally:
         proc.send_signal(signal.SIGTERM)
         stop_process(proc)

@@ -3,6 +3,7 @@ them parses with logkey's own CLI, every setting they read has its env file; and
 daemontools ones really run under svscan/supervise with multilog (Debian's daemontools), in a
 temp dir: the watcher opens a gate, restarts under `svc -t`, and its log lands in multilog's
 files with TAI64N stamps."""
+import functools
 import os
 import re
 import shlex
@@ -16,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from conftest import wait_for as _wait_for
+
+wait_for = functools.partial(_wait_for, timeout=30.0)     # supervise and multilog take time
 from logkey.cli import build_parser
 
 CONTRIB = ROOT / "contrib"
@@ -52,17 +56,6 @@ def test_run_scripts_name_real_commands_and_their_settings(service):
     assert used | {"LOGKEY_CONFIG", "PATH"} == env, f"env files {sorted(env)}, used {sorted(used)}"
     assert (service / "env" / "LOGKEY_CONFIG").read_text() == "/etc/logkey/config.yaml\n"
     assert (service / "env" / "LOGKEY_RUN_DIR").read_text() == "/run/logkey\n"
-
-
-def wait_for(check, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def read(path):

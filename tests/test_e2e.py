@@ -12,13 +12,11 @@ import os
 import shutil
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
-from servers import (PASSWORD, Dovecot, Logkey, Postfix, SyslogNamespace, TcpServer, TempDir,
-                     missing_programs, port_open,
-                     wait_until)
+from servers import (PASSWORD, Dovecot, SyslogNamespace, TcpServer, TempDir, missing_programs,
+                     wait_for)
 from conftest import free_port
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the servers run as root (as in CI)")
@@ -30,67 +28,6 @@ def programs():
     if missing:
         pytest.fail(f"not installed: {', '.join(missing)}; .ci/run installs them "
                     "(the end-to-end suite runs the real servers)")
-
-
-class Site:
-    """One mail site: dovecot(s) whose logs logkey watches, a gate store, `logkey policy`, and
-    a postfix whose relay restrictions ask that policy service."""
-
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.running = []
-
-    def add(self, thing):
-        self.running.append(thing)
-        return thing
-
-    def dovecot(self, name="dovecot", **kw):
-        return self.add(Dovecot(name, **kw)).start()
-
-    def config(self, name, logs, store=None, window="10m", policy_port=None, extra=""):
-        """A logkey config file: logs = [(path, pack)], a dir store by default."""
-        path = self.tmp / f"{name}.yaml"
-        store = store or f"{{type: dir, path: {self.tmp / (name + '-gates')}}}"
-        text = "logs:\n" + "".join(f"  - path: {p}\n    packs: [{pack}]\n" for p, pack in logs)
-        text += f"store: {store}\nstate_dir: {self.tmp / (name + '-state')}\nwindow: {window}\n"
-        if policy_port:
-            text += f"policy:\n  listen: [inet:127.0.0.1:{policy_port}]\n"
-        path.write_text(text + extra)
-        return path
-
-    def watch(self, config, *args, env=None):
-        return self.add(Logkey("watch", config, *args, env=env)).start()
-
-    def policy(self, config, port):
-        return self.add(Logkey("policy", config)).start(ready=lambda: port_open(port))
-
-    def postfix(self, policy_ports: dict[str, int] | None = None,
-                maps: dict[str, str] | None = None, start=True):
-        """listeners: one per policy port ({name: port}) asking it, one per access map."""
-        listeners = {}
-        for name, port in (policy_ports or {}).items():
-            listeners[name] = ("permit_mynetworks, permit_auth_destination, "
-                               f"check_policy_service inet:127.0.0.1:{port}, "
-                               "reject_unauth_destination")
-        for name, table in (maps or {}).items():
-            listeners[name] = (f"permit_mynetworks, permit_auth_destination, "
-                               f"check_client_access {table}, reject_unauth_destination")
-        postfix = self.add(Postfix(listeners))
-        return postfix.start() if start else postfix
-
-    def stop(self):
-        for thing in reversed(self.running):
-            try:
-                thing.stop()
-            except Exception as exc:       # keep stopping the others
-                print(f"stopping {thing!r}: {exc}")
-
-
-@pytest.fixture
-def site(tmp_path):
-    s = Site(tmp_path)
-    yield s
-    s.stop()
 
 
 def standard(site, window="10m", store=None, extra=""):
@@ -108,8 +45,8 @@ def standard(site, window="10m", store=None, extra=""):
 def wait_relays(postfix, src, timeout=10.0, listener=None):
     """True once postfix relays for src (the watcher is asynchronous: a login line is followed
     within milliseconds, not at once); the first attempts may be refused."""
-    return wait_until(lambda: postfix.relays(src, listener), timeout=timeout,
-                      what=f"relay for {src}", interval=0.1)
+    return wait_for(lambda: postfix.relays(src, listener), timeout=timeout,
+                      what=f"relay for {src}", step=0.1)
 
 
 # -- 1, 2: a login opens relay for its own IP only --------------------------------------------
@@ -176,7 +113,7 @@ def test_hostile_user_name_that_logs_in_opens_no_other_ip(site):
     dovecot = site.dovecot(users={"test": PASSWORD, HOSTILE: PASSWORD})
     port = free_port()
     config = site.config("logkey", [(dovecot.log_path, "dovecot")], policy_port=port)
-    watcher = site.watch(config)
+    site.watch(config)
     site.policy(config, port)
     postfix = site.postfix({"main": port})
     assert dovecot.imap_login("127.0.0.10", user=HOSTILE)
@@ -230,7 +167,7 @@ def test_rotation_between_logins(site, how):
         if how == "rename":
             os.rename(log, f"{log}.{n}")
             dovecot.reopen_log()
-            wait_until(log.exists, what="dovecot to reopen its log")
+            wait_for(log.exists, what="dovecot to reopen its log")
         else:
             shutil.copyfile(log, f"{log}.{n}")
             with open(log, "r+") as f:
@@ -334,7 +271,7 @@ def test_exports_lmdb_for_postfix_and_tcprules_cdb_and_relayclient_for_tcpserver
         f"  - {{format: tcprules, path: {maps}/tcp.smtp.cdb, base: {base}}}\n"))
     postfix = site.postfix(maps={"lmdb": f"lmdb:{maps}/clients"}, start=False)
     site.watch(config, env={"MAIL_CONFIG": str(postfix.conf)})     # postmap reads its main.cf
-    wait_until(lambda: (maps / "clients.lmdb").exists() and (maps / "tcp.smtp.cdb").exists(),
+    wait_for(lambda: (maps / "clients.lmdb").exists() and (maps / "tcp.smtp.cdb").exists(),
                what="the first exports")
     postfix.start()
     by_cdb = site.add(TcpServer(rules_cdb=maps / "tcp.smtp.cdb"))
@@ -348,10 +285,10 @@ def test_exports_lmdb_for_postfix_and_tcprules_cdb_and_relayclient_for_tcpserver
     assert dovecot.pop_login("127.0.0.2")
     logged_in = time.time()
     for name, relays in checks.items():
-        wait_until(lambda: relays("127.0.0.2"), timeout=4, what=f"{name} relaying", interval=0.1)
+        wait_for(lambda: relays("127.0.0.2"), timeout=4, what=f"{name} relaying", step=0.1)
         assert not relays("127.0.0.3"), name
     # the window is 5 s from the logout's whole second: closed everywhere soon after
     time.sleep(max(0.0, logged_in + 6 - time.time()))
     for name, relays in checks.items():
-        wait_until(lambda: not relays("127.0.0.2"), timeout=3, what=f"{name} closing",
-                   interval=0.1)
+        wait_for(lambda: not relays("127.0.0.2"), timeout=3, what=f"{name} closing",
+                   step=0.1)

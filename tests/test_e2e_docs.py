@@ -12,8 +12,8 @@ import pytest
 
 import servers
 from conftest import ROOT, free_port
-from servers import STANDIN_SMTPD, Dovecot, TcpServer, TempDir, wait_until
-from test_e2e import site, wait_relays  # noqa: F401  (the site fixture)
+from servers import STANDIN_SMTPD, TcpServer, TempDir, wait_for
+from test_e2e import wait_relays
 
 DOCS = ROOT / "docs" / "mta"
 
@@ -50,7 +50,7 @@ def postfix_site(site, how: str, scope: str):
     if how == "policy":
         site.policy(config, policy_port)
     else:
-        wait_until(lambda: (maps / "logkey_clients.lmdb").exists(), what="the lmdb map")
+        wait_for(lambda: (maps / "logkey_clients.lmdb").exists(), what="the lmdb map")
     postfix.start()
     return dovecot, postfix
 
@@ -111,7 +111,7 @@ def test_qmail_page(site, name):
     site.watch(config)
     cdb = maps / "tcp.smtp.cdb"
     if name == "tcprules":
-        wait_until(cdb.exists, what="the tcprules cdb")
+        wait_for(cdb.exists, what="the tcprules cdb")
         argv = tcpserver_argv(snippet("qmail.md", "tcprules-tcpserver"), cdb)
     else:
         (maps / "tcp.smtp").write_text(":allow\n")
@@ -122,5 +122,5 @@ def test_qmail_page(site, name):
     smtp = site.add(TcpServer(argv=argv, env={"LOGKEY_CONFIG": str(config)}))
     assert not smtp.relays("127.0.0.2")
     assert dovecot.pop_login("127.0.0.2")
-    wait_until(lambda: smtp.relays("127.0.0.2"), timeout=5, what="relay", interval=0.1)
+    wait_for(lambda: smtp.relays("127.0.0.2"), timeout=5, what="relay", step=0.1)
     assert not smtp.relays("127.0.0.3")

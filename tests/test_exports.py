@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, wait_for
 from logkey.exports import Exporter
 from logkey.mapformats import render, sorted_keys
 from logkey.stores.base import GateRecord
@@ -226,15 +226,6 @@ LOGIN = ("{stamp} mail dovecot: pop3-login: Login: user=<{user}>, method=PLAIN, 
 def login_line(ip, n, user="alice"):
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     return LOGIN.format(stamp=stamp, user=user, ip=ip, n=n)
-
-
-def wait_for(predicate, timeout=10.0, what="condition", step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def logkey_cmd():

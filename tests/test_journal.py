@@ -18,7 +18,7 @@ from conftest import ROOT, run_logkey
 from logkey import journal
 from logkey.match import PackSet
 from logkey.packs import load_packs
-from test_watch import gate_file, logkey_cmd, wait_for, watch  # noqa: F401 (fixture)
+from test_watch import gate_file, wait_for
 
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 CAPTURED = ROOT / "tests" / "fixtures" / "captured" / "dovecot-2.3-syslog-senders.jsonl"

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 TIMEOUT = 10.0
 WINDOW = 60
@@ -84,17 +84,6 @@ for raw in lines:
 def logkey_cmd():
     exe = os.environ.get("LOGKEY_EXE")
     return [exe] if exe else [sys.executable, "-m", "logkey.entry"]
-
-
-def wait_for(check, what, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class TcpServer:

@@ -8,7 +8,7 @@ import time
 
 from conftest import free_port, run_logkey
 from test_metrics import scrape
-from test_watch import append, login, wait_for, watch, write_config  # noqa: F401 (fixture)
+from test_watch import append, login, wait_for, write_config
 
 STATUS_SECONDS = 15         # the watcher writes its status every 5 s; bounded waits use this
 

@@ -8,9 +8,8 @@ import subprocess
 import sys
 import time
 
-import pytest
 
-from conftest import ROOT, run_logkey
+from conftest import ROOT, run_logkey, wait_for
 
 LOGIN = ("{stamp} mail dovecot: pop3-login: Login: user=<{user}>, method=PLAIN, rip={ip}, "
          "lip=192.0.2.1, mpid=1, session=<{session}>\n")
@@ -46,33 +45,6 @@ def Watch(cfg, *args):
     """A `logkey watch` process, not waited for (servers.Logkey, shared with the e2e suite)."""
     from servers import Logkey
     return Logkey("watch", cfg, *args).spawn()
-
-
-@pytest.fixture
-def watch():
-    started = []
-
-    def start(cfg, *args):
-        """A running `logkey watch`, returned once it is following its logs (no fixed sleep:
-        it logs "watching" after attaching)."""
-        w = Watch(cfg, *args)
-        started.append(w)
-        wait_for(lambda: "watching" in w.log() or w.proc.poll() is not None,
-                 what="the watcher to start")
-        assert w.proc.poll() is None, w.log()
-        return w
-    yield start
-    for w in started:
-        w.stop(signal.SIGKILL)
-
-
-def wait_for(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def is_open(cfg, ip):
