@@ -67,7 +67,7 @@ def cmd_dry_run(args) -> int:
 def _journal_sources(cfg, packs):
     """dry-run --journal: the configuration's journal entries, else the system journal checked
     against the loaded packs' own expectations."""
-    from . import journal
+    from . import journal, journalread
     from .match import PackSet
     entries = [(f"logs[{i}].journal", e["journal"]) for i, e in enumerate(cfg.logs)
                if e["journal"] is not None]
@@ -85,7 +85,7 @@ def _journal_sources(cfg, packs):
         subset = packs if not source["packs"] else PackSet(
             [packs.packs[n] for n in source["packs"]])
         out.append((source, exps, subset))
-    journal.journalctl()
+    journalread.journalctl()
     return out
 
 

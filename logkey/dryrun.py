@@ -13,7 +13,7 @@ import sys
 import time
 from datetime import datetime
 
-from . import journal
+from . import journal, journalread
 from .engine import Engine, Stats
 from .errors import LogkeyError
 from .events import LOGIN, LOGOUT
@@ -209,7 +209,7 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
 def _journal(source, exps, engine, gates, line_max, write):
     """Every entry of one journal source (journalctl without --follow): trusted ones through
     the engine, the others counted. (JournalStats, time of the last event)."""
-    reader = journal.JournalReader(source, exps, follow=False, attach_window=None)
+    reader = journalread.JournalReader(source, exps, follow=False, attach_window=None)
     jstats, last, name = journal.JournalStats(), None, reader.label
     try:
         while True:

@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from datetime import timedelta
 
-from . import audit, journal
+from . import audit, journal, journalread
 from .engine import Engine
 from .errors import LogkeyError
 from .follow import Follower
@@ -109,8 +109,8 @@ def build(cfg):
                 raise WatchError(f"{cfg.path}: {where}: no pack named {name!r}")
     if journal_sources(cfg, packs):
         try:
-            journal.journalctl()
-        except journal.JournalError as exc:
+            journalread.journalctl()
+        except journalread.JournalError as exc:
             raise WatchError(f"{cfg.path}: logs: {exc}") from None
     return packs, policy_config(cfg, packs)
 
@@ -226,7 +226,7 @@ class Watcher:
                              f"{exc.strerror or exc}") from None
         # One journalctl per journal entry, started at the first read; its cursor is saved in
         # state_dir with the offsets (commit), under a name made from the entry's settings.
-        self.readers = [journal.JournalReader(source, exps, state_dir=self.cfg.state_dir,
+        self.readers = [journalread.JournalReader(source, exps, state_dir=self.cfg.state_dir,
                                               attach_window=attach,
                                               now=lambda: self.now() - self.shift)
                         for source, exps, _ in self.journals]

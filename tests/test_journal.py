@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from conftest import ROOT, run_logkey
-from logkey import journal
+from logkey import journal, journalread
 from logkey.match import PackSet
 from logkey.packs import load_packs
 from test_watch import gate_file, wait_for
@@ -161,7 +161,7 @@ def test_journalctl_lines_are_capped_and_split_in_any_chunks():
     for size in (1, 7, 64, len(data)):
         buf, skipping, out = b"", False, []
         for i in range(0, len(data), size):
-            lines, buf, skipping = journal._split(buf, data[i:i + size], skipping, 60)
+            lines, buf, skipping = journalread._split(buf, data[i:i + size], skipping, 60)
             out += lines
         assert out == [b'{"a": 1}', b"x" * 50, b'{"b": 2}', None, b"{}"], size
         assert buf == b"" and not skipping
@@ -183,12 +183,12 @@ def test_match_errors(match, needle):
 
 
 def test_journalctl_is_asked_for_the_unit_and_the_claimed_tag_only():
-    args = journal.journalctl_args({**SOURCE, "directory": "/j"}, EXPS, follow=True,
+    args = journalread.journalctl_args({**SOURCE, "directory": "/j"}, EXPS, follow=True,
                                    since=100.7)
     assert args == ["--output=json", "--no-pager", "--directory=/j", "--follow",
                     "--no-tail", "--since=@100", "_SYSTEMD_UNIT=dovecot.service", "+",
                     "SYSLOG_IDENTIFIER=dovecot"]
-    args = journal.journalctl_args({**SOURCE, "files": ["/a.journal"]}, EXPS, follow=False,
+    args = journalread.journalctl_args({**SOURCE, "files": ["/a.journal"]}, EXPS, follow=False,
                                    cursor="s=1;i=2", since=100)
     assert "--after-cursor=s=1;i=2" in args and "--file=/a.journal" in args
     assert not any(a.startswith("--since") or a == "--follow" for a in args)
