@@ -12,7 +12,7 @@ Trust: log content is hostile and stays bytes (invalid UTF-8, NUL, CR, megabyte 
 Config: line_max (bytes), attach_window (seconds looked back on a first attach), poll_interval
   (seconds, when inotify is not available).
 
-Rotation. rename-and-create: the old file stays open and is read to its end once the new one
+Rotation (the generations and the search for a rotated one: rotated.py). rename-and-create: the old file stays open and is read to its end once the new one
 exists, then the new one is read from 0. copytruncate (the file got shorter than what was read,
 or its first bytes changed): the copy -- the sibling whose first bytes match -- is read from our
 offset to its end, then the truncated file from 0. After a restart the saved inode is looked for
@@ -33,15 +33,14 @@ import time
 from dataclasses import dataclass
 
 from .atomic import write_atomic
+from .rotated import COMPRESSED, Generation, find_rest
 from .seek import attach_point, header_time
 
 log = logging.getLogger(__name__)
 
 BLOCK = 1 << 20            # bytes per read
 READ_MAX = 16 << 20        # bytes per file per read() call; wait() returns at once if more is left
-FP_LEN = 512               # bytes of a file's start that identify it (its fingerprint)
 RESCAN = 5.0               # seconds between glob rescans with no inotify event
-COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z")
 _WATCH_FLAGS = ("MODIFY", "CREATE", "MOVED_TO", "MOVED_FROM", "DELETE", "CLOSE_WRITE", "ATTRIB")
 
 
@@ -52,58 +51,14 @@ class Line:
     data: bytes | None      # the line without newline; None for a line over line_max (skipped)
 
 
-def _fingerprint(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-class _Gen:
-    """One open generation (inode) of a followed file and the read position in it."""
-    __slots__ = ("fd", "dev", "ino", "pos", "lineno", "fp", "fp_len", "buf", "skipping", "scan",
-                 "rotated", "numbered")
-
-    def __init__(self, fd, st, pos, lineno, fp=None, fp_len=0, rotated=False, numbered=True):
-        self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
-        self.pos = self.scan = pos      # pos: start of the first unreturned line; scan: bytes seen
-        self.lineno = lineno            # lines returned so far in this generation
-        self.numbered = numbered        # False: lineno counts from a first attach, not line 1
-        self.buf, self.skipping = b"", False   # the partial line after pos (or skipping a long one)
-        self.rotated = rotated          # a renamed-away or copied generation: read to its end, then leave
-        self.fp, self.fp_len = fp, fp_len
-        if fp is None:
-            self.fp_len = -1
-            self.same_start()
-
-    def same_start(self) -> bool:
-        """False if the file's first bytes are no longer those seen (copytruncate); extends the
-        fingerprint while the file is shorter than FP_LEN."""
-        if self.fp_len > 0:
-            head = os.pread(self.fd, self.fp_len, 0)
-            if len(head) < self.fp_len or _fingerprint(head) != self.fp:
-                return False
-        if self.fp_len < FP_LEN:
-            head = os.pread(self.fd, FP_LEN, 0)
-            if len(head) > self.fp_len:
-                self.fp, self.fp_len = _fingerprint(head), len(head)
-        return True
-
-    def number(self, n: int) -> int:
-        """The line number to report: 0 when this generation's count is unknown (a first
-        attach far into a large file does not count the lines it skipped)."""
-        return n if self.numbered else 0
-
-    def record(self) -> dict:
-        return {"dev": self.dev, "ino": self.ino, "offset": self.pos, "lineno": self.lineno,
-                "fp": self.fp, "fp_len": max(self.fp_len, 0), "numbered": self.numbered}
-
-
 class _Stream:
     """One followed path: its open generation, its saved state, how to start when it appears."""
 
     def __init__(self, path: str, saved: dict | None, seek: bool):
         self.path = path
         self.key = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        self.gen: _Gen | None = None
-        self.queue: list[_Gen] = []  # generations to read after gen (see _copytruncated)
+        self.gen: Generation | None = None
+        self.queue: list[Generation] = []  # generations to read after gen (see _copytruncated)
         self.saved = saved          # state from the last run, used when the file is first opened
         self.seek = seek            # no saved state: seek by time (True) or read from 0 (False)
         self.last: dict | None = saved      # the position after everything read() returned
@@ -335,7 +290,7 @@ class Follower:
             if not self._switch(s, g, out):
                 return
 
-    def _read_gen(self, s: _Stream, g: _Gen, out: list[Line], budget: int) -> int:
+    def _read_gen(self, s: _Stream, g: Generation, out: list[Line], budget: int) -> int:
         """Complete lines from g.scan to the end of the file (or `budget` bytes) into `out`."""
         cap, path, used = self.line_max, s.path, 0
         while used < budget:
@@ -372,7 +327,7 @@ class Follower:
                 g.buf, g.skipping = b"", True
         return used
 
-    def _finish(self, s: _Stream, g: _Gen, out: list[Line]) -> None:
+    def _finish(self, s: _Stream, g: Generation, out: list[Line]) -> None:
         """Leave a generation for good: its unterminated last line, if any, is a line too."""
         if g.skipping or g.buf:
             g.lineno += 1
@@ -384,7 +339,7 @@ class Follower:
         s.gen = s.queue.pop(0) if s.queue else None
         s.seek = False                  # what comes next is a new file: from its start
 
-    def _switch(self, s: _Stream, g: _Gen, out: list[Line]) -> bool:
+    def _switch(self, s: _Stream, g: Generation, out: list[Line]) -> bool:
         """After reading g to its end: True if the stream moved to another generation."""
         if g.rotated:
             self._finish(s, g, out)
@@ -406,11 +361,11 @@ class Follower:
         return True
 
     @staticmethod
-    def _truncated(g: _Gen) -> bool:
+    def _truncated(g: Generation) -> bool:
         """The file got shorter than what was read, or its first bytes changed: copytruncate."""
         return os.fstat(g.fd).st_size < g.scan or not g.same_start()
 
-    def _copytruncated(self, s: _Stream, g: _Gen) -> None:
+    def _copytruncated(self, s: _Stream, g: Generation) -> None:
         """The lines after our offset are in the copy: read it from there, then the file from 0.
         If the truncated file was also renamed away before we looked (copytruncate, then a
         rename at the next rotation), what was written to it after the truncation is read from
@@ -425,7 +380,7 @@ class Follower:
         except FileNotFoundError:
             renamed = True
         if renamed:
-            rest = _Gen(g.fd, os.fstat(g.fd), 0, 0, rotated=True)
+            rest = Generation(g.fd, os.fstat(g.fd), 0, 0, rotated=True)
             if copy is None:
                 copy = rest
             else:
@@ -435,7 +390,7 @@ class Follower:
         s.gen = copy
         s.seek = False
 
-    def _open(self, s: _Stream) -> _Gen | None:
+    def _open(self, s: _Stream) -> Generation | None:
         """Open the stream's file: resume at the saved state, or seek by time, or from 0."""
         saved, s.saved = s.saved, None
         try:
@@ -451,7 +406,7 @@ class Follower:
         st = os.fstat(fd)
         if saved is not None:
             if (st.st_dev, st.st_ino) == (saved["dev"], saved["ino"]) and st.st_size >= saved["offset"]:
-                g = _Gen(fd, st, saved["offset"], saved["lineno"], saved["fp"], saved["fp_len"],
+                g = Generation(fd, st, saved["offset"], saved["lineno"], saved["fp"], saved["fp_len"],
                          numbered=saved["numbered"])
                 if g.same_start():
                     return g
@@ -461,65 +416,20 @@ class Follower:
                 return g
             log.warning("%s: the saved position is in no file found: reading the current one from 0",
                         s.path)
-            return _Gen(fd, st, 0, 0)
+            return Generation(fd, st, 0, 0)
         if s.seek:
             s.seek = False
             now = self.now()
             pos, lineno = attach_point(fd, st.st_size, self.line_time or header_time(now),
                                        now - self.attach_window, self.line_max)
-            return _Gen(fd, st, pos, lineno or 0, numbered=lineno is not None)
-        return _Gen(fd, st, 0, 0)
+            return Generation(fd, st, pos, lineno or 0, numbered=lineno is not None)
+        return Generation(fd, st, 0, 0)
 
-    def _sibling(self, s: _Stream, saved: dict, exclude=None) -> _Gen | None:
-        """The rotated file holding the lines after `saved`: same inode (renamed) or same first
-        bytes and long enough (copied); None if there is none. When the same inode was renamed
-        but no longer starts as it did (copytruncated, written to, then renamed while we were
-        not looking), its new lines are queued on `s` to be read after the copy."""
-        path = s.path
-        names = set(glob.glob(glob.escape(path) + ".*") + glob.glob(glob.escape(path) + "-*"))
-        found, truncated = [], None
-        for name in names:
-            if name.endswith(COMPRESSED):
-                continue
-            try:
-                st = os.stat(name)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == exclude:
-                continue
-            same = (st.st_dev, st.st_ino) == (saved["dev"], saved["ino"])
-            if same:
-                truncated = name
-            if st.st_size < saved["offset"]:
-                continue
-            if same or saved["fp_len"] > 0:
-                found.append((not same, -st.st_mtime, name))
-        chosen = None
-        for _, _, name in sorted(found):
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue
-            g = _Gen(fd, os.fstat(fd), saved["offset"], saved["lineno"], saved["fp"],
-                     saved["fp_len"], rotated=True, numbered=saved["numbered"])
-            if saved["fp_len"] == 0 or g.same_start():
-                log.info("%s: reading the rest of rotated %s from offset %d", path, name, g.pos)
-                chosen = g
-                break
-            os.close(fd)
-        if truncated is not None and (chosen is None or (chosen.dev, chosen.ino) !=
-                                      (saved["dev"], saved["ino"])):
-            try:
-                fd = os.open(truncated, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return chosen
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != (saved["dev"], saved["ino"]):
-                os.close(fd)
-                return chosen
-            rest = _Gen(fd, st, 0, 0, rotated=True)
-            log.info("%s: %s was truncated before it was renamed: reading it from 0%s", path,
-                     truncated, " after the copy" if chosen is not None else "")
+    def _sibling(self, s: _Stream, saved: dict, exclude=None) -> Generation | None:
+        """The rotated file holding the lines after `saved` (rotated.find_rest); a truncated
+        and renamed generation to read after it is queued on `s`."""
+        chosen, rest = find_rest(s.path, saved, exclude)
+        if rest is not None:
             if chosen is None:
                 return rest
             s.queue.append(rest)
