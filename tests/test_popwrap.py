@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, stop_process, wait_for
 
 TIMEOUT = 10.0
 WINDOW = 60
@@ -113,13 +113,7 @@ class TcpServer:
         return Client(s)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 class Client:
@@ -212,13 +206,7 @@ class Site:
     def stop(self):
         for s in self.servers:
             s.stop()
-        if self.watcher.poll() is None:
-            self.watcher.terminate()
-            try:
-                self.watcher.wait(10)
-            except subprocess.TimeoutExpired:
-                self.watcher.kill()
-                self.watcher.wait(5)
+        stop_process(self.watcher, timeout=10)
         self.watch_log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
