@@ -224,8 +224,21 @@ class GatePolicy:
                     actions.append(Put(gate.record, why=SESSION))
         return self._tally(actions)
 
-    def adopt(self, records, now: float) -> None:
-        """Take over the gates a store already holds (at start), for max_ips_per_user."""
+    def adopt(self, records, now: float) -> int:
+        """Take over the gates a store holds (at start, and on each reconcile): gates opened or
+        extended elsewhere (`logkey open`, another watcher on the same Redis) count for
+        max_ips_per_user and reach this watcher's exports. A gate known here takes the later
+        expiry. The number of gates added or extended."""
+        changed = 0
         for rec in records:
-            if rec.expires > now and rec.key not in self.gates:
+            if rec.expires <= now:
+                continue
+            gate = self.gates.get(rec.key)
+            if gate is None:
                 self.gates[rec.key] = _Gate(rec, last=rec.expires - self.config.window)
+                changed += 1
+            elif rec.expires > gate.record.expires:
+                gate.record.expires = rec.expires
+                gate.last = max(gate.last, rec.expires - self.config.window)
+                changed += 1
+        return changed

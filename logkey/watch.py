@@ -41,7 +41,7 @@ from . import audit, journal, journalread
 from .engine import Engine
 from .errors import LogkeyError
 from .follow import Follower
-from .gates import Delete, GatePolicy, PolicyConfig, Put
+from .gates import EXPIRED, Delete, GatePolicy, PolicyConfig, Put
 from .headers import Clock, parse
 from .logtrust import LogWarnings
 from .match import PackSet, own_file_rules
@@ -385,6 +385,8 @@ class Watcher:
         check_all = still is not None and now >= self.next_reconcile
         if check_all:                           # gates closed by hand leave the exports too
             self.next_reconcile = now + RECONCILE_EVERY
+            if self.exporter is not None:       # ... and those opened elsewhere join them
+                self._adopt_stored(now)
         self._apply(self.policy.on_tick(now, still, check_all))
         self._flush(now)
         self._export(now)
@@ -397,14 +399,28 @@ class Watcher:
         if self.status is not None:
             self.status.tick()
 
+    def _adopt_stored(self, now: float) -> None:
+        """Gates in the store that this watcher did not open or knows with an earlier expiry
+        (`logkey open`, another watcher writing the same Redis): taken into the gate policy,
+        so the exports hold every open gate, whoever opened it."""
+        try:
+            changed = self.policy.adopt(self.store.scan(now), now)
+        except StoreError as exc:
+            self._outage(exc)
+            return
+        if changed:
+            log.debug("%d gate(s) opened or extended elsewhere taken from the store", changed)
+            self.exports_dirty = True
+
     def _apply(self, actions) -> None:
         for action in actions:
             log.log(audit.level(action), "%s", audit.line(action, self.observe))
             if isinstance(action, Put):
                 self.pending[action.gate.key] = action.gate
             elif isinstance(action, Delete):
-                self.pending[action.key] = None
-                self.exports_dirty = True       # a closed gate leaves the exports at once
+                if action.why != EXPIRED:       # an expired gate is closed in the store by its
+                    self.pending[action.key] = None     # own time (and may have been extended
+                self.exports_dirty = True       # there since); it leaves the exports at once
 
     def _flush(self, now: float) -> None:
         if self.observe:

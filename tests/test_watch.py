@@ -23,11 +23,11 @@ def login(ip, user="alice", t=None, session=None):
     return LOGIN.format(stamp=stamp(t), user=user, ip=ip, session=session or f"s{ip}")
 
 
-def write_config(tmp_path, extra="", store=None):
+def write_config(tmp_path, extra="", store=None, window="10m"):
     cfg = tmp_path / "logkey.yaml"
     cfg.write_text(f"logs:\n  - path: {tmp_path}/mail.log\n"
                    f"store: {store or '{type: dir, path: ' + str(tmp_path / 'gates') + '}'}\n"
-                   f"state_dir: {tmp_path}/state\nwindow: 10m\n" + extra)
+                   f"state_dir: {tmp_path}/state\nwindow: {window}\n" + extra)
     return cfg
 
 
@@ -317,3 +317,45 @@ def test_unusable_directories_are_one_line_errors(tmp_path):
     cfg = write_config(tmp_path, store="{type: dir, path: " + f"{tmp_path}/file/gates" + "}")
     proc = run_logkey("watch", "--once", "--config", str(cfg))
     assert proc.returncode == 2 and proc.stderr.decode().count("\n") == 1
+
+
+def test_gates_opened_elsewhere_reach_the_exports(tmp_path, watch):
+    """A gate opened by `logkey open` is taken from the store within a reconcile (5 s) into a
+    running watcher's exports, and leaves them at its expiry."""
+    cfg = write_config(tmp_path, extra=f"exports:\n  - {{format: text, path: {tmp_path}/gates.txt}}\n")
+    (tmp_path / "mail.log").write_text("")
+    watch(cfg)
+    export = tmp_path / "gates.txt"
+    wait_for(export.exists, what="the first export")
+    run_logkey("open", "--config", str(cfg), "192.0.2.70", "--user", "u", "--for", "8", check=0)
+    wait_for(lambda: export.read_text() == "192.0.2.70\n", timeout=8,
+             what="the hand-opened gate in the export")
+    wait_for(lambda: export.read_text() == "", timeout=10, what="its expiry")
+
+
+def test_two_watchers_on_one_redis_share_gates_and_never_close_each_others(tmp_path, watch,
+                                                                          redis_server):
+    """Watchers A and B write one Redis, each with its own log and text export. A login in A's
+    log reaches B's export; when A extends the gate (a later login), B's copy expiring does not
+    close it in the store: expiry is the store's own business, never a delete."""
+    store = f"{{type: redis, url: '{redis_server.url}'}}"
+    cfgs = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "mail.log").write_text("")
+        cfgs.append(write_config(d, store=store, window="8s", extra=(
+            "max_session: 8s\n"
+            f"exports:\n  - {{format: text, path: {d}/gates.txt}}\n")))
+        watch(cfgs[-1])
+    a_log, b_export = tmp_path / "a" / "mail.log", tmp_path / "b" / "gates.txt"
+    t0 = time.time()
+    append(a_log, login("192.0.2.80", t=t0))
+    wait_for(lambda: b_export.exists() and b_export.read_text() == "192.0.2.80\n", timeout=10,
+             what="A's gate in B's export")
+    while time.time() < t0 + 4:
+        time.sleep(0.1)
+    append(a_log, login("192.0.2.80", t=time.time(), session="later"))   # A: to t0 + 12
+    wait_for(lambda: time.time() > t0 + 8.5, timeout=10, what="B's copy of the gate to expire")
+    assert is_open(cfgs[1], "192.0.2.80")               # still open in the store
+    wait_for(lambda: not is_open(cfgs[1], "192.0.2.80"), timeout=10, what="the real expiry")
