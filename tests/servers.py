@@ -27,7 +27,6 @@ from pathlib import Path
 from conftest import ROOT, free_port, wait_for
 
 sys.path.insert(0, str(ROOT / "tools" / "capture"))
-sys.dont_write_bytecode = True
 from clients import IMAPFrom, POP3From  # noqa: E402  (shared with the capture scripts)
 
 PASSWORD = "e2e-secret"
