@@ -13,6 +13,14 @@ Formats, recognised per line without being told:
   tai64n        daemontools/multilog "@4000000063b5c2d1... prog: msg"
   qpopper-file  full-date stamps: qpopper's trace file "Mon Nov 27 10:00:00 2006 [4242] msg"
                 (2.x/3.x), "Nov 27 10:00:00.123 2006 [4242] msg" (4.x); untagged, pid kept.
+  bsd-verbose   FreeBSD/NetBSD syslogd -v / -vv: "Jan 21 19:06:28 <mail.info> host prog: msg",
+                "<2.6>" numeric; the facility.level is dropped, the rest read as rfc3164/rfc3339.
+  docker+FMT    `docker compose logs` / `docker-compose logs`: "NAME  | <line>", the line
+                optionally after docker's own --timestamps stamp ("NAME  | 2024-01-21T19:06:28.1Z
+                <line>"; `docker logs -t` writes that stamp without the NAME part); the inner
+                line is parsed as above (FMT is its format) and the container NAME becomes the
+                host. A container's output has no log daemon between the process and the
+                line: any process in the container writes whole lines (logtrust.py warns).
   Solaris syslog's "[ID 702911 mail.notice] " msgid after the tag is dropped.
 Dovecot's own-file lines are handed to packs as program "dovecot" with the message dovecot's
 syslog lines carry ("imap-login: Login: ..."), so one rule set covers both.
@@ -58,6 +66,13 @@ _HOSTLESS = re.compile(_TAG)
 _HOSTED = re.compile(rb"(?P<host>[A-Za-z0-9._:-]{1,255}|\(none\)) " + _TAG)
 _QPOPPER_PID = re.compile(rb"\[(\d{1,10})\] {1,2}")
 _SOLARIS_MSGID = re.compile(rb"\[ID \d{1,10} [a-z0-9]{1,16}\.[a-z]{1,10}\] ")
+# FreeBSD syslogd -v writes "<facility.level>" numerically, -vv by name (syslogd.c, fprintlog)
+_BSD_PRIORITY = re.compile(rb"<(?:[a-z]{2,8}[0-7]?|\d{1,2})\.(?:[a-z]{3,7}|[0-7])> ")
+# docker compose: "NAME  | " (names padded to one width; compose v1 "NAME_1", v2 "NAME-1"),
+# colour codes around it when the output is a terminal; an empty line is "NAME  |".
+_CONTAINER = re.compile(rb"(?:\x1b\[[0-9;]{1,12}m)?(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})"
+                        rb" *\|(?:\x1b\[0m)?(?: |$)")
+_DOCKER_STAMP = re.compile(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)) ")
 
 MONTHS = {m.encode(): i for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
@@ -89,13 +104,62 @@ def parse(line: bytes) -> Header | None:
     return parse_slow(line)
 
 
+def parse_slow(line: bytes) -> Header | None:
+    if line[:1].isdigit():
+        d = _DOCKER_STAMP.match(line)
+        if d is not None:                       # docker logs -t: "<docker stamp> <line>"
+            h = _docker_inner(d.group(1), line[d.end():], alone=False)
+            if h is not None:
+                return h
+    h = _parse_slow(line)
+    if h is not None:
+        return h
+    c = _CONTAINER.match(line)
+    if c is None:
+        return None
+    inner = line[c.end():]
+    h = _docker_inner(None, inner)              # the line itself, with its own header
+    if h is None or h.program is None:
+        d = _DOCKER_STAMP.match(inner)          # --timestamps: docker's stamp first
+        if d is not None:
+            behind = _docker_inner(d.group(1), inner[d.end():])
+            if behind is not None and (h is None or behind.program is not None):
+                h = behind
+    if h is not None:
+        h.host = c.group("name")                # the container's name, from docker
+    return h
+
+
+def _docker_inner(stamp, inner: bytes, alone: bool = True) -> Header | None:
+    """The line a container wrote, behind docker's prefix (and its stamp when given);
+    `alone`: a line without a header of its own is taken with docker's stamp."""
+    m = SYSLOG_3339.match(inner) or SYSLOG_3164.match(inner)
+    if m is not None:
+        h = _tagged("rfc3164" if m.re is SYSLOG_3164 else "rfc3339", m.group("stamp"),
+                    m.group("host"), m.group("tag"), m.group("pid"), inner[m.end():],
+                    inner[m.end("stamp") + 1:])
+    else:
+        h = _parse_slow(inner) if inner[:1] not in (b"", b" ") else None
+    if h is None:
+        if stamp is None or not alone:
+            return None
+        t = _HOSTLESS.match(inner)              # "prog: msg" after docker's stamp alone
+        if t is not None:
+            h = _tagged("rfc3339", stamp, None, t.group("tag"), t.group("pid"),
+                        inner[t.end():], inner)
+        else:
+            h = Header("rfc3339", stamp, None, None, None, inner, inner)
+    h.format = "docker+" + h.format
+    return h
+
+
 def _tagged(fmt, stamp, host, tag, pid, message, rest):
     message = _SOLARIS_MSGID.sub(b"", message, count=1) if message[:4] == b"[ID " else message
     return Header(fmt, stamp, host, tag.decode("ascii"), pid.decode("ascii") if pid else None,
                   message, rest)
 
 
-def parse_slow(line: bytes) -> Header | None:
+def _parse_slow(line: bytes) -> Header | None:
     m = _DOVECOT1.match(line)
     if m is not None:
         return _dovecot_file(m.group(1), b"", m.group(2), line[m.end():], line[m.end(1) + 1:])
@@ -104,6 +168,16 @@ def parse_slow(line: bytes) -> Header | None:
         if m is None:
             continue
         stamp, rest = m.group(1), line[m.end():]
+        if fmt in ("rfc3164", "rfc3339") and rest[:1] == b"<":
+            v = _BSD_PRIORITY.match(rest)
+            if v is not None:                   # "<mail.info> host prog: msg"
+                rest = rest[v.end():]
+                t = _HOSTED.match(rest) or _HOSTLESS.match(rest)
+                if t is None:
+                    return None
+                host = t.group("host") if "host" in t.re.groupindex else None
+                return _tagged("bsd-verbose", stamp, host, t.group("tag"), t.group("pid"),
+                               rest[t.end():], rest)
         if fmt == "iso-space":                  # RFC 3339 allows a space for the "T"
             fmt = "rfc3339"
         elif fmt == "qpopper-file":
@@ -170,7 +244,7 @@ class Clock:
 
     def _parse(self, fmt: str, stamp: bytes) -> datetime | None:
         text = stamp.decode("ascii")
-        if fmt == "tai64n":
+        if fmt.endswith("tai64n"):
             label = int(text[:16], 16)
             nanos = int(text[16:], 16)
             seconds = label - TAI64_EPOCH

@@ -18,6 +18,10 @@ Two checks:
   tag (`logger -t dovecot`). A daemon's own file (dovecot's log_path, qpopper's trace file, a
   multilog file) has another header and is not reported; nor are popwrap's socket and other
   sources whose events carry no header format.
+  A login read from a container's output (`docker compose logs`, header format docker+...)
+  is reported too: no log daemon stands between a container's processes and its output, and
+  a newline in text any of them prints (a user name, a request) starts a whole line of the
+  sender's choosing; read only the mail server's own container (`docker compose logs imap`).
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ import stat
 from .events import LOGIN
 
 ORDINARY_UID = 1000                     # first uid of an account a person logs in with
-SYSLOG_FORMATS = frozenset(("rfc3164", "rfc3339"))
+SYSLOG_FORMATS = frozenset(("rfc3164", "rfc3339", "bsd-verbose"))
+CONTAINER_PREFIX = "docker+"
 SEE = "see SECURITY.md"
 
 
@@ -98,7 +103,9 @@ def writable_problem(path: str) -> str | None:
 
 def forgeable(event) -> bool:
     """A login read from a syslog line (see the module docstring)."""
-    return event.kind == LOGIN and getattr(event, "header", None) in SYSLOG_FORMATS
+    header = getattr(event, "header", None)
+    return event.kind == LOGIN and header is not None and (
+        header in SYSLOG_FORMATS or header.startswith(CONTAINER_PREFIX))
 
 
 class LogWarnings:
@@ -145,10 +152,18 @@ class LogWarnings:
                 "(Who writes the logs)")
 
     def event(self, path: str, event) -> str | None:
-        if not forgeable(event) or not self._once(path, "forgeable"):
+        if not forgeable(event):
+            return None
+        container = event.header.startswith(CONTAINER_PREFIX)
+        if not self._once(path, "container" if container else "forgeable"):
             return None
         if self._declared(path):
             return None
+        if container:
+            return (f"{path}: {event.pack} logins are read from a container's output, where "
+                    "any process in the container (or a newline in text it prints) writes "
+                    "whole lines; read only the mail server's container, and set "
+                    f"sender_verified when it runs nothing else; {SEE} (Container logs)")
         return (f"{path}: {event.pack} logins are read from syslog lines, whose program tag "
                 "any local user can choose (logger -t); follow the daemon's own log file, or a "
                 f"file the log daemon filters by sender, and set sender_verified; {SEE} "

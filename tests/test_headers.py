@@ -91,3 +91,71 @@ def test_timezone_for_zoneless_stamps():
 def test_tai64n_is_absolute():
     dt = t(b"@4000000063b5c2d10a1b2c3d tcpserver: x")
     assert dt == datetime.fromtimestamp(0x63b5c2d1 - 10, UTC) + timedelta(microseconds=0x0a1b2c3d // 1000)
+
+
+# --- FreeBSD syslogd -v / -vv and container-log prefixes ----------------------------------------
+@pytest.mark.parametrize("line, fmt, host, program, pid, message", [
+    # FreeBSD syslogd(8) -vv: facility.level by name (syslogd.c fprintlog); -v: numerically
+    (b"Jan 21 19:06:28 <mail.info> mx1 dovecot: imap-login: Login: user=<a>", "bsd-verbose",
+     b"mx1", "dovecot", None, b"imap-login: Login: user=<a>"),
+    (b"Jan 21 19:06:28 <2.6> mx1 dovecot[12]: pop3-login: x", "bsd-verbose", b"mx1", "dovecot",
+     "12", b"pop3-login: x"),
+    (b"Jan 21 19:06:28 <local0.notice> popper[12]: x", "bsd-verbose", None, "popper", "12",
+     b"x"),
+    (b"2026-01-21T19:06:28+01:00 <mail.info> mx1 dovecot: x", "bsd-verbose", b"mx1", "dovecot",
+     None, b"x"),
+    # docker compose logs (v2 "NAME-1", v1 "NAME_1"), colours, --timestamps, docker logs -t
+    (b"mailcowdockerized-dovecot-mailcow-1  | Jan 21 19:06:28 3f2a1b5c dovecot: imap-login: x",
+     "docker+rfc3164", b"mailcowdockerized-dovecot-mailcow-1", "dovecot", None, b"imap-login: x"),
+    (b"dovecot-mailcow_1  | 2024-01-21T19:06:28.123456789Z Jan 21 19:06:28 3f2a dovecot: y",
+     "docker+rfc3164", b"dovecot-mailcow_1", "dovecot", None, b"y"),
+    (b"\x1b[36mmailu-imap-1  |\x1b[0m Jan 21 19:06:28 imap-login: Info: Login: user=<a>",
+     "docker+dovecot-file", b"mailu-imap-1", "dovecot", None, b"imap-login: Login: user=<a>"),
+    (b"mailserver  | 2026-11-27T23:42:17.185890+00:00 mail dovecot[7]: z", "docker+rfc3339",
+     b"mailserver", "dovecot", "7", b"z"),
+    (b"imap_1  | 2024-01-21T19:06:28.1Z stalwart: hi", "docker+rfc3339", b"imap_1", "stalwart",
+     None, b"hi"),
+    (b"2024-01-21T19:06:28.123456789Z Jan 21 19:06:28 mx dovecot: q", "docker+rfc3164", b"mx",
+     "dovecot", None, b"q"),
+])
+def test_wild_formats(line, fmt, host, program, pid, message):
+    h = parse(line)
+    assert (h.format, h.host, h.program, h.pid, h.message) == (fmt, host, program, pid, message)
+
+
+@pytest.mark.parametrize("line", [
+    b"imap_1  |", b"imap_1  | garbage", b"imap_1  |  Jan 21 19:06:28 mx dovecot: x",
+    b"a | b | Jan 21 19:06:28 h dovecot: x",                  # no prefix inside a prefix
+    b"Jan 21 19:06:28 <mail.info> <mail.info> h dovecot: x",
+    b"Jan 21 19:06:28 <mail.info>h dovecot: x",
+    b"bad name!  | Jan 21 19:06:28 h dovecot: x",
+])
+def test_wild_formats_refused(line):
+    h = parse(line)
+    assert h is None or h.program is None
+
+
+def test_docker_stamp_is_read():
+    h = parse(b"imap_1  | 2024-01-21T19:06:28.123456789Z some text")
+    assert h.format == "docker+rfc3339" and h.program is None
+    assert Clock(NOW, UTC).time(h) == datetime(2024, 1, 21, 19, 6, 28, 123456, tzinfo=UTC)
+
+
+def test_dry_run_counts_the_wild_formats(tmp_path):
+    from conftest import NOW as CLI_NOW, run_logkey
+    log = tmp_path / "mixed.log"
+    log.write_bytes(
+        b"Nov 27 10:00:00 <mail.info> mx1 dovecot: pop3-login: Login: user=<alice>, "
+        b"method=PLAIN, rip=198.51.100.7, lip=192.0.2.1, mpid=1, session=<PeYcgjjOGOisEQAB>\n"
+        b"mailu-imap-1  | Nov 27 10:00:01 imap-login: Info: Login: user=<bob>, method=PLAIN, "
+        b"rip=198.51.100.8, lip=192.0.2.1, mpid=2, session=<PeYcgjjOGOisEQAC>\n"
+        b"mailserver  | Nov 27 10:00:02 mail dovecot: imap-login: Login: user=<carol>, "
+        b"method=PLAIN, rip=198.51.100.9, lip=192.0.2.1, mpid=3, session=<PeYcgjjOGOisEQAD>\n")
+    import json
+    out = run_logkey("dry-run", "--json", "--now", CLI_NOW, str(log), check=0,
+                     env={"TZ": "UTC"})
+    rows = [json.loads(x) for x in out.stdout.decode().splitlines()]
+    assert [e["ip"] for e in rows[:-1]] == ["198.51.100.7", "198.51.100.8", "198.51.100.9"]
+    assert rows[-1]["formats"] == {"bsd-verbose": 1, "docker+dovecot-file": 1,
+                                   "docker+rfc3164": 1}
+    assert b"read from a container's output" in out.stderr
