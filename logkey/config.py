@@ -316,6 +316,11 @@ def _store(v):
     return out
 
 
+def _services(v):
+    from .packs import check_services
+    return check_services(v)
+
+
 # name: (default, converter, meaning). The one table of keys; `logkey config --defaults` reads it.
 KEYS: dict[str, tuple[Any, Any, str]] = {
     "window": (600, _duration, "how long a gate stays open after a login, seconds or 10m/1h"),
@@ -359,6 +364,9 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
                 "policy: IP:PORT for logkey policy (e.g. 127.0.0.1:9469, [::1]:9470)"),
     "log": ({"to": "stderr"}, _log, "logkey's own log (watch, policy): {to: stderr|syslog, "
                                    "facility: mail, address: /dev/log, tag: logkey}"),
+    "services": ({}, _services, "a site's own service names per pack: {cyrus: {imapmail: imap, "
+                            "pop36: pop3}, nginx-mail: {\"10110\": pop3}}; sieve, lmtp, http, "
+                            "nntp, smtp are never POP3/IMAP"),
     "ipv6_prefix": (None, _ipv6_prefix, "gate the client's IPv6 network of this length (e.g. "
                                         "64) instead of the exact address"),
 }

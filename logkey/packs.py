@@ -248,6 +248,49 @@ def _check_sample(path, i, s):
         _fail(path, where, f"expect: unknown key {sorted(bad)[0]!r}")
 
 
+# Services whose logins never open a gate, whatever a site calls them (docs/packs.md, "Services")
+NEVER_SERVICES = regex.compile(
+    r"(?i)sieve|lmtp|http|nntp|smtp|submission|fud|notify|idled|master|backup|sync|ptloader")
+
+
+def check_services(value) -> dict[str, dict[str, str]]:
+    """The `services:` setting: {PACK: {NAME: pop3|imap|none}}; ValueError naming the entry."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("must map pack names to {service name: pop3|imap|none}")
+    out = {}
+    for pack, names in value.items():
+        if not isinstance(pack, str) or not isinstance(names, dict):
+            raise ValueError(f".{pack}: must map service names to pop3, imap or none")
+        out[pack] = {}
+        for name, proto in names.items():
+            name = str(name)
+            if not regex.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}", name):
+                raise ValueError(f".{pack}.{name}: not a service name (letters, digits, _.+-)")
+            if proto not in ("pop3", "imap", "none"):
+                raise ValueError(f".{pack}.{name}: must be pop3, imap or none")
+            if proto != "none" and NEVER_SERVICES.search(name):
+                raise ValueError(f".{pack}.{name}: a {name} login is never a POP3/IMAP login")
+            out[pack][name.lower()] = proto
+    return out
+
+
+def apply_services(packs: dict[str, "Pack"], services: dict[str, dict[str, str]]) -> None:
+    """Add a site's service names to their packs: each NAME becomes a protocol alias, and for a
+    pack that takes the protocol from the program tag, NAME and */NAME become its tags."""
+    for name, names in services.items():
+        pack = packs.get(name)
+        if pack is None:                        # not loaded here (packs:, --pack)
+            continue
+        pack.protocols.update(names)
+        if any(r.protocol == "program" for r in pack.rules):
+            for service, proto in names.items():
+                for tag in (service, "*/" + service):
+                    if proto != "none" and tag not in pack.programs:
+                        pack.programs.append(tag)
+
+
 def pack_files(local_dir: str | os.PathLike | None = None, extra=()) -> dict[str, Path]:
     """name -> file: shipped packs, overridden by name by packs in `local_dir`, then by the
     `extra` files (a pack file named on the command line)."""
@@ -263,13 +306,19 @@ def pack_files(local_dir: str | os.PathLike | None = None, extra=()) -> dict[str
 
 
 def load_packs(names: list[str] | None = None, local_dir: str | os.PathLike | None = None,
-               extra=()) -> PackSet:
+               extra=(), services: dict | None = None) -> PackSet:
     """Shipped packs, overridden by name by packs in `local_dir` and by the `extra` files;
-    only `names` if given."""
+    only `names` if given; `services` (the setting) adds a site's service names."""
     paths = pack_files(local_dir, extra)
+    unknown = sorted(set(services or ()) - set(paths))
+    if unknown:
+        raise PackError(f"services: no pack named {unknown[0]!r} (have: {', '.join(sorted(paths))})")
     if names:
         missing = [n for n in names if n not in paths]
         if missing:
             raise PackError(f"no pack named {missing[0]!r} (have: {', '.join(sorted(paths))})")
         paths = {n: paths[n] for n in names}
-    return PackSet([load_pack(p) for p in paths.values()])
+    loaded = {name: load_pack(p) for name, p in paths.items()}
+    if services:
+        apply_services(loaded, services)
+    return PackSet(list(loaded.values()))
