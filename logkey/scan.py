@@ -140,5 +140,6 @@ class Scanner:
         if picked_odd:
             lines = block.split(b"\n")
             out += [(i, lines[i], False) for i in picked_odd]
-            out.sort()
+        if picked_odd or len(self.covered_groups) > 1:
+            out.sort()                          # log order: one list per tag test above
         return n, formats, out

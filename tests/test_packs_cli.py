@@ -4,7 +4,9 @@ fail2ban-regex checks a filter."""
 import json
 import shutil
 
-from conftest import ROOT, run_logkey
+import pytest
+
+from conftest import NOW, ROOT, run_logkey
 from logkey.packs import load_packs
 from logkey.packscmd import source_kind
 
@@ -134,3 +136,43 @@ def test_a_pack_the_lint_refuses_is_one_line_exit_2(tmp_path):
         assert len(err.strip().splitlines()) == 1
     proc = run_logkey("packs", "test", str(tmp_path / "missing.yaml"), check=2)
     assert "missing.yaml: No such file or directory" in proc.stderr.decode()
+
+
+# --- services: a site's own service names (cyrus.conf) and listener ports (nginx) --------------
+CYRUS_SITE = ("Nov 27 10:00:00 mail cyrus/imapmail[1]: login: [198.51.100.40] alice plaintext "
+              "User logged in\n"
+              "Nov 27 10:00:01 mail pop36[2]: login: [2001:db8::41] bob plaintext User logged in\n"
+              "Nov 27 10:00:02 mail cyrus/sieve6[3]: login: [198.51.100.42] carol PLAIN User "
+              "logged in\n")
+
+
+def _dry_events(tmp_path, config_text):
+    import json
+    cfg = tmp_path / "logkey.yaml"
+    cfg.write_text(config_text)
+    log = tmp_path / "mail.log"
+    log.write_text(CYRUS_SITE)
+    out = run_logkey("dry-run", "--json", "--config", str(cfg), "--now", NOW, str(log), check=0)
+    return [json.loads(x) for x in out.stdout.decode().splitlines()][:-1]
+
+
+def test_services_name_cyrus_services(tmp_path):
+    assert _dry_events(tmp_path, "{}\n") == []
+    got = _dry_events(tmp_path, "services: {cyrus: {imapmail: imap, pop36: pop3}}\n")
+    assert [(e["ip"], e["protocol"]) for e in got] == [("198.51.100.40", "imap"),
+                                                        ("2001:db8::41", "pop3")]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("{cyrus: {sieve6: imap}}", "services.cyrus.sieve6: a sieve6 login is never a POP3/IMAP login"),
+    ("{cyrus: {lmtp2: pop3}}", "services.cyrus.lmtp2: a lmtp2 login is never"),
+    ("{cyrus: {imapmail: smtp}}", "services.cyrus.imapmail: must be pop3, imap or none"),
+    ("{nosuchpack: {x: imap}}", "services: no pack named 'nosuchpack'"),
+])
+def test_services_refused(tmp_path, value, message):
+    cfg = tmp_path / "logkey.yaml"
+    cfg.write_text(f"services: {value}\n")
+    out = run_logkey("dry-run", "--config", str(cfg), "--now", NOW, "/dev/null", check=None)
+    assert out.returncode == 2
+    assert message in out.stderr.decode()
+    assert b"Traceback" not in out.stderr

@@ -52,3 +52,12 @@ def test_odd_lines_are_always_picked():
     n, formats, picks = SCANNER.scan(b"\n".join(lines))
     assert sorted(i for i, _, _ in picks) == [0, 1, 2, 3, 4, 5]
     assert formats == {"rfc3164": 1}
+
+
+def test_picked_lines_keep_log_order():
+    # an exact tag (dovecot) and a "*SUFFIX" glob (x/pop3) are separate tag tests: their lines
+    # must still come back in log order (connect/login joins and logouts depend on it)
+    lines = [b"Nov 27 10:00:0%d mail %s[1]: m" % (i, tag) for i, tag in
+             enumerate([b"x/pop3", b"dovecot", b"x/pop3", b"dovecot", b"postfix/smtpd"])]
+    n, formats, picks = SCANNER.scan(b"\n".join(lines))
+    assert [i for i, _, _ in picks] == [0, 1, 2, 3]
