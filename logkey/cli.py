@@ -36,7 +36,7 @@ def _load_config(args):
 
 def _packs(args, cfg):
     names = args.pack or cfg.packs
-    return load_packs(names, cfg.patterns_dir, services=cfg.services)
+    return load_packs(names, cfg.patterns_dir, services=cfg.services, proxies=cfg.trusted_proxies)
 
 
 def cmd_dry_run(args) -> int:

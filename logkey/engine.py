@@ -6,6 +6,7 @@ counted in `Stats`, never raised.
 """
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -59,6 +60,15 @@ class Stats:
         self.near_miss_lines += [(where(w), t) for w, t in other.near_miss_lines[:max(0, room)]]
         room = REJECTED_KEEP - len(self.rejected_examples)
         self.rejected_examples += [(where(w), t) for w, t in other.rejected_examples[:max(0, room)]]
+
+
+def _trusted(proxy: str, networks) -> bool:
+    """The peer that gave the client's address is one the configuration trusts."""
+    ip = canonical_ip(proxy)
+    if ip is None or not networks:
+        return False
+    address = ipaddress.ip_address(ip)
+    return any(address in net for net in networks)
 
 
 class Engine:
@@ -200,6 +210,10 @@ class Engine:
                 stats.rejected_ips += 1
                 self._reject(where, f"not an IP address: {m.ip!r}")
                 return None
+        if m.proxy is not None and not _trusted(m.proxy, rule.proxies):
+            stats.refused_lines += 1
+            self._reject(where, f"{m.ip} is vouched for by {m.proxy!r}, not in trusted_proxies")
+            return None
         if rule.kind == LOGIN and m.protocol not in GATE_PROTOCOLS:
             stats.not_pop_imap += 1
             return None

@@ -10,6 +10,8 @@ Formats, recognised per line without being told:
   dovecot-file  dovecot's own log_path: "Nov 27 10:00:00 imap-login: Info: msg",
                 "2026-11-27 10:00:00 imap-login: Info: msg", 1.x "dovecot: 2008-10-02
                 23:34:07 Info: pop3-login: msg", "Jun 23 15:04:06 Info: IMAP(u): msg"
+  (log4j's "2015-03-26 21:51:36,505 INFO  [thread] ..." (Zimbra's audit.log) is read as
+  rfc3339, untagged: the comma before the milliseconds is ISO 8601's other decimal sign)
   tai64n        daemontools/multilog "@4000000063b5c2d1... prog: msg"
   qpopper-file  full-date stamps: qpopper's trace file "Mon Nov 27 10:00:00 2006 [4242] msg"
                 (2.x/3.x), "Nov 27 10:00:00.123 2006 [4242] msg" (4.x); untagged, pid kept.
@@ -53,7 +55,7 @@ _STAMPS = (
                            rb"(?:Z|[+-]\d\d:?\d\d)?) ")),
     ("rfc3164", re.compile(rb"(?:<\d{1,3}>)?([A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d) ")),
     ("tai64n", re.compile(rb"@([0-9a-f]{24}) ")),
-    ("iso-space", re.compile(rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,9})?) ")),
+    ("iso-space", re.compile(rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d{1,9})?) ")),
 )
 _DOVECOT1 = re.compile(
     rb"dovecot: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (Info|Warning|Error|Fatal|Panic|Debug): ")

@@ -30,6 +30,7 @@ class Match:
     session: str | None
     pid: str | None
     rejected: str | None = None   # why the line was refused (duplicate field ...)
+    proxy: str | None = None      # who vouched for `ip` (a rule's proxy group), unchecked
 
 
 _INLINE_FLAGS = regex.compile(r"\(\?[aiLmsux]+\)")
@@ -141,7 +142,7 @@ def own_file_rules(pack: Pack) -> Dispatch:
     return Dispatch(pack.untagged, pack.ignore, pack.cut_at)
 
 
-_WANTED = ("ip", "user", "protocol", "session", "pid", "fields")
+_WANTED = ("ip", "user", "protocol", "session", "pid", "fields", "proxy")
 
 
 def _to_match(rule: Rule, m, program: str | None, header_pid: str | None) -> Match:
@@ -159,7 +160,7 @@ def _to_match(rule: Rule, m, program: str | None, header_pid: str | None) -> Mat
         mapped = normalise_protocol(protocol, rule.protocols)
         protocol = None if mapped in (None, "none") else mapped
     return Match(rule, got["ip"], got["user"], protocol, got["session"],
-                 got["pid"] or header_pid, rejected)
+                 got["pid"] or header_pid, rejected, got["proxy"])
 
 
 def _read_fields(spec: Fields, text: str, got: dict) -> str | None:

@@ -20,7 +20,7 @@ from .errors import LogkeyError
 from .events import CONNECT, KINDS, LOGIN, LOGOUT
 from .match import PackSet
 
-GROUPS = frozenset(("ip", "user", "protocol", "session", "pid", "fields"))
+GROUPS = frozenset(("ip", "user", "protocol", "session", "pid", "fields", "proxy"))
 FIELD_TARGETS = frozenset(("ip", "user", "session", "protocol", "pid"))
 PACK_KEYS = frozenset(("description", "covers", "programs", "events", "untagged", "ignore",
                        "protocols", "cut", "journal", "samples"))
@@ -49,6 +49,10 @@ class Rule:
     join: str | None
     protocols: dict[str, str]
     programs: tuple[str, ...] | None = None     # only these of the pack's tags (globs too)
+    # the `trusted_proxies` setting (shared with the pack): a rule with a `proxy` group (the
+    # peer that told the server the client's address, Zimbra's ip= beside oip=) gives an event
+    # only when that peer is in one of these networks
+    proxies: list = field(default_factory=list)
 
 
 @dataclass
@@ -65,6 +69,7 @@ class Pack:
     protocols: dict[str, str] = field(default_factory=dict)
     cut_at: int | None = None     # messages this long may be cut by the logger (see Dispatch)
     journal: dict | None = None   # program -> {trusted journal field: accepted values} (journal.py)
+    proxies: list = field(default_factory=list)   # trusted_proxies, shared with its rules
 
 
 def shipped_dir() -> Path:
@@ -79,7 +84,7 @@ def _fail(path, where, reason):
     raise PackError(f"{path}: {where}: {reason}" if where else f"{path}: {reason}")
 
 
-def _compile_rule(path, name, where, entry, protocols) -> Rule:
+def _compile_rule(path, name, where, entry, protocols, proxies) -> Rule:
     if not isinstance(entry, dict):
         _fail(path, where, "must be a mapping")
     unknown = set(entry) - RULE_KEYS
@@ -132,6 +137,8 @@ def _compile_rule(path, name, where, entry, protocols) -> Rule:
     if reason:
         _fail(path, where, reason)
     has_ip = "ip" in groups or ip_from_fields
+    if "proxy" in groups and not has_ip:
+        _fail(path, where, "a proxy group names who vouches for the ip: the rule needs an ip")
     if kind == CONNECT and not has_ip:
         _fail(path, where, "a connect rule needs an ip")
     if kind == LOGIN and not has_ip and join != "pid":
@@ -148,7 +155,7 @@ def _compile_rule(path, name, where, entry, protocols) -> Rule:
             for p in programs)):
         _fail(path, where, "programs must be a list of program tags (a subset of the pack's)")
     return Rule(name, rid, kind, pattern, protocol, fields, join, protocols,
-                tuple(programs) if programs else None)
+                tuple(programs) if programs else None, proxies)
 
 
 def load_pack(path: Path) -> Pack:
@@ -180,13 +187,13 @@ def load_pack(path: Path) -> Pack:
             isinstance(k, str) and v in ("pop3", "imap", "none") for k, v in protocols.items()):
         _fail(path, "protocols", "must map names to pop3, imap or none")
     protocols = {k.lower(): v for k, v in protocols.items()}
-    rules, untagged, seen = [], [], set()
+    rules, untagged, seen, proxies = [], [], set(), []
     for section, out in (("events", rules), ("untagged", untagged)):
         entries = data.get(section) or []
         if not isinstance(entries, list):
             _fail(path, section, "must be a list")
         for i, entry in enumerate(entries):
-            rule = _compile_rule(path, name, f"{section}[{i}]", entry, protocols)
+            rule = _compile_rule(path, name, f"{section}[{i}]", entry, protocols, proxies)
             if rule.id in seen:
                 _fail(path, f"{section}[{i}]", f"duplicate id {rule.id!r}")
             seen.add(rule.id)
@@ -225,14 +232,18 @@ def load_pack(path: Path) -> Pack:
     if not isinstance(covers, list):
         _fail(path, "covers", "must be a list of strings")
     return Pack(name, path, str(data.get("description") or ""), [str(c) for c in covers],
-                list(programs), rules, untagged, ignore, samples, protocols, cut_at, journal)
+                list(programs), rules, untagged, ignore, samples, protocols, cut_at, journal,
+                proxies)
 
 
 def _check_sample(path, i, s):
     where = f"samples[{i}]"
     if not isinstance(s, dict):
         _fail(path, where, "must be a mapping")
-    bad = set(s) - {"line", "lines", "expect", "source", "file"}
+    bad = set(s) - {"line", "lines", "expect", "source", "file", "trusted_proxies"}
+    nets = s.get("trusted_proxies", [])
+    if not isinstance(nets, list) or not all(isinstance(n, str) for n in nets):
+        _fail(path, where, "trusted_proxies must be a list of networks")
     if bad:
         _fail(path, where, f"unknown key {sorted(bad)[0]!r}")
     lines = s.get("lines") if "lines" in s else [s.get("line")]
@@ -306,9 +317,11 @@ def pack_files(local_dir: str | os.PathLike | None = None, extra=()) -> dict[str
 
 
 def load_packs(names: list[str] | None = None, local_dir: str | os.PathLike | None = None,
-               extra=(), services: dict | None = None) -> PackSet:
+               extra=(), services: dict | None = None, proxies=None) -> PackSet:
     """Shipped packs, overridden by name by packs in `local_dir` and by the `extra` files;
-    only `names` if given; `services` (the setting) adds a site's service names."""
+    only `names` if given; `services` (the setting) adds a site's service names; `proxies`
+    (trusted_proxies, ip_network objects) are the peers whose word on a client's address
+    (a rule's `proxy` group) is believed."""
     paths = pack_files(local_dir, extra)
     unknown = sorted(set(services or ()) - set(paths))
     if unknown:
@@ -321,4 +334,6 @@ def load_packs(names: list[str] | None = None, local_dir: str | os.PathLike | No
     loaded = {name: load_pack(p) for name, p in paths.items()}
     if services:
         apply_services(loaded, services)
+    for pack in loaded.values():
+        pack.proxies[:] = proxies or []
     return PackSet(list(loaded.values()))

@@ -69,7 +69,7 @@ def _load(args, cfg, wanted):
     files = [a for a in wanted if _is_file_arg(a)]
     names = [Path(a).stem if _is_file_arg(a) else a for a in wanted]
     only = cfg.packs and sorted(set(cfg.packs) | {Path(f).stem for f in files})
-    return load_packs(only or None, cfg.patterns_dir, extra=files, services=cfg.services), names
+    return load_packs(only or None, cfg.patterns_dir, extra=files, services=cfg.services, proxies=cfg.trusted_proxies), names
 
 
 def cmd_list(args, cfg) -> int:

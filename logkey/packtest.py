@@ -6,6 +6,8 @@ that no sample exercises is reported as untested (fail2ban's "Regex has no sampl
 """
 from __future__ import annotations
 
+import ipaddress
+
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -41,8 +43,16 @@ def run_sample(packs: PackSet, sample: dict, pack_name: str,
     lines = sample["lines"] if "lines" in sample else [sample["line"]]
     engine = Engine(packs, Clock(SAMPLE_NOW, timezone.utc))
     events = []
-    for text in lines:
-        events = engine.feed_line(text.encode("utf-8", "surrogateescape"))
+    pack = packs.packs.get(pack_name)
+    saved = list(pack.proxies) if pack is not None else []
+    if pack is not None and "trusted_proxies" in sample:    # the sample's own setting
+        pack.proxies[:] = [ipaddress.ip_network(n, strict=False) for n in sample["trusted_proxies"]]
+    try:
+        for text in lines:
+            events = engine.feed_line(text.encode("utf-8", "surrogateescape"))
+    finally:
+        if pack is not None:
+            pack.proxies[:] = saved
     if hits is not None:
         hits.update(rule for (p, rule) in engine.stats.hits if p == pack_name)
     expect = sample.get("expect")

@@ -99,7 +99,7 @@ def policy_config(cfg, packs: PackSet) -> PolicyConfig:
 def build(cfg):
     """Everything that comes from the configuration and the packs, checked: (packs, policy
     config). Raises PackError/WatchError."""
-    packs = load_packs(cfg.packs, cfg.patterns_dir, services=cfg.services)
+    packs = load_packs(cfg.packs, cfg.patterns_dir, services=cfg.services, proxies=cfg.trusted_proxies)
     for i, entry in enumerate(cfg.logs):
         source = entry["journal"]
         names = (source["packs"] if source else entry["packs"]) or []
