@@ -364,9 +364,10 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
                 "policy: IP:PORT for logkey policy (e.g. 127.0.0.1:9469, [::1]:9470)"),
     "log": ({"to": "stderr"}, _log, "logkey's own log (watch, policy): {to: stderr|syslog, "
                                    "facility: mail, address: /dev/log, tag: logkey}"),
-    "trusted_proxies": ([], _networks, "proxies whose word on a client's address is believed: "
-                                      "Zimbra's oip= counts only when ip= (the proxy) is in "
-                                      "these networks"),
+    "trusted_proxies": (["127.0.0.0/8", "::1/128"], _networks,
+                        "proxies whose word on a client's address is believed: Zimbra's oip= "
+                        "counts only when ip= (the proxy) is in these networks (default: "
+                        "loopback, a proxy on the same host)"),
     "services": ({}, _services, "a site's own service names per pack: {cyrus: {imapmail: imap, "
                             "pop36: pop3}, nginx-mail: {\"10110\": pop3}}; sieve, lmtp, http, "
                             "nntp, smtp are never POP3/IMAP"),

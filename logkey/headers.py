@@ -10,8 +10,8 @@ Formats, recognised per line without being told:
   dovecot-file  dovecot's own log_path: "Nov 27 10:00:00 imap-login: Info: msg",
                 "2026-11-27 10:00:00 imap-login: Info: msg", 1.x "dovecot: 2008-10-02
                 23:34:07 Info: pop3-login: msg", "Jun 23 15:04:06 Info: IMAP(u): msg"
-  (log4j's "2015-03-26 21:51:36,505 INFO  [thread] ..." (Zimbra's audit.log) is read as
-  rfc3339, untagged: the comma before the milliseconds is ISO 8601's other decimal sign)
+  log4j-file    log4j's "2015-03-26 21:51:36,505 INFO  [thread] ..." (Zimbra's audit.log):
+                untagged, the comma before the milliseconds is ISO 8601's other decimal sign
   tai64n        daemontools/multilog "@4000000063b5c2d1... prog: msg"
   qpopper-file  full-date stamps: qpopper's trace file "Mon Nov 27 10:00:00 2006 [4242] msg"
                 (2.x/3.x), "Nov 27 10:00:00.123 2006 [4242] msg" (4.x); untagged, pid kept.
@@ -181,7 +181,7 @@ def _parse_slow(line: bytes) -> Header | None:
                 return _tagged("bsd-verbose", stamp, host, t.group("tag"), t.group("pid"),
                                rest[t.end():], rest)
         if fmt == "iso-space":                  # RFC 3339 allows a space for the "T"
-            fmt = "rfc3339"
+            fmt = "log4j-file" if b"," in stamp else "rfc3339"
         elif fmt == "qpopper-file":
             q = _QPOPPER_PID.match(rest)
             if q is not None:                   # qpopper's trace file: "<date> [pid] msg"

@@ -159,3 +159,9 @@ def test_dry_run_counts_the_wild_formats(tmp_path):
     assert rows[-1]["formats"] == {"bsd-verbose": 1, "docker+dovecot-file": 1,
                                    "docker+rfc3164": 1}
     assert b"read from a container's output" in out.stderr
+
+
+def test_log4j_file_stamp():
+    h = parse(b"2015-03-26 21:51:36,505 INFO  [Pop3Server-13] [ip=172.16.0.3;] security - x")
+    assert (h.format, h.program, h.message[:4]) == ("log4j-file", None, b"INFO")
+    assert Clock(NOW, UTC).time(h) == datetime(2015, 3, 26, 21, 51, 36, 505000, tzinfo=UTC)
