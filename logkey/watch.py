@@ -317,7 +317,7 @@ class Watcher:
         for event in self.popwrap.receive(now):
             datagrams += 1
             if event is not None:
-                self.base.stats.events[(POPWRAP_PACK, event.kind)] += 1
+                self.base.stats.events[(event.pack, event.kind)] += 1
                 self._seen(event)
                 self._apply(self.policy.on_event(event, now, POPWRAP_PACK))
         self.tick(now)
