@@ -107,7 +107,8 @@ def check(cfg, now: float | None = None) -> dict:
 
 def _watcher(cfg, report: Report, now: float) -> dict | None:
     """The watcher's status if it is running and current; problems otherwise."""
-    needed = bool(cfg.logs or cfg.popwrap["socket"] or cfg.exports)
+    needed = bool(cfg.logs or cfg.popwrap["socket"] or cfg.dovecot_policy["listen"]
+                  or cfg.exports)
     try:
         status = read_status(cfg.state_dir)
     except (OSError, ValueError) as exc:
