@@ -83,6 +83,8 @@ class Direct:
             # need not be the machine's).
             os.chown(self.socket, -1, self.dovecot.socket_gid())
         self.dovecot.start()
+        wait_for(lambda: f"Dovecot v{release}." in self.dovecot.log_text(),
+                 what=f"dovecot {release} starting up")
         if watcher:
             site.policy(self.config, self.policy_port)
             self.postfix = site.postfix({"main": self.policy_port})
