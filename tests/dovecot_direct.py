@@ -85,22 +85,6 @@ passdb passwd-file {{
 userdb passwd-file {{
   passwd_file_path = {dir}/users
 }}
-service pop3-login {{
-  inet_listener pop3 {{
-    port = {pop}
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = {imap}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
 """
 
 NAMESPACE = r"""
@@ -128,9 +112,10 @@ class DirectDovecot(servers.Dovecot):
         self.release, self.root = release, root
         self.ov = Path(tempfile.mkdtemp(prefix="lk-ov-")) if root else None
         (self.dir / "lk").mkdir(mode=0o755)
-        if release == "2.4":
-            self.config.write_text(CONFIG_24.format(dir=self.dir, name=self.name,
-                                                    pop=self.pop_port, imap=self.imap_port))
+        if release == "2.4":                     # the listeners are written as in 2.3
+            text = self.config.read_text()
+            self.config.write_text(CONFIG_24.format(dir=self.dir, name=self.name)
+                                   + text[text.index("service pop3-login {"):])
         self.logkey = self.launcher()
 
     def launcher(self) -> str:
