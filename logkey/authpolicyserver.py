@@ -34,6 +34,7 @@ MAX_CONNECTIONS = 256           # Dovecot opens up to 100 (http_client_max_paral
 READ_TIMEOUT = 10.0             # seconds for the rest of a request once it started
 IDLE_TIMEOUT = 60.0             # seconds a kept-alive connection may wait for its next request
 BAD_LINES = 10                  # bad-request lines a minute; the rest are counted in one line
+OUTCOMES = ("requests", "allow", "login", "failed", "other", "bad")    # counted
 REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed",
            408: "Request Timeout", 411: "Length Required", 413: "Content Too Large",
            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
@@ -69,7 +70,8 @@ class AuthPolicyListener:
         self.sock = self.loop = self.thread = None
         self.events = collections.deque()
         self.wake_r = self.wake_w = None
-        self.counts = collections.Counter()     # requests, allow, login, failed, other, bad
+        # Every key there from the start: the status writer copies it from another thread.
+        self.counts = collections.Counter(dict.fromkeys(OUTCOMES, 0))
         self.active = 0
         self.bad_window, self.bad_lines, self.bad_quiet = 0.0, 0, 0
 

@@ -146,6 +146,12 @@ def _watcher(cfg, report: Report, now: float) -> dict | None:
                            f"({store.get('pending', 0)} gate changes waiting)")
         if status.get("observe"):
             report.warn("watcher: runs with --observe: it writes no gates")
+        policy = status.get("dovecot_policy")
+        if policy:
+            info["dovecot_policy"] = policy
+            if policy.get("bad"):
+                report.warn(f"dovecot_policy: {policy['bad']} bad request(s) refused since "
+                            "the watcher started (its log names each)")
         return status
     return None
 

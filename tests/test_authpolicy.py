@@ -200,6 +200,12 @@ def test_listener_serves_good_requests_between_bad_ones(listener):
     bad = [line for line in w.log().splitlines() if "bad request from 127.0.0.1" in line]
     assert len(bad) == 9 and all(line.startswith("<4>dovecot_policy: ") for line in bad), bad
     assert w.proc.poll() is None
+    def counts():
+        data = json.loads(run_logkey("status", "--json", "--config", str(w.config)).stdout)
+        policy = data["watcher"].get("dovecot_policy") or {}
+        return policy if policy.get("bad") == 9 else None
+    assert wait_for(counts, what="the counts in logkey status", timeout=15, step=0.5) == {
+        "requests": 12, "allow": 1, "login": 2, "failed": 0, "other": 0, "bad": 9}
 
 
 def test_listener_holds_a_bounded_number_of_connections(listener):
