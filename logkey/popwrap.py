@@ -26,7 +26,7 @@ Exit: PROG's status; 111 when PROG cannot be run.
 
 Dovecot's post-login script (`--dovecot`, docs/dovecot-direct.md), run by script-login after
 a successful POP3/IMAP login:
-    service imap-postlogin { executable = script-login /usr/bin/logkey popwrap --dovecot
+    service imap-postlogin { executable = script-login /usr/local/bin/logkey popwrap --dovecot
                              --imap --socket /run/logkey/popwrap.sock }
 script-login appends its own path to those arguments and runs them with a clean environment
 (IP, LOCAL_IP, USER and the userdb fields); popwrap sends one `postlogin IP USER PROTOCOL PID`

@@ -58,7 +58,7 @@ class Direct:
             return (text.replace("/run/logkey/popwrap.sock", str(self.socket))
                         .replace("127.0.0.1:10045", f"127.0.0.1:{self.port}")
                         .replace("/etc/logkey/dovecot-policy.key", str(self.key_file))
-                        .replace("/usr/bin/logkey", self.dovecot.logkey))
+                        .replace("/usr/local/bin/logkey", self.dovecot.logkey))
         if how in ("postlogin", "both"):
             self.dovecot.add(fill(snippet(f"postlogin-{release}")))
         if how in ("policy", "both"):
