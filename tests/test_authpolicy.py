@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from conftest import free_port, run_logkey, wait_for
+from conftest import ROOT, free_port, run_logkey, wait_for
 from logkey.authpolicy import NEUTRAL, POLICY_PACK, decide
 from logkey.gates import GatePolicy, PolicyConfig
 from logkey.popsocket import POPWRAP_PACK, POSTLOGIN_PACK, popwrap_event
@@ -105,6 +105,58 @@ def test_bad_requests(kw, status, why):
 def test_url_with_its_own_query():
     # auth_policy_server_url = http://127.0.0.1:10045/?site=a& : Dovecot appends command=...
     assert ask(REPORT, target="/?site=a&command=report").event is not None
+
+
+# -- what real Dovecots sent (captured from the releases the e2e suite runs, with
+# auth_policy_check_before_auth/after_auth on: a POP3 login from 127.0.0.2, an IMAP one from
+# 127.0.0.3, a wrong password from 127.0.0.4) ---------------------------------------------
+
+CAPTURED = ROOT / "tests" / "fixtures" / "dovecot-policy"
+EXPECTED = [("127.0.0.2", "pop3"), ("127.0.0.3", "imap")]
+
+
+def captured(release):
+    return json.loads((CAPTURED / f"dovecot-{release}.json").read_text())
+
+
+@pytest.mark.parametrize("release", ["2.3", "2.4"])
+def test_captured_requests(release):
+    logins = []
+    for req in captured(release):
+        key = req["headers"]["x-api-key"]
+        a = decide("POST", req["target"], req["headers"], req["body"].encode(), key,
+                   "X-API-Key", 0.0)
+        assert (a.status, a.body, a.bad) == (200, NEUTRAL, None), req
+        if a.event is not None:
+            logins.append((a.event.ip, a.event.protocol))
+            assert a.event.user == "test"
+    assert logins == EXPECTED
+
+
+def http_request(req, key=None) -> bytes:
+    headers = dict(req["headers"], **({"x-api-key": key} if key else {}))
+    return (f"POST {req['target']} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+            + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()) + b"\r\n"
+            + req["body"].encode())
+
+
+@pytest.mark.parametrize("release", ["2.3", "2.4"])
+def test_captured_requests_byte_by_byte_on_one_connection(listener, release):
+    """The whole capture replayed on one kept-alive connection in 1-byte writes."""
+    port, w, gates = listener
+    requests = captured(release)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for req in requests:
+            for byte in http_request(req, KEY):
+                s.sendall(bytes([byte]))
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(4096):
+            out += chunk
+    assert out.count(b"HTTP/1.1 200 OK\r\n") == len(requests) and b"error" not in out
+    wait_for(lambda: {p.name for p in gates.iterdir() if not p.name.startswith(".")} ==
+             {"127.0.0.2", "127.0.0.3"}, what="the captured logins' gates")
 
 
 # -- the popwrap socket's postlogin datagram ------------------------------------------------
