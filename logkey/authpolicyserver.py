@@ -149,8 +149,10 @@ class AuthPolicyListener:
             self.loop.run_forever()
         finally:
             server.close()
-            for task in asyncio.all_tasks(self.loop):
+            tasks = asyncio.all_tasks(self.loop)
+            for task in tasks:
                 task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
     async def _connection(self, reader, writer) -> None:
         if self.active >= MAX_CONNECTIONS:
@@ -164,6 +166,8 @@ class AuthPolicyListener:
                 pass
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:          # the watcher stops: end quietly (Python 3.11's
+            pass                                # streams log a cancelled handler's traceback)
         finally:
             self.active -= 1
             writer.close()

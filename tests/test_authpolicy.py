@@ -3,6 +3,7 @@ request shapes (2.3 and 2.4 send the same JSON; tests/test_e2e_dovecot_direct.py
 ones) and hostile ones, then a real `logkey watch` listening, fed bad requests of every kind
 while good ones keep opening gates; and the popwrap socket's `postlogin` datagram."""
 import json
+import signal
 import socket
 import urllib.error
 import urllib.request
@@ -272,6 +273,22 @@ def test_listener_holds_a_bounded_number_of_connections(listener):
             s.close()
     assert wait_for(lambda: post(port, REPORT) == (200, NEUTRAL), what="serving again")
     wait_for(lambda: (gates / "192.0.2.7").exists(), what="the gate")
+
+
+def test_a_new_key_takes_effect_on_reload_and_stop_is_clean(listener, tmp_path):
+    port, w, gates = listener
+    idle = socket.create_connection(("127.0.0.1", port), timeout=10)   # kept open throughout
+    (tmp_path / "key").chmod(0o600)
+    (tmp_path / "key").write_text("n" * 32 + "\n")
+    w.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in w.log(), what="the reload")
+    assert post(port, REPORT)[0] == 403
+    assert post(port, REPORT, key="n" * 32) == (200, NEUTRAL)
+    wait_for(lambda: (gates / "192.0.2.7").exists(), what="the gate")
+    assert w.stop() == 0
+    idle.close()
+    assert "Traceback" not in w.log() and "destroyed" not in w.log(), w.log()
+    assert w.log().rstrip().endswith("stopped")
 
 
 @pytest.mark.parametrize("setting,why", [
