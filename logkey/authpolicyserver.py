@@ -78,11 +78,11 @@ class AuthPolicyListener:
     def bind(self, settings) -> None:
         """Listen on settings["listen"] (closing a previous listener); nothing when null.
         Raises PolicyListenError naming the key."""
-        self.close()
-        self.settings = dict(settings)
+        key = read_key(settings["api_key_file"]) if settings["listen"] else None
+        self.close()                            # (a bad key file above keeps the old one)
+        self.settings, self.key = dict(settings), key
         if not settings["listen"]:
             return
-        self.key = read_key(settings["api_key_file"])
         host, port = parse_hostport(settings["listen"])
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
