@@ -76,7 +76,7 @@ class Direct:
             fill(snippet("logkey"))
             + f"store: {{type: dir, path: {site.tmp / 'gates'}}}\n"
             + f"state_dir: {site.tmp / 'state'}\nwindow: 10m\n"
-            + f"policy:\n  listen: [inet:127.0.0.1:{self.policy_port}]\n")
+            + f"policy:\n  listen: [inet:127.0.0.1:{self.policy_port}]\n  miss_wait: 5s\n")
         self.watcher = site.watch(self.config) if watcher else None
         if watcher and self.dovecot.root:
             # The page's socket_group: dovecot, as the gid of the root's dovecot group (which
@@ -102,8 +102,9 @@ class Direct:
 
 
 def relays_at_once(direct, src) -> bool:
-    """The relay answer right after the login returned (`logkey policy` waits up to its
-    miss_wait, 1 s, for a gate that is on its way): no retries."""
+    """The relay answer right after the login returned: one SMTP attempt, no retries
+    (`logkey policy` waits up to its miss_wait, here 5 s for a loaded machine, for a gate
+    that is on its way)."""
     return direct.postfix.relays(src)
 
 
