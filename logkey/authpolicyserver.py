@@ -162,9 +162,12 @@ class AuthPolicyListener:
             return
         self.active += 1
         try:
-            while await self._request(reader, writer):
-                pass
-        except (ConnectionError, OSError):
+            keep = True
+            while keep:
+                keep = await self._request(reader, writer)
+                # a client that does not read its answers gets no more of them
+                await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+        except (ConnectionError, OSError, asyncio.TimeoutError):
             pass
         except asyncio.CancelledError:          # the watcher stops: end quietly (Python 3.11's
             pass                                # streams log a cancelled handler's traceback)
