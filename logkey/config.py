@@ -237,6 +237,34 @@ def _popwrap(v):
     return out
 
 
+def _dovecot_policy(v):
+    if not isinstance(v, dict):
+        raise ValueError("must be a mapping (listen, api_key_file, header, max_request)")
+    bad = set(v) - set(DOVECOT_POLICY_DEFAULTS)
+    if bad:
+        raise ValueError(f".{sorted(bad)[0]}: unknown key (known: "
+                         f"{', '.join(sorted(DOVECOT_POLICY_DEFAULTS))})")
+    out = dict(DOVECOT_POLICY_DEFAULTS, **v)
+    if out["listen"] is not None:
+        try:
+            host, _ = parse_hostport(out["listen"])
+        except ValueError as exc:
+            raise ValueError(f".listen: {exc}") from None
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(".listen: must be a loopback address (127.0.0.1:PORT or "
+                             "[::1]:PORT): the API key travels in clear")
+        if not isinstance(out["api_key_file"], str) or not out["api_key_file"]:
+            raise ValueError(".api_key_file: required with listen (a file holding the key "
+                             "of Dovecot's auth_policy_server_api_header)")
+    if not isinstance(out["header"], str) or not re.fullmatch(r"[A-Za-z0-9-]{1,64}",
+                                                               out["header"]):
+        raise ValueError(".header: must be an HTTP header name such as X-API-Key")
+    if isinstance(out["max_request"], bool) or not isinstance(out["max_request"], int) \
+            or not 256 <= out["max_request"] <= 1048576:
+        raise ValueError(".max_request: must be a number of bytes from 256 to 1048576")
+    return out
+
+
 def parse_hostport(text: str) -> tuple[str, int]:
     """("127.0.0.1", 9469) from "127.0.0.1:9469", ("::1", 9469) from "[::1]:9469"; the host
     must be a literal IP address (no name lookups at start). ValueError otherwise."""
@@ -278,6 +306,8 @@ def _metrics(v):
 METRICS_DEFAULTS = {"watch": None, "policy": None}
 
 POPWRAP_DEFAULTS = {"socket": None, "socket_mode": "0660", "socket_group": None}
+DOVECOT_POLICY_DEFAULTS = {"listen": None, "api_key_file": None, "header": "X-API-Key",
+                           "max_request": 16384}
 
 POLICY_DEFAULTS = {"listen": ["unix:/run/logkey/policy.sock"], "socket_mode": "0660",
                    "socket_group": None, "max_request": 65536, "idle_timeout": "300s",
@@ -357,6 +387,10 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
     "popwrap": (dict(POPWRAP_DEFAULTS), _popwrap,
                 "logkey popwrap -> watcher: socket (unix datagram socket the watcher listens on; "
                 "null: off), socket_mode, socket_group (who may claim logins)"),
+    "dovecot_policy": (dict(DOVECOT_POLICY_DEFAULTS), _dovecot_policy,
+                       "Dovecot's auth policy server, in the watcher (docs/dovecot-direct.md): "
+                       "listen: 127.0.0.1:PORT (null: off), api_key_file (the key of "
+                       "auth_policy_server_api_header), header, max_request (bytes)"),
     "exports": ([], _exports, "maps kept for the SMTP side: [{format: lmdb|sendmail|exim|"
                               "opensmtpd|text|tcprules, path: FILE, command: CMD, base: RULES}]"),
     "metrics": (dict(METRICS_DEFAULTS), _metrics,
@@ -464,6 +498,9 @@ def _resolve_relative(values: dict, base: str) -> None:
     if policy:
         policy["listen"] = [f"unix:{resolve(x[5:])}" if x.startswith("unix:") else x
                             for x in policy["listen"]]
+    dovecot_policy = values.get("dovecot_policy")
+    if dovecot_policy and dovecot_policy["api_key_file"]:
+        dovecot_policy["api_key_file"] = resolve(dovecot_policy["api_key_file"])
     popwrap = values.get("popwrap")
     if popwrap and popwrap["socket"]:
         popwrap["socket"] = resolve(popwrap["socket"])

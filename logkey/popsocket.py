@@ -1,5 +1,8 @@
 """The watcher's end of `logkey popwrap`: a unix datagram socket on which popwrap reports
-logins and logouts (one datagram each: `login|logout IP USER PROTOCOL [SESSION]`).
+logins and logouts (one datagram each: `login|logout IP USER PROTOCOL [SESSION]`), and
+`logkey popwrap --dovecot` reports Dovecot post-login logins (`postlogin IP USER PROTOCOL
+[PID]`: no logout follows, the script execs on; the event's pack is "dovecot-postlogin", whose
+gate lasts `window` from the login).
 
 Reads: datagrams. Trust: whoever can write to the socket can claim any address, so the
 socket's mode and group decide who may (SECURITY.md); every datagram is checked whole (the
@@ -18,6 +21,8 @@ from .unixsock import SocketSetupError, bind_unix, group_id, identity, remove_if
 log = logging.getLogger("logkey")
 
 POPWRAP_PACK = "popwrap"        # the pack name of events from `logkey popwrap`
+POSTLOGIN_PACK = "dovecot-postlogin"    # ... and from `logkey popwrap --dovecot` (no logouts)
+POSTLOGIN = "postlogin"         # its datagram's first word
 POPWRAP_MAX = 512               # bytes in one datagram
 POPWRAP_BATCH = 1000            # datagrams taken per step (the rest wait for the next one)
 
@@ -78,8 +83,8 @@ class PopwrapListener:
 
 
 def popwrap_event(data: bytes, now: float) -> Event | None:
-    """The event of one popwrap datagram, `login|logout IP USER PROTOCOL [SESSION]` (USER "-":
-    unknown), or None when it is not exactly that."""
+    """The event of one popwrap datagram, `login|logout|postlogin IP USER PROTOCOL [SESSION]`
+    (USER "-": unknown), or None when it is not exactly that."""
     if len(data) > POPWRAP_MAX:
         return None
     try:
@@ -94,9 +99,12 @@ def popwrap_event(data: bytes, now: float) -> Event | None:
         return None
     kind, ip, user, protocol = fields[:4]
     ip = canonical_ip(ip)
-    if kind not in (LOGIN, LOGOUT) or ip is None or protocol not in GATE_PROTOCOLS:
+    if kind not in (LOGIN, LOGOUT, POSTLOGIN) or ip is None or protocol not in GATE_PROTOCOLS:
         return None
     user = None if user == "-" else user
+    if kind == POSTLOGIN:                       # a login with no session to follow
+        return Event(LOGIN, ip, user, protocol, datetime.fromtimestamp(now, timezone.utc),
+                     POSTLOGIN_PACK, "socket")
     session = f"popwrap:{fields[4]}" if len(fields) == 5 else None
     return Event(kind, ip, user, protocol, datetime.fromtimestamp(now, timezone.utc),
                  POPWRAP_PACK, "socket", session=session)

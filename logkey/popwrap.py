@@ -23,6 +23,20 @@ Writes: datagrams `login|logout IP USER PROTOCOL PID` to the watcher's socket; n
 any TCPREMOTEIP: the socket's group and mode (`popwrap.socket_group/socket_mode`) decide who
 may. Any failure to reach the watcher is one line on stderr; PROG runs anyway.
 Exit: PROG's status; 111 when PROG cannot be run.
+
+Dovecot's post-login script (`--dovecot`, docs/dovecot-direct.md), run by script-login after
+a successful POP3/IMAP login:
+    service imap-postlogin { executable = script-login /usr/local/bin/logkey popwrap --dovecot
+                             --imap --socket /run/logkey/popwrap.sock }
+script-login appends its own path to those arguments and runs them with a clean environment
+(IP, LOCAL_IP, USER and the userdb fields); popwrap sends one `postlogin IP USER PROTOCOL PID`
+datagram without waiting (a full or missing socket is one line on stderr, which Dovecot logs)
+and execs the rest of the chain with the environment and the client's fds untouched. The
+session itself then runs in Dovecot's pop3/imap process, which tells nobody when it ends: the
+gate lasts `window` from the login. Nothing here can refuse or delay a login: every failure is
+one line and the exec. `--socket PATH` names the watcher's socket without reading the
+configuration (the fastest start); else `--config FILE` as above (the environment is clean:
+no $LOGKEY_CONFIG).
 """
 import os
 import sys
@@ -30,7 +44,8 @@ import sys
 from .relayclient import _say as say, _why, canonical_ip, load_settings, locate_config
 
 EXIT_TEMPFAIL = 111
-USAGE = "usage: logkey popwrap [--config FILE] [--imap] [--filter] PROG [ARGS...]"
+USAGE = ("usage: logkey popwrap [--config FILE | --socket PATH] [--imap] "
+         "[--filter | --dovecot] PROG [ARGS...]")
 MAX_USER = 256
 MAX_LINE = 8192                 # longer dialogue lines are copied but not interpreted
 CHUNK = 65536
@@ -51,13 +66,15 @@ def clean_user(user) -> str:
 class Reporter:
     """Sends login/logout for one client address to the watcher; failures are one line."""
 
-    def __init__(self, config):
+    def __init__(self, config, socket_path=None):
         self.ip = canonical_ip(os.environ.get("TCPREMOTEIP")) or _peer_ip()
-        self.path = None
+        self.path = socket_path
         self.protocol = self.user = None
         self.logged_in = False
         if self.ip is None:
             _say("no client address (TCPREMOTEIP); no gate")
+            return
+        if socket_path:
             return
         config_path = os.path.abspath(locate_config(config))
         try:
@@ -71,17 +88,8 @@ class Reporter:
     def send(self, kind: str) -> None:
         if self.ip is None or not self.path:
             return
-        line = f"{kind} {self.ip} {clean_user(self.user)} {self.protocol} {os.getpid()}\n"
-        import _socket
-        try:
-            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-            try:
-                s.settimeout(2.0)
-                s.sendto(line.encode("utf-8", "replace"), self.path)
-            finally:
-                s.close()
-        except Exception as e:
-            _say(f"cannot reach the watcher at {self.path}: {_why(e)}; no {kind} for {self.ip}")
+        line = f"{kind} {self.ip} {clean_user(self.user)} {self.protocol} {os.getpid()}"
+        send(self.path, line, 2.0)
 
     def login(self, protocol: str, user) -> None:
         if self.logged_in:
@@ -93,6 +101,21 @@ class Reporter:
         if self.logged_in:
             self.logged_in = False
             self.send("logout")
+
+
+def send(path: str, line: str, timeout: float) -> None:
+    """One datagram to the watcher at path (timeout 0: never wait); a failure is one line."""
+    import _socket
+    try:
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+        try:
+            s.settimeout(timeout)
+            s.sendto((line + "\n").encode("utf-8", "replace"), path)
+        finally:
+            s.close()
+    except Exception as e:
+        kind, ip = line.split(" ", 2)[:2]
+        _say(f"cannot reach the watcher at {path}: {_why(e)}; no {kind} for {ip}")
 
 
 def _peer_ip():
@@ -158,20 +181,77 @@ def _wait(pid: int) -> int:
     return code if code >= 0 else 128 - code
 
 
+# -- Dovecot's post-login script ---------------------------------------------------------------
+
+def postlogin(argv, config, socket_path, protocol) -> int:
+    """Report the login script-login describes in the environment, then exec argv (the rest of
+    the chain, ending with script-login itself) whatever happened."""
+    ip = canonical_ip(os.environ.get("IP"))
+    if ip is None:
+        _say(f"no client address ($IP={os.environ.get('IP', '')[:64]!r}); no gate")
+    else:
+        path = socket_path
+        if not path:
+            config_path = os.path.abspath(locate_config(config))
+            try:
+                path = load_settings(config_path).get("popwrap_socket")
+            except Exception as e:
+                _say(f"{config_path}: {_why(e)}; no gate for {ip}")
+            else:
+                if not path:
+                    _say(f"{config_path}: popwrap.socket is not set; no gate for {ip}")
+        if path:
+            send(path, f"postlogin {ip} {clean_user(os.environ.get('USER'))} {protocol} "
+                       f"{os.getpid()}", 0.0)
+    try:
+        sys.stderr.flush()
+    except Exception:
+        pass
+    try:
+        os.execvpe(argv[0], argv, _first_environ())
+    except Exception as e:
+        _say(f"cannot run {argv[0]!r}: {_why(e)}")
+    return EXIT_TEMPFAIL
+
+
+def _first_environ():
+    """The environment this process was started with, byte for byte: Python's C locale
+    coercion adds LC_CTYPE to os.environ (PEP 538), which the chain must not inherit."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return os.environ
+    env = {}
+    for item in data.split(b"\0"):
+        key, eq, value = item.partition(b"=")
+        if eq and key:
+            env[key] = value
+    return env
+
+
 # -- the dialogue -------------------------------------------------------------------------------
 
 def main(argv: list) -> int:
     """`argv` is what follows "popwrap"."""
-    config, filtering, protocol = None, False, "pop3"
+    config, socket_path, mode, protocol = None, None, None, "pop3"
     while argv[:1] and argv[0].startswith("-"):
-        if argv[0] == "--config" and len(argv) >= 2:
-            config, argv = argv[1], argv[2:]
+        if argv[0] in ("--config", "--socket") and len(argv) >= 2:
+            if argv[0] == "--config":
+                config = argv[1]
+            else:
+                socket_path = argv[1]
+            argv = argv[2:]
         elif argv[0].startswith("--config="):
             config, argv = argv[0][9:], argv[1:]
-        elif argv[0] == "--filter":
-            filtering, argv = True, argv[1:]
+        elif argv[0].startswith("--socket="):
+            socket_path, argv = argv[0][9:], argv[1:]
+        elif argv[0] in ("--filter", "--dovecot") and mode in (None, argv[0]):
+            mode, argv = argv[0], argv[1:]
         elif argv[0] == "--imap":                # a checkpassword chain in front of IMAP
             protocol, argv = "imap", argv[1:]
+        elif argv[0] == "--pop3":
+            protocol, argv = "pop3", argv[1:]
         elif argv[0] == "--":
             argv = argv[1:]
             break
@@ -184,8 +264,10 @@ def main(argv: list) -> int:
     if not argv or not argv[0]:
         _say(USAGE)
         return EXIT_TEMPFAIL
-    reporter = Reporter(config)
-    if filtering:
+    if mode == "--dovecot":
+        return postlogin(argv, config, socket_path, protocol)
+    reporter = Reporter(config, socket_path)
+    if mode == "--filter":
         from .popfilter import run_filter       # only the filter needs the dialogue parser
         return run_filter(argv, reporter)
     reporter.login(protocol, os.environ.get("USER"))
@@ -208,16 +290,27 @@ def add_parser(sub):
         description="Run PROG as a child and report the session to the watcher over "
                     "popwrap.socket: after checkpassword (login at once, logout at PROG's "
                     "exit), or with --filter between tcpserver/inetd and a POP3/IMAP server "
-                    "(login when the server accepts a PASS/APOP/AUTH/LOGIN/AUTHENTICATE).")
+                    "(login when the server accepts a PASS/APOP/AUTH/LOGIN/AUTHENTICATE), or "
+                    "with --dovecot as Dovecot's post-login script (login at once, then exec "
+                    "PROG).")
     p.add_argument("--config", metavar="FILE",
                    help="configuration file (default: $LOGKEY_CONFIG, else "
                         "/etc/logkey/config.yaml)")
-    p.add_argument("--filter", action="store_true",
-                   help="sit between the client socket (stdin/stdout) and PROG")
+    p.add_argument("--socket", metavar="PATH",
+                   help="the watcher's popwrap socket, without reading the configuration")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--filter", action="store_true",
+                      help="sit between the client socket (stdin/stdout) and PROG")
+    mode.add_argument("--dovecot", action="store_true",
+                      help="Dovecot's post-login script (script-login): report the login in "
+                           "$IP/$USER at once, then exec PROG; the gate lasts window")
     p.add_argument("--imap", action="store_true",
-                   help="the chain serves IMAP, not POP3 (wrapper mode)")
+                   help="the chain serves IMAP, not POP3 (wrapper and --dovecot modes)")
+    p.add_argument("--pop3", action="store_true", help="the chain serves POP3 (the default)")
     p.add_argument("prog", metavar="PROG [ARGS...]", nargs="...")
     p.set_defaults(func=lambda a: main(
-        (["--config", a.config] if a.config else []) + (["--filter"] if a.filter else [])
-        + (["--imap"] if a.imap else []) + ["--"] + a.prog))
+        (["--config", a.config] if a.config else [])
+        + (["--socket", a.socket] if a.socket else []) + (["--filter"] if a.filter else [])
+        + (["--dovecot"] if a.dovecot else []) + (["--imap"] if a.imap else [])
+        + ["--"] + a.prog))
     return p

@@ -43,7 +43,8 @@ def followed_file_warnings(paths) -> list[str]:
 
 
 def config_warnings(cfg) -> list[str]:
-    """The configuration file, the dir store, the popwrap socket, the metrics addresses."""
+    """The configuration file, the dir store, the popwrap socket, the Dovecot policy key, the
+    metrics addresses."""
     found = []
     if cfg.path:
         found += [f"{why}: anyone on this host can change logkey's configuration"
@@ -60,6 +61,13 @@ def config_warnings(cfg) -> list[str]:
         found.append(f"popwrap.socket_mode {popwrap['socket_mode']} lets every local user "
                      "claim a login, for any address (SECURITY.md: give it to the POP "
                      "server's user only)")
+    key_file = cfg.dovecot_policy["listen"] and cfg.dovecot_policy["api_key_file"]
+    try:
+        if key_file and os.stat(key_file).st_mode & 0o004:
+            found.append(f"dovecot_policy.api_key_file {key_file} is readable by every local "
+                         "user: anyone on this host can report a login that opens a gate")
+    except OSError:
+        pass
     for what, listen in sorted(cfg.metrics.items()):
         if listen:
             host, _ = parse_hostport(listen)

@@ -107,7 +107,8 @@ def check(cfg, now: float | None = None) -> dict:
 
 def _watcher(cfg, report: Report, now: float) -> dict | None:
     """The watcher's status if it is running and current; problems otherwise."""
-    needed = bool(cfg.logs or cfg.popwrap["socket"] or cfg.exports)
+    needed = bool(cfg.logs or cfg.popwrap["socket"] or cfg.dovecot_policy["listen"]
+                  or cfg.exports)
     try:
         status = read_status(cfg.state_dir)
     except (OSError, ValueError) as exc:
@@ -145,6 +146,12 @@ def _watcher(cfg, report: Report, now: float) -> dict | None:
                            f"({store.get('pending', 0)} gate changes waiting)")
         if status.get("observe"):
             report.warn("watcher: runs with --observe: it writes no gates")
+        policy = status.get("dovecot_policy")
+        if policy:
+            info["dovecot_policy"] = policy
+            if policy.get("bad"):
+                report.warn(f"dovecot_policy: {policy['bad']} bad request(s) refused since "
+                            "the watcher started (its log names each)")
         return status
     return None
 

@@ -13,7 +13,11 @@ opened is in the store, so a crash or a store outage loses no login, and a line 
 after a crash is judged by its own time (a stale login opens nothing).
 popwrap: when `popwrap.socket` is set, the watcher takes login/logout datagrams from
 `logkey popwrap` (popsocket.py); each is an event of the pack "popwrap", which reports logouts
-(the gate stays open during the session, up to max_session).
+(the gate stays open during the session, up to max_session); `logkey popwrap --dovecot`'s
+postlogin datagrams are logins of the pack "dovecot-postlogin" (no logout: the gate lasts
+window). dovecot_policy: with `dovecot_policy.listen` set, the watcher is Dovecot's auth
+policy server (authpolicyserver.py, its own thread): reported successful POP3/IMAP
+authentications are logins of the pack "dovecot-policy" (gate: window).
 Status and metrics: every few seconds the offsets are committed and `state_dir/watch.status`
 (JSON) written (watchstatus.py; `logkey status` reads both); with `metrics.watch` set,
 Prometheus metrics are served over HTTP on that address (metrics.py, imported only then).
@@ -21,7 +25,8 @@ Audit: every gate decision (opened, refreshed, refused, closed) is one line of i
 (audit.py; all lines in docs/log-lines.md); a followed file that others can write, or logins
 read from forgeable syslog lines, give one warning per file (logtrust.py).
 Config: logs, packs, store, state_dir, window, max_session, never_gate*, only_gate,
-max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports, popwrap, metrics.
+max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports, popwrap,
+dovecot_policy, metrics.
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ from .logtrust import LogWarnings
 from .match import PackSet, own_file_rules
 from .packs import load_packs
 from .stores import Store, StoreError, open_store
+from .authpolicyserver import AuthPolicyListener, PolicyListenError
 from .popsocket import POPWRAP_PACK, PopwrapListener
 from .unixsock import SocketSetupError
 from .watchstatus import StatusWriter
@@ -166,6 +172,12 @@ class Watcher:
             self.popwrap.bind(cfg.popwrap)
         except SocketSetupError as exc:
             raise WatchError(str(exc)) from None
+        self.authpolicy = AuthPolicyListener()
+        try:
+            self.authpolicy.bind(cfg.dovecot_policy)
+        except PolicyListenError as exc:
+            self.popwrap.close()
+            raise WatchError(f"{cfg.path}: {exc}") from None
         if self.store is not None:
             try:
                 self.policy.adopt(self.store.scan(self.now()), self.now())
@@ -263,6 +275,10 @@ class Watcher:
                 self.popwrap.bind(cfg.popwrap)
             except SocketSetupError as exc:
                 log.error("%s", exc)
+        try:
+            self.authpolicy.update(cfg.dovecot_policy)
+        except PolicyListenError as exc:
+            log.error("%s", exc)
         log.info("configuration reloaded: %d log(s), %d pack(s)", len(cfg.logs), len(packs.packs))
         return True
 
@@ -317,9 +333,14 @@ class Watcher:
         for event in self.popwrap.receive(now):
             datagrams += 1
             if event is not None:
-                self.base.stats.events[(POPWRAP_PACK, event.kind)] += 1
+                self.base.stats.events[(event.pack, event.kind)] += 1
                 self._seen(event)
                 self._apply(self.policy.on_event(event, now, POPWRAP_PACK))
+        for event in self.authpolicy.receive(now):
+            datagrams += 1
+            self.base.stats.events[(event.pack, event.kind)] += 1
+            self._seen(event)
+            self._apply(self.policy.on_event(event, now, event.pack))
         self.tick(now)
         if (lines or entries) and not self.pending:
             self._commit()
@@ -502,7 +523,8 @@ class Watcher:
                     except Exception as exc:    # noqa: BLE001 — a bad file keeps the old one
                         log.error("reload refused, keeping the running configuration: %s", exc)
                 if not self.step():
-                    self.follower.wait(TICK, [fd for fd in [self.popwrap.fileno()] + [
+                    self.follower.wait(TICK, [fd for fd in [
+                        self.popwrap.fileno(), self.authpolicy.fileno()] + [
                         r.fileno() for r in self.readers] if fd is not None])
         finally:
             for s, h in old.items():
@@ -532,6 +554,7 @@ class Watcher:
             self.metrics.close()
             self.metrics = None
         self.popwrap.close()
+        self.authpolicy.close()
         self.follower.close()
         self._close_readers()
         if self.store is not None:

@@ -86,6 +86,8 @@ def snapshot(w, wall: float | None = None) -> dict:
         "exports": [{"format": t.format, "path": t.path, "file": export_file(t),
                      "failing": t.failing} for t in (exporter.targets if exporter else [])],
         "exports_changed": w.status.keys_changed if w.status else None,
+        "dovecot_policy": dict(w.authpolicy.counts) if w.authpolicy.settings
+        and w.authpolicy.settings["listen"] else None,
     }
 
 
