@@ -58,7 +58,7 @@ def cmd_dry_run(args) -> int:
     clock = Clock(now or datetime.now(timezone.utc), cfg.timezone)
     from .logtrust import LogWarnings
     run(args.files, packs, clock, at=now, window=cfg.window,
-        join_window=cfg.join_window, json_out=args.json, out=sys.stdout,
+        join_window=cfg.join_window, logout_hold=cfg.logout_hold, json_out=args.json, out=sys.stdout,
         line_max=cfg.line_max, own_rules=own_rules, journals=journals,
         warnings=LogWarnings(cfg.logs, own_file=own_rules is not None))
     return 0

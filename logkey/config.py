@@ -321,6 +321,9 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
     "window": (600, _duration, "how long a gate stays open after a login, seconds or 10m/1h"),
     "join_window": (600, _duration, "longest time between a connect line and the login it "
                                     "lends its IP to (pid joins), seconds or 10m"),
+    "logout_hold": (10, _duration, "how long a logout read before its session's login waits "
+                                   "for it (dovecot 2.4 logs them out of order), seconds; 0: "
+                                   "not at all"),
     "timezone": (None, _timezone, "zone of log stamps that carry none (IANA name); "
                                   "default: the machine's local zone"),
     "packs": (None, _str_list, "pack names to load; default: every shipped and local pack"),

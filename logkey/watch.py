@@ -21,7 +21,7 @@ Audit: every gate decision (opened, refreshed, refused, closed) is one line of i
 (audit.py; all lines in docs/log-lines.md); a followed file that others can write, or logins
 read from forgeable syslog lines, give one warning per file (logtrust.py).
 Config: logs, packs, store, state_dir, window, max_session, never_gate*, only_gate,
-max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports, popwrap, metrics.
+max_ips_per_user, ipv6_prefix, join_window, logout_hold, timezone, line_max, exports, popwrap, metrics.
 """
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ class Watcher:
         self.cfg, self.packs, self.policy_config = cfg, packs, pconf
         self.trust.entries = list(cfg.logs)
         self.clock = Clock(None, cfg.timezone)
-        base = Engine(packs, self.clock, cfg.join_window)
+        base = Engine(packs, self.clock, cfg.join_window, logout_hold=cfg.logout_hold)
         if getattr(self, "base", None) is not None:
             base.stats = self.base.stats        # counts go on across a reload (metrics)
         self.engines = []                       # (glob, engine, own rules) per log file entry
