@@ -43,6 +43,9 @@ def cmd_dry_run(args) -> int:
     from .dryrun import run
     cfg = _load_config(args)
     packs = _packs(args, cfg)
+    # the aliases of the configuration's logs: entries (a site's own tags, e.g. instance_name)
+    packs = packs.with_aliases({tag: program for entry in cfg.logs
+                                for tag, program in (entry.get("aliases") or {}).items()})
     now = _parse_now(args.now) if args.now else None
     own_rules = None
     if args.own_file:

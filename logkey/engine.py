@@ -174,6 +174,8 @@ class Engine:
 
     def match_header(self, header: headers.Header, where=None, own_rules=None) -> Event | None:
         program = header.program
+        if program is not None and self.packs.aliases:
+            program = self.packs.aliases.get(program, program)     # a site's own tag
         if own_rules:
             rules, text = own_rules, header.rest
         elif program is None:
