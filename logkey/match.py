@@ -191,8 +191,12 @@ def _read_fields(spec: Fields, text: str, got: dict) -> str | None:
         start = padded.find(probe) + len(probe)
         end = padded.find(sep, start)
         value = padded[start:end] if end >= 0 else padded[start:]
-        if spec.strip and len(value) >= 2 and value[0] == spec.strip[0] \
-                and value[-1] == spec.strip[1]:
-            value = value[1:-1]
+        if spec.strip and len(value) >= 2 and value[0] == spec.strip[0]:
+            if value[-1] == spec.strip[1]:
+                value = value[1:-1]
+            elif target != "ip" and spec.strip[1] + " " in value:
+                # "<u@d> method=LOGIN": the next key came without the separator (a site's
+                # own format); the value ends where it closes. Never for an address.
+                value = value[1:value.index(spec.strip[1] + " ")]
         got[target] = value
     return None
