@@ -1,0 +1,122 @@
+"""A live systemd-journald: started by hand in a private mount namespace with its own sockets
+(tools/capture/journald-ns.sh: tmpfs over /run/systemd, the volatile journal in the test's
+directory, /dev/log its dev-log socket), and a real dovecot logging to it through syslog(3)
+from a cgroup named for the unit dovecot.service. logkey's journal source reads journald's own
+files (journalctl --directory): journald, not the test, set every trusted field, so this shows
+the pack's `journal:` expectation against real entries, and a `logger -t dovecot` from outside
+the unit refused. Every wait is bounded."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT, run_logkey, wait_for
+from servers import Dovecot, kill_group
+
+SCRIPT = ROOT / "tools" / "capture" / "journald-ns.sh"
+JOURNALD = "/lib/systemd/systemd-journald"
+FORGED = ("pop3-login: Login: user=<mallory>, method=PLAIN, rip=198.51.100.66, "
+          "lip=127.0.0.1, mpid=1, session=<forgedforged12>")
+
+
+class LiveJournal:
+    """journald-ns.sh running a Dovecot(log="syslog") as dovecot.service."""
+
+    def __init__(self):
+        if not os.access(JOURNALD, os.X_OK):
+            pytest.fail(f"{JOURNALD} not found: .ci/run installs systemd")
+        self.dovecot = Dovecot(log="syslog")
+        self.dir = self.dovecot.dir / "journald"
+        self.journal = self.dir / "runlog" / "journal"
+        self.proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", str(SCRIPT), str(self.dir),
+             "dovecot.service", *self.dovecot.command()],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True)
+        self.dovecot.proc = self.proc
+        self.dovecot.wait_ready()
+
+    def in_namespace(self, *argv):
+        """A command in the namespace (its /dev/log) but not in the unit's cgroup."""
+        return subprocess.run(["nsenter", f"--mount=/proc/{self.proc.pid}/ns/mnt", *argv],
+                              capture_output=True, timeout=30, check=True)
+
+    def entries(self) -> list[dict]:
+        out = subprocess.run(["journalctl", f"--directory={self.journal}", "--output=json",
+                              "--no-pager"], capture_output=True, timeout=30)
+        return [json.loads(x) for x in out.stdout.decode().splitlines()]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)       # the script stops dovecot and journald
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            kill_group(self.proc)
+        self.proc.stderr.close()
+        for path in (self.dir / "cgroups").read_text().split() if (
+                self.dir / "cgroups").exists() else ():
+            for p in (path, os.path.dirname(path)):     # left by a SIGKILL: empty by now
+                try:
+                    os.rmdir(p)
+                except OSError:
+                    pass
+        self.dovecot.proc = None
+        self.dovecot.stop()
+
+
+@pytest.fixture
+def live():
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        pytest.fail("unshare/nsenter not found (util-linux)")
+    j = LiveJournal()
+    try:
+        yield j
+    finally:
+        j.stop()
+
+
+def test_live_journald_entries_open_gates_and_a_forgery_is_refused(tmp_path, live):
+    assert live.dovecot.pop_login("127.0.0.2")
+    assert live.dovecot.imap_login("127.0.0.3")
+    assert not live.dovecot.pop_login("127.0.0.4", password="wrong")
+    live.in_namespace("logger", "-t", "dovecot", "-p", "mail.info", FORGED)
+
+    def logged():
+        got = live.entries()
+        messages = [e.get("MESSAGE", "") for e in got]
+        return got if (sum("-login: Login: " in m for m in messages) >= 3
+                       and any("rip=127.0.0.4" in m for m in messages)) else None
+    entries = wait_for(logged, timeout=20, what="dovecot's and the forged lines in the journal")
+
+    # journald itself set the trusted fields: dovecot's lines come from its root log process
+    # in the unit (the pack's journal: key), the forgery from logger outside any unit
+    genuine = [e for e in entries if "rip=127.0.0." in e.get("MESSAGE", "")]
+    assert genuine and {(e["_SYSTEMD_UNIT"], e["_COMM"], e["_UID"]) for e in genuine} == {
+        ("dovecot.service", "log", "0")}
+    [forged] = [e for e in entries if "mallory" in e.get("MESSAGE", "")]
+    assert forged["SYSLOG_IDENTIFIER"] == "dovecot" and forged["_COMM"] == "logger"
+    assert "_SYSTEMD_UNIT" not in forged
+
+    cfg = tmp_path / "logkey.yaml"
+    cfg.write_text(f"logs:\n  - journal: {{directory: {live.journal}, packs: [dovecot]}}\n"
+                   f"store: {{type: dir, path: {tmp_path / 'gates'}}}\n"
+                   f"state_dir: {tmp_path / 'state'}\nwindow: 10m\nnever_gate: []\n")
+    proc = run_logkey("dry-run", "--json", "--journal", "--config", str(cfg), check=0)
+    out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    logins = [(e["ip"], e["protocol"]) for e in out if e["type"] == "event"
+              and e["event"] == "login"]
+    assert logins == [("127.0.0.2", "pop3"), ("127.0.0.3", "imap")], proc.stderr
+    [counts] = out[-1]["journal"].values()
+    assert counts["refused"] == 1 and counts["accepted"] >= 4 and counts["unsafe"] == 0
+
+    watch = run_logkey("watch", "--once", "--config", str(cfg), check=0)
+    assert watch.returncode == 0, watch.stderr
+    assert sorted(p.name for p in (tmp_path / "gates").iterdir()) == ["127.0.0.2", "127.0.0.3"]
+    log = watch.stderr.decode()
+    assert "refused an entry whose trusted fields match no expectation" in log
+    assert "_COMM=logger" in log and "mallory" in log
+    assert time.time() - min(float(e["__REALTIME_TIMESTAMP"]) / 1e6 for e in genuine) < 600
