@@ -15,9 +15,12 @@ import time
 import pytest
 
 from conftest import ROOT, run_logkey, wait_for
+from logkey import journal
+from logkey.packs import load_packs
 from servers import Dovecot, kill_group
 
 SCRIPT = ROOT / "tools" / "capture" / "journald-ns.sh"
+CAPTURED = ROOT / "tests" / "fixtures" / "captured"
 JOURNALD = "/lib/systemd/systemd-journald"
 FORGED = ("pop3-login: Login: user=<mallory>, method=PLAIN, rip=198.51.100.66, "
           "lip=127.0.0.1, mpid=1, session=<forgedforged12>")
@@ -120,3 +123,21 @@ def test_live_journald_entries_open_gates_and_a_forgery_is_refused(tmp_path, liv
     assert "refused an entry whose trusted fields match no expectation" in log
     assert "_COMM=logger" in log and "mallory" in log
     assert time.time() - min(float(e["__REALTIME_TIMESTAMP"]) / 1e6 for e in genuine) < 600
+
+
+@pytest.mark.parametrize("name", ["dovecot-2.3-journald-252.jsonl",      # Debian 12
+                                  "dovecot-2.4-journald-257.jsonl"])     # Debian 13
+def test_captured_journald_entries_meet_the_shipped_expectation(name):
+    """What a live journald recorded for dovecot 2.3 and 2.4 (tools/capture/dovecot-journal.sh):
+    the dovecot pack's journal: key accepts every entry of the server, none of the forgery."""
+    source = journal.parse_source({"packs": ["dovecot"]}, "t")
+    exps = journal.expectations(source, load_packs(), "t")
+    entries = [json.loads(x) for x in (CAPTURED / name).read_text().splitlines()]
+    verdicts = [(journal.judge(e, exps, 65536)[0], e["MESSAGE"]) for e in entries]
+    assert [m for v, m in verdicts if v != journal.ACCEPTED] == [
+        m for _, m in verdicts if "user=<mallory>" in m] and len(verdicts) >= 10
+    logins = [e for e in entries if "-login: Log" in e["MESSAGE"]           # 2.3 Login, 2.4
+              and ("rip=127.0.0.2," in e["MESSAGE"] or "rip=127.0.0.3," in e["MESSAGE"])]
+    assert len(logins) == 2 and {(e["_SYSTEMD_UNIT"], e["_COMM"], e["_UID"], e["_EXE"])
+                                 for e in logins} == {
+        ("dovecot.service", "log", "0", "/usr/lib/dovecot/log")}
