@@ -24,6 +24,12 @@ CAPTURED = ROOT / "tests" / "fixtures" / "captured"
 JOURNALD = "/lib/systemd/systemd-journald"
 FORGED = ("pop3-login: Login: user=<mallory>, method=PLAIN, rip=198.51.100.66, "
           "lip=127.0.0.1, mpid=1, session=<forgedforged12>")
+# journald's native protocol, with trusted fields of the sender's own making (journald must drop
+# them: systemd.journal-fields(7))
+NATIVE = ("import socket; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto("
+          "b'_SYSTEMD_UNIT=dovecot.service\\n_COMM=log\\n_UID=0\\nSYSLOG_IDENTIFIER=dovecot\\n"
+          "MESSAGE=pop3-login: Login: user=<mallory>, method=PLAIN, rip=198.51.100.67, "
+          "lip=127.0.0.1, mpid=1, session=<forgedforged13>\\n', '/run/systemd/journal/socket')")
 
 
 class LiveJournal:
@@ -87,12 +93,13 @@ def test_live_journald_entries_open_gates_and_a_forgery_is_refused(tmp_path, liv
     assert live.dovecot.imap_login("127.0.0.3")
     assert not live.dovecot.pop_login("127.0.0.4", password="wrong")
     live.in_namespace("logger", "-t", "dovecot", "-p", "mail.info", FORGED)
+    live.in_namespace("python3", "-c", NATIVE)
 
     def logged():
         got = live.entries()
         messages = [e.get("MESSAGE", "") for e in got]
-        return got if (sum("-login: Login: " in m for m in messages) >= 3
-                       and any("rip=127.0.0.4" in m for m in messages)) else None
+        return got if all(any(f"rip={ip}," in m for m in messages) for ip in (
+            "127.0.0.2", "127.0.0.3", "127.0.0.4", "198.51.100.66", "198.51.100.67")) else None
     entries = wait_for(logged, timeout=20, what="dovecot's and the forged lines in the journal")
 
     # journald itself set the trusted fields: dovecot's lines come from its root log process
@@ -100,9 +107,11 @@ def test_live_journald_entries_open_gates_and_a_forgery_is_refused(tmp_path, liv
     genuine = [e for e in entries if "rip=127.0.0." in e.get("MESSAGE", "")]
     assert genuine and {(e["_SYSTEMD_UNIT"], e["_COMM"], e["_UID"]) for e in genuine} == {
         ("dovecot.service", "log", "0")}
-    [forged] = [e for e in entries if "mallory" in e.get("MESSAGE", "")]
+    forged, native = [e for e in entries if "mallory" in e.get("MESSAGE", "")]
     assert forged["SYSLOG_IDENTIFIER"] == "dovecot" and forged["_COMM"] == "logger"
     assert "_SYSTEMD_UNIT" not in forged
+    assert native["_TRANSPORT"] == "journal" and native.get("_COMM") != "log"
+    assert "_SYSTEMD_UNIT" not in native and native["SYSLOG_IDENTIFIER"] == "dovecot"
 
     cfg = tmp_path / "logkey.yaml"
     cfg.write_text(f"logs:\n  - journal: {{directory: {live.journal}, packs: [dovecot]}}\n"
@@ -114,7 +123,7 @@ def test_live_journald_entries_open_gates_and_a_forgery_is_refused(tmp_path, liv
               and e["event"] == "login"]
     assert logins == [("127.0.0.2", "pop3"), ("127.0.0.3", "imap")], proc.stderr
     [counts] = out[-1]["journal"].values()
-    assert counts["refused"] == 1 and counts["accepted"] >= 4 and counts["unsafe"] == 0
+    assert counts["refused"] == 2 and counts["accepted"] >= 4 and counts["unsafe"] == 0
 
     watch = run_logkey("watch", "--once", "--config", str(cfg), check=0)
     assert watch.returncode == 0, watch.stderr
