@@ -26,7 +26,7 @@ set -euo pipefail
 dir=$1 unit=$2; shift 2
 journald=${JOURNALD:-/lib/systemd/systemd-journald}
 [ -x "$journald" ] || { echo "journald-ns.sh: $journald not found (apt-get install systemd)" >&2; exit 2; }
-mkdir -p "$dir/runlog" "$dir/dev"
+mkdir -p "$dir/runlog" "$dir/dev" /run/systemd /run/log      # (a minimal root may lack them)
 
 mount -t tmpfs -o mode=755 logkey-run-systemd /run/systemd
 mount --bind "$dir/runlog" /run/log
