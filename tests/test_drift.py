@@ -7,6 +7,7 @@ pack knows: the alarm on the shipped pack too. Every wait is bounded."""
 import json
 import logging
 import re
+import time
 
 import pytest
 
@@ -16,6 +17,7 @@ from logkey.drift import DriftAlarm
 from logkey.engine import Engine
 from logkey.headers import Clock
 from logkey.packs import load_packs
+from test_journal import DOVECOT, Journal, config
 from test_metrics import scrape
 from test_status import status, watch_status
 
@@ -89,7 +91,6 @@ def test_only_near_misses_of_a_covered_program_count(line, near_miss):
 def journald_capture() -> str:
     """tests/fixtures/captured/dovecot-2.4-journald-257.jsonl as syslog lines: the entries of
     dovecot.service (not the forgery), with journald's receive time."""
-    import time
     out = []
     for rec in map(json.loads, (CAPTURED / "dovecot-2.4-journald-257.jsonl").read_text()
                    .splitlines()):
@@ -176,3 +177,20 @@ def test_an_unknown_login_shape_raises_the_alarm_on_the_shipped_pack(tmp_path, w
     assert "Signed on: " in report["drift"]["dovecot"]["example"]
     assert w.stop() == 0
     assert len(WARNING.findall(w.log())) == 1
+
+
+def test_the_journal_source_raises_the_alarm_too(tmp_path):
+    """The 2.4 capture's messages as journal entries of dovecot.service, read by `watch --once`
+    against the 2.3-only rules: the same alarm, its example naming the journal source."""
+    j = Journal(tmp_path / "journal")
+    now = time.time()
+    messages = [line.split(" dovecot: ", 1)[1] for line in journald_capture().splitlines()]
+    j.write(*(j.entry(DOVECOT, m, now - 60 + i) for i, m in enumerate(messages)))
+    cfg = config(tmp_path, extra=f"patterns_dir: {OLD_PACK}\n")
+    proc = run_logkey("watch", "--once", "--config", str(cfg), check=0)
+    assert proc.returncode == 0, proc.stderr
+    assert len(WARNING.findall(proc.stderr.decode())) == 1
+    code, report, screen = status(cfg)
+    assert report["drift"]["dovecot"]["lines"] >= 2
+    assert report["drift"]["dovecot"]["example"].startswith(f"journal:{tmp_path / 'journal'}")
+    assert any(x.startswith("pack dovecot: format drift? ") for x in report["warnings"])
