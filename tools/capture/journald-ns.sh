@@ -9,7 +9,8 @@
 #         activation is needed, it binds /run/systemd/journal/{socket,stdout,dev-log} when
 #         systemd passes it none), DIR/runlog bind-mounted over /run/log (so the volatile
 #         journal, /run/log/journal/MACHINE-ID/system.journal, is in DIR/runlog/journal for
-#         journalctl --directory outside the namespace), a private /dev (tmpfs, null zero
+#         journalctl --directory outside the namespace), a tmpfs over /var/log/journal where
+#         it exists (the machine's journal is never written), a private /dev (tmpfs, null zero
 #         urandom random bound in) whose /dev/log is the symlink to journald's dev-log socket, as
 #         on a systemd machine. Starts $JOURNALD (default /lib/systemd/systemd-journald),
 #         then runs CMD in a cgroup named logkey-PID.slice/UNIT in every hierarchy journald
@@ -30,6 +31,8 @@ mkdir -p "$dir/runlog" "$dir/dev" /run/systemd /run/log      # (a minimal root m
 
 mount -t tmpfs -o mode=755 logkey-run-systemd /run/systemd
 mount --bind "$dir/runlog" /run/log
+# the machine's persistent journal, where there is one, hidden: this journald never writes to it
+if [ -d /var/log/journal ]; then mount -t tmpfs -o mode=755 logkey-var-journal /var/log/journal; fi
 mount -t tmpfs -o mode=755,size=1m logkey-dev "$dir/dev"
 for n in null zero urandom random; do
   touch "$dir/dev/$n"; mount --bind "/dev/$n" "$dir/dev/$n"
