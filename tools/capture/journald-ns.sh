@@ -41,6 +41,12 @@ ln -s /run/systemd/journal/dev-log "$dir/dev/log"
 mount --rbind "$dir/dev" /dev
 
 cgroups=()
+if [ ! -e /sys/fs/cgroup/cgroup.controllers ] && [ ! -e /sys/fs/cgroup/unified/cgroup.procs ] &&
+   [ ! -e /sys/fs/cgroup/systemd/cgroup.procs ]; then
+  # no cgroup file system here (a chroot with a fresh, read-only sysfs): the v2 hierarchy,
+  # mounted in this namespace only (the kernel has one: the machine's, shared)
+  mount -t cgroup2 logkey-cgroup2 /sys/fs/cgroup
+fi
 if [ -e /sys/fs/cgroup/cgroup.controllers ]; then          # cgroup v2 only
   cgroups=("/sys/fs/cgroup/logkey-$$.slice/$unit")
 else                                                        # v1 / hybrid
