@@ -89,7 +89,7 @@ class DriftAlarm:
         """Per pack: the alarm now on (lines, since, example; lines 0 when none) and the
         total of lines that counted, for the status file and the metrics."""
         return {name: {"lines": p.lines, "since": p.since, "example": p.example,
-                       "total": p.total} for name, p in self.packs.items() if p.total}
+                       "total": p.total} for name, p in list(self.packs.items()) if p.total}
 
 
 def _where(where) -> str:
