@@ -50,9 +50,11 @@ class LiveJournal:
         self.dovecot.wait_ready()
 
     def in_namespace(self, *argv):
-        """A command in the namespace (its /dev/log) but not in the unit's cgroup."""
-        return subprocess.run(["nsenter", f"--mount=/proc/{self.proc.pid}/ns/mnt", *argv],
-                              capture_output=True, timeout=30, check=True)
+        """A command in the namespace (its /dev/log) but not in the unit's cgroup. -r: the
+        script's root too (entering a mount namespace from a chroot starts at its real /)."""
+        proc = subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", "-r", *argv],
+                              capture_output=True, timeout=30)
+        assert proc.returncode == 0, (argv[0], proc.stderr.decode())
 
     def entries(self) -> list[dict]:
         out = subprocess.run(["journalctl", f"--directory={self.journal}", "--output=json",
@@ -92,7 +94,7 @@ def test_live_journald_entries_open_gates_and_a_forgery_is_refused(tmp_path, liv
     assert live.dovecot.pop_login("127.0.0.2")
     assert live.dovecot.imap_login("127.0.0.3")
     assert not live.dovecot.pop_login("127.0.0.4", password="wrong")
-    live.in_namespace("logger", "-t", "dovecot", "-p", "mail.info", FORGED)
+    live.in_namespace("logger", "--socket-errors=on", "-t", "dovecot", "-p", "mail.info", FORGED)
     live.in_namespace("python3", "-c", NATIVE)
 
     def logged():

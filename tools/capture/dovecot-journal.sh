@@ -140,7 +140,7 @@ run() {  # run NAME DIR-AS-SEEN-BY-DOVECOT CHROOT-OR-EMPTY: one capture into $tm
   local ns=$!
   drive
   # a forgery: logger in the namespace (its /dev/log), outside the unit's cgroup
-  nsenter --mount="/proc/$ns/ns/mnt" ${chroot_dir:+--root="/proc/$ns/root"} logger -t dovecot \
+  nsenter -t "$ns" -m -r logger --socket-errors=on -t dovecot \
     -p mail.info "pop3-login: Login: user=<mallory>, method=PLAIN, rip=198.51.100.66, lip=127.0.0.1, mpid=1, session=<forgedforged12>"
   sleep 1
   kill -TERM "$ns"; wait "$ns" || true
