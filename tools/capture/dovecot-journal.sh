@@ -16,7 +16,8 @@
 #         127.0.0.2.. log in over POP3 (USER/PASS) and IMAP (LOGIN), fail a password, abort
 #         a login, and one `logger -t dovecot` from outside the unit stands for a forgery.
 # Trust:  traffic only to 127.0.0.1 ports 43110 (pop3) and 43143 (imap). Everything else is in
-#         a mktemp dir removed at exit.
+#         a mktemp dir removed at exit (kept with LOGKEY_KEEP_TMP=1: ns.err has journald's and
+#         dovecot's stderr).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,7 +29,7 @@ POP_PORT=43110 IMAP_PORT=43143 PASS=capture-secret
 mkdir -p "$out_dir"; out_dir=$(cd "$out_dir" && pwd)
 tmp=$(mktemp -d /tmp/logkey-dovecot-journal.XXXXXX)
 chmod 755 "$tmp"
-trap 'rm -rf "$tmp"' EXIT
+trap '[ -n "${LOGKEY_KEEP_TMP:-}" ] || rm -rf "$tmp"' EXIT
 
 conf() {  # conf MAJOR DIR: a dovecot.conf in that release's syntax, files under DIR
   local d=$2
@@ -98,13 +99,15 @@ import os, socket, sys, time
 sys.path.insert(0, os.environ["LOGKEY_CAPTURE_DIR"])
 from clients import IMAPFrom, POP3From
 pop, imap, password = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-for _ in range(200):
+for _ in range(600):                                   # up to a minute on a loaded machine
     try:
         socket.create_connection(("127.0.0.1", pop), 1).close()
         socket.create_connection(("127.0.0.1", imap), 1).close()
         break
     except OSError:
         time.sleep(0.1)
+else:
+    sys.exit(f"dovecot-journal.sh: dovecot is not listening on {pop}/{imap}")
 p = POP3From("127.0.0.2", pop); p.user("test"); p.pass_(password); p.stat(); p.quit()
 m = IMAPFrom("127.0.0.3", imap); m.login("test", password); m.select("INBOX"); m.logout()
 p = POP3From("127.0.0.4", pop); p.user("test")
