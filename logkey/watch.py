@@ -392,6 +392,7 @@ class Watcher:
             return True
 
     def tick(self, now: float) -> None:
+        self.drift.tick(now)                    # format drift: at most one warning an hour a pack
         still = None
         if self.store is not None and self.outage_since is None:
             still = self._still_stored
@@ -409,7 +410,6 @@ class Watcher:
                 self.store.purge(now)
             except StoreError as exc:
                 self._outage(exc)
-        self.drift.tick(now)
         if self.status is not None:
             self.status.tick()
 
