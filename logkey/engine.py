@@ -84,6 +84,7 @@ class Engine:
         self.stats = shared.stats if shared else Stats()
         self._by_tag: dict[bytes, list] = {}
         self.cut_mark = None            # set by match_*: (key, long, time) for cut-prone tags
+        self.near_miss = None           # set by match_*: (pack names, where, text) of a near-miss
         self._pending_cut: dict = shared._pending_cut if shared else {}
         # (host, program) -> time of a long message
 
@@ -97,7 +98,7 @@ class Engine:
     def feed_header(self, header: headers.Header, where=None) -> list[Event]:
         """A header built by the caller (a journal entry: program from its trusted fields,
         time from journald): the events it completes. The caller counts lines."""
-        self.cut_mark = None
+        self.cut_mark = self.near_miss = None
         self.stats.formats[header.format] += 1
         event = self.match_header(header, where)
         return self.sequence(event, self.cut_mark)
@@ -131,7 +132,7 @@ class Engine:
     def match_line(self, line: bytes, where=None, own_rules=None) -> Event | None:
         """The event one line says happened, before correlation (stateless but for counts)."""
         stats = self.stats
-        self.cut_mark = None
+        self.cut_mark = self.near_miss = None
         # Fast path: most lines are syslog lines of programs no pack covers (Postfix ...);
         # they cost one regex match and one dict lookup, and no Header object.
         m = headers.SYSLOG_3339.match(line) or headers.SYSLOG_3164.match(line)
@@ -162,7 +163,7 @@ class Engine:
         """A line the bulk scanner picked; it already counted the line (and, when
         `header_counted`, its header format)."""
         stats = self.stats
-        self.cut_mark = None
+        self.cut_mark = self.near_miss = None
         if line[-1:] == b"\r":
             line = line[:-1]
         if len(line) > cap:
@@ -243,8 +244,10 @@ class Engine:
             self.stats.ignored += 1             # a known non-event (a failure, a statistic)
             return
         self.stats.near_misses += 1
+        text = f"{program or '-'}: {message[:300]}"
+        self.near_miss = (rules.packs, where, text)     # for the watcher's drift alarm
         if len(self.stats.near_miss_lines) < NEAR_MISS_KEEP:
-            self.stats.near_miss_lines.append((where, f"{program or '-'}: {message[:300]}"))
+            self.stats.near_miss_lines.append((where, text))
 
     def _reject(self, where, reason):
         if len(self.stats.rejected_examples) < REJECTED_KEEP:

@@ -179,7 +179,7 @@ def trusted(entry: dict, exp: Expectation) -> bool:
     return True
 
 
-def _printable(value, limit=80) -> str:
+def printable(value, limit=80) -> str:
     if isinstance(value, list):
         value = "<binary>" if all(isinstance(x, int) for x in value) else "<several values>"
     text = "<none>" if value is None else str(value)
@@ -190,9 +190,9 @@ def _printable(value, limit=80) -> str:
 def describe(entry: dict, exps) -> str:
     """What a refused entry says about itself: its tag, the trusted fields checked, its text."""
     names = sorted({name for e in exps for name, _ in e.match}, key=TRUSTED_FIELDS.index)
-    parts = [f"SYSLOG_IDENTIFIER={_printable(entry.get('SYSLOG_IDENTIFIER'))}"]
-    parts += [f"{n}={_printable(entry.get(n))}" for n in names]
-    return " ".join(parts) + f' MESSAGE="{_printable(entry.get("MESSAGE"))}"'
+    parts = [f"SYSLOG_IDENTIFIER={printable(entry.get('SYSLOG_IDENTIFIER'))}"]
+    parts += [f"{n}={printable(entry.get(n))}" for n in names]
+    return " ".join(parts) + f' MESSAGE="{printable(entry.get("MESSAGE"))}"'
 
 
 def _bytes(value) -> bytes | None:

@@ -41,10 +41,12 @@ class Dispatch:
     regex (a branch per rule, marked by an empty group), so a line costs one match under one
     time limit however many rules apply; first branch that matches the whole message wins,
     exactly as trying the rules in order would."""
-    __slots__ = ("rules", "pattern", "markers", "ignore", "cut_at")
+    __slots__ = ("rules", "pattern", "markers", "ignore", "cut_at", "packs")
 
-    def __init__(self, rules: list[Rule], ignore: list[regex.Pattern], cut_at: int | None = None):
+    def __init__(self, rules: list[Rule], ignore: list[regex.Pattern], cut_at: int | None = None,
+                 packs: tuple[str, ...] = ()):
         self.rules = rules
+        self.packs = packs          # names of the packs these rules come from (format drift)
         # A logger that cuts long messages (courierlogger: 511 bytes) makes the rest of a long
         # line the next message of the same tag; its text is the client's, so it must never
         # be an event (see Engine.sequence).
@@ -110,7 +112,8 @@ class PackSet:
         cuts = [p.cut_at for p in packs if p.untagged and p.cut_at is not None]
         self.untagged = Dispatch([r for p in packs for r in p.untagged],
                                  [i for p in packs if p.untagged for i in p.ignore],
-                                 min(cuts) if cuts else None)
+                                 min(cuts) if cuts else None,
+                                 tuple(p.name for p in packs if p.untagged))
         self._cache: dict[str, Dispatch] = {}
 
     def rules_for(self, program: str) -> Dispatch:
@@ -128,7 +131,8 @@ class PackSet:
             cuts = [p.cut_at for p in chosen if p.cut_at is not None]
             rules = [r for p in chosen for r in p.rules if _applies(r, program)]
             dispatch = Dispatch(rules, [i for p in chosen for i in p.ignore],
-                                min(cuts) if cuts else None) if chosen else NO_RULES
+                                min(cuts) if cuts else None,
+                                tuple(p.name for p in chosen)) if chosen else NO_RULES
             if len(self._cache) < 65536:
                 self._cache[program] = dispatch
         return dispatch
@@ -150,7 +154,7 @@ def _applies(rule: "Rule", program: str) -> bool:
 
 def own_file_rules(pack: Pack) -> Dispatch:
     """The rules tried on every line of a file the configuration says is PACK's own log."""
-    return Dispatch(pack.untagged, pack.ignore, pack.cut_at)
+    return Dispatch(pack.untagged, pack.ignore, pack.cut_at, (pack.name,))
 
 
 _WANTED = ("ip", "user", "protocol", "session", "pid", "fields", "proxy")

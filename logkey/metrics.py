@@ -166,6 +166,15 @@ class WatchCollector:
         yield last
         for field, (name, help_) in STATS_METRICS.items():
             yield _single_counter(name, help_, snap["counts"][field])
+        drift = _counter("format_drift_lines", "lines of a pack's programs that look like "
+                         "logins but match no rule, read while the pack read no login "
+                         "(its server's log format may have changed; drift.py)", ["pack"])
+        alarm = _gauge("format_drift", "1 while such lines keep coming and no login of the "
+                       "pack is read (logkey status names it)", ["pack"])
+        for pack, d in sorted((snap.get("drift") or {}).items()):
+            drift.add_metric([pack], d["total"])
+            alarm.add_metric([pack], 1 if d["lines"] else 0)
+        yield from (drift, alarm)
 
     def _gates(self, snap):
         counts = snap["gates"]

@@ -9,7 +9,9 @@ Trust: everything read is the site's own; nothing here opens or closes a gate.
 A problem (exit 1) is something that stops gates from working as configured: the store
 unreachable, a followed log missing or unreadable, the watcher not running or its status
 stale, a stopped or stale export. A warning (exit status unchanged) is something to look at:
-a log far behind, a glob matching nothing, SECURITY.md's warnings that apply (security.py).
+a log far behind, a glob matching nothing, SECURITY.md's warnings that apply (security.py),
+a pack whose server's log format may have changed (the watcher's drift alarm, drift.py: shown
+from its last status even when it has stopped, since what it read stays true).
 Exit 0 when nothing is broken, 1 when something is, 2 for a bad configuration.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import time
 
 from . import security
+from .journal import printable
 from .watchstatus import STATUS_EVERY, STATUS_NAME, lag, read_status
 
 STALE_AFTER = 4 * STATUS_EVERY      # seconds: a watcher's status older than this is stale
@@ -79,7 +82,8 @@ class Report:
     def __init__(self, cfg, now: float):
         self.data = {"config": cfg.path, "time": now, "ok": True, "problems": [],
                      "warnings": [], "watcher": None, "store": None, "files": [],
-                     "last_event": {}, "exports": []}
+                     "last_event": {}, "exports": [], "drift": {}}
+        self.status = None              # the watcher's last status, whatever its state
 
     def problem(self, text: str) -> None:
         self.data["problems"].append(text)
@@ -97,6 +101,7 @@ def check(cfg, now: float | None = None) -> dict:
     _files(cfg, paths, status, report)
     for pattern in empty:
         report.warn(f"logs: {pattern} matches no file")
+    _drift(report.status, report, now)
     _store(cfg, report, now)
     _exports(cfg, status, report, now)
     for text in security.followed_file_warnings(p for p in paths if os.path.exists(p)) + \
@@ -122,6 +127,7 @@ def _watcher(cfg, report: Report, now: float) -> dict | None:
             report.problem(f"watcher: no status in {cfg.state_dir}: logkey watch has not run "
                            "with this configuration")
         return None
+    report.status = status
     info = {k: status.get(k) for k in ("pid", "started", "updated", "stopped", "observe")}
     info["last_event"] = status.get("last_event") or {}
     report.data["watcher"] = info
@@ -154,6 +160,22 @@ def _watcher(cfg, report: Report, now: float) -> dict | None:
                             "the watcher started (its log names each)")
         return status
     return None
+
+
+def _drift(status: dict | None, report: Report, now: float) -> None:
+    """A warning for each pack whose lines look like logins while it reads none."""
+    for pack, d in sorted(((status or {}).get("drift") or {}).items()):
+        if not isinstance(d, dict) or not d.get("lines"):
+            continue
+        report.data["drift"][pack] = {k: d.get(k) for k in ("lines", "since", "example")}
+        since = d.get("since") or now
+        report.warn(f"pack {pack}: format drift? {d['lines']} line(s) of its programs since "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} "
+                    f"({_ago(now - since)} ago) look like logins but match no rule, and no "
+                    f"{pack} login was read: has the server been upgraded? Example: "
+                    f"{printable(d.get('example'), 400)}. Run `logkey dry-run` on that log and see "
+                    f"docs/troubleshooting.md (Format drift): fix the pack (a local copy in "
+                    f"patterns_dir) or the server's log settings")
 
 
 def _alive(pid) -> bool:

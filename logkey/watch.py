@@ -23,7 +23,9 @@ Status and metrics: every few seconds the offsets are committed and `state_dir/w
 Prometheus metrics are served over HTTP on that address (metrics.py, imported only then).
 Audit: every gate decision (opened, refreshed, refused, closed) is one line of its own log
 (audit.py; all lines in docs/log-lines.md); a followed file that others can write, or logins
-read from forgeable syslog lines, give one warning per file (logtrust.py).
+read from forgeable syslog lines, give one warning per file (logtrust.py); lines that look
+like logins of a pack that reads no login (its server changed its format) give one warning an
+hour per pack (drift.py).
 Config: logs, packs, store, state_dir, window, max_session, never_gate*, only_gate,
 max_ips_per_user, ipv6_prefix, join_window, logout_hold, timezone, line_max, exports, popwrap,
 dovecot_policy, metrics.
@@ -43,8 +45,10 @@ from collections import Counter
 from datetime import timedelta
 
 from . import audit, journal, journalread
+from .drift import DriftAlarm
 from .engine import Engine
 from .errors import LogkeyError
+from .events import LOGIN
 from .follow import Follower
 from .gates import EXPIRED, Delete, GatePolicy, PolicyConfig, Put
 from .headers import Clock, parse
@@ -169,6 +173,7 @@ class Watcher:
         self.store = None if observe else (store or open_store(cfg.store))
         self.trust = LogWarnings()
         self.trust_checked: set[str] = set()    # paths whose permissions were looked at
+        self.drift = DriftAlarm()               # near-misses while a pack reads no login
         self._install(cfg, *build(cfg))
         self.policy = GatePolicy(self.policy_config)
         self.pending: dict[str, object] = {}    # key -> GateRecord to write, or None to delete
@@ -277,6 +282,7 @@ class Watcher:
             log.warning("metrics: the new addresses take effect at the next start")
         old_exps = [exps for _, exps, _ in self.journals]
         self._install(cfg, packs, pconf)
+        self.drift.reset()
         self.policy.config = pconf
         if cfg.logs != old_logs or cfg.state_dir != old_state or \
                 old_exps != [exps for _, exps, _ in self.journals]:
@@ -320,6 +326,8 @@ class Watcher:
             if line.path not in self.trust_checked:
                 self._check_file(line.path)
             raw = engine.match_line(line.data, (line.path, line.lineno), own)
+            if engine.near_miss is not None:
+                self.drift.near_miss(*engine.near_miss, now)
             if raw is not None:                 # a login from a forgeable syslog line?
                 self._warn(self.trust.event(line.path, raw))
             for event in engine.sequence(raw, engine.cut_mark):
@@ -338,7 +346,10 @@ class Watcher:
             self.base.stats.lines += len(got)
             for where, header, cursor in journal.accepted(
                     got, exps, stats, reader.label, self.cfg.line_max, self.refusals.refused):
-                for event in engine.feed_header(header, where):
+                events = engine.feed_header(header, where)
+                if engine.near_miss is not None:
+                    self.drift.near_miss(*engine.near_miss, now)
+                for event in events:
                     if self.shift and event.time is not None:
                         event.time += timedelta(seconds=self.shift)
                     self._seen(event)
@@ -376,6 +387,8 @@ class Watcher:
 
     def _seen(self, event) -> None:
         """The last event of each pack, for `logkey status` and the metrics."""
+        if event.kind == LOGIN:
+            self.drift.login(event.pack, self.now())
         self.last_events[event.pack] = {
             "kind": event.kind, "seen": time.time(),
             "time": event.time.timestamp() if event.time is not None else None}
@@ -414,6 +427,7 @@ class Watcher:
             return True
 
     def tick(self, now: float) -> None:
+        self.drift.tick(now)                    # format drift: at most one warning an hour a pack
         still = None
         if self.store is not None and self.outage_since is None:
             still = self._still_stored

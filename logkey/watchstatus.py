@@ -7,8 +7,10 @@ once more with `stopped` set when the watcher stops. `logkey status` (status.py)
 beside the offsets to tell whether the watcher runs and what it last saw.
 Reads: the watcher's counters (engine Stats, GatePolicy.counts, its own), the follower's
 positions and the followed files' sizes (one stat per file), the exporter's state.
-Trust: the file is written by the watcher's user into its own state_dir (0750) and holds no
-user names or addresses, only counts, times, pack names and the configured paths.
+Trust: the file is written by the watcher's user into its own state_dir (0750), mode 0640. It
+holds counts, times, pack names and the configured paths, and under `drift` one example log
+line per pack whose format may have changed (drift.py: a log line, so a user name and an
+address, non-printable characters escaped); the metrics never carry that example.
 
 `snapshot(watcher)` is also what the metrics collector (metrics.py) reads, from the HTTP
 server's thread: it copies every container it reads (a copy of a dict is one C call, so the
@@ -82,6 +84,7 @@ def snapshot(w, wall: float | None = None) -> dict:
         "counts": {name: getattr(stats, name) for name in STATS_FIELDS},
         "events": events,
         "last_event": dict(w.last_events),
+        "drift": w.drift.snapshot(),
         "files": files,
         "exports": [{"format": t.format, "path": t.path, "file": export_file(t),
                      "failing": t.failing} for t in (exporter.targets if exporter else [])],

@@ -114,6 +114,9 @@ def test_watch_metrics_count_what_the_watcher_did(scraped):
     assert value(w, "logkey_watch_events_total", pack="dovecot", kind="login") == 2
     assert value(w, "logkey_watch_rejected_ips_total") == 1
     assert value(w, "logkey_watch_near_misses_total") == 1
+    # the near-miss came before any login (it counts), the logins after it end the alarm
+    assert value(w, "logkey_watch_format_drift_lines_total", pack="dovecot") == 1
+    assert value(w, "logkey_watch_format_drift", pack="dovecot") == 0
     assert value(w, "logkey_watch_gates_opened_total") == 1
     assert value(w, "logkey_watch_gates_refused_total", reason="never_gate") == 1
     assert value(w, "logkey_watch_gates_refused_total", reason="max_ips_per_user") == 0
