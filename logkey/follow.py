@@ -84,7 +84,7 @@ class Follower:
         self._ino = None
         self._wds: dict[int, str] = {}
         try:
-            import inotify_simple
+            from . import inotify as inotify_simple    # its interface, from the stdlib (inotify.py)
             self._ino = inotify_simple.INotify(nonblocking=True)
             self._fl = inotify_simple.flags
             self._mask = 0

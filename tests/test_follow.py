@@ -470,12 +470,16 @@ def test_rotation_while_stopped_reads_the_rest_of_the_rotated_file(tmp_path, mod
     f.close()
 
 
+def _no_inotify(nonblocking=False):
+    raise OSError(24, "Too many open files")       # inotify_init1 past max_user_instances
+
+
 def test_wait_wakes_on_append_and_polls_without_inotify(tmp_path, monkeypatch):
     log = tmp_path / "mail.log"
     log.write_bytes(b"")
     for inotify in (True, False):
         if not inotify:
-            monkeypatch.setitem(sys.modules, "inotify_simple", None)    # import fails: polling
+            monkeypatch.setattr("logkey.inotify.INotify", _no_inotify)    # inotify_init1 fails: polling
         f = Follower([str(log)], str(tmp_path / "state"), line_time=ALWAYS_RECENT, poll_interval=0.05)
         assert (f.fileno() is not None) == inotify
         f.read()

@@ -53,6 +53,15 @@ SCAN_COUNT = 500          # SCAN's COUNT hint, and keys per MGET
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
 
 
+def _unix_takes_connect_timeout() -> bool:
+    """redis-py before 4.4 (Debian 12 has 4.3.4) refuses socket_connect_timeout for a unix
+    socket (a TypeError at the first command); its connect there is bounded by socket_timeout."""
+    import inspect
+    params = inspect.signature(redis.connection.UnixDomainSocketConnection.__init__).parameters
+    return "socket_connect_timeout" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def _safe_url(url: str) -> str:
     """The URL without its password, for messages."""
     try:
@@ -89,6 +98,8 @@ class RedisStore(Store):
                 self.where = f"sentinel {sentinel.get('service')} ({self.where})"
                 self.client = self._sentinel_client(url, sentinel, common)
             else:
+                if url.startswith("unix:") and not _unix_takes_connect_timeout():
+                    del common["socket_connect_timeout"]    # socket_timeout bounds its connect
                 self.client = redis.Redis.from_url(url, **common)
         except (ValueError, TypeError, KeyError) as e:
             raise StoreError(f"redis store {self.where}: bad configuration: {e}") from None
