@@ -173,6 +173,11 @@ def test_gate_records_are_readable_by_the_checkers_group_only(world):
     assert other.stdout.split("\n")[:2] == ["Permission denied", "Permission denied"]
 
 
+def _connects(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        return s.connect_ex(path) == 0
+
+
 def test_watch_and_policy_run_unprivileged_reading_logs_through_adm(world):
     hidden = reachable_by_others(logkey_exe())
     if hidden is not None:
@@ -217,7 +222,9 @@ def test_watch_and_policy_run_unprivileged_reading_logs_through_adm(world):
                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
-        while not os.path.exists(sock):
+        # The socket exists from bind() on, under umask 0177; its group and mode are set
+        # just after (unixsock.bind_unix), and it listens last: wait until it answers.
+        while not _connects(sock):
             assert policy.poll() is None and time.monotonic() < deadline, policy.stderr.read()
             time.sleep(0.02)
         st = os.stat(sock)
