@@ -1,0 +1,137 @@
+"""The Exim, OpenSMTPD and sendmail pages (docs/mta/*.md), run as written against the real
+MTAs from Debian 12, unpacked into private roots and run in private mount namespaces
+(tests/mtas.py): a real dovecot login opens the gate, `logkey watch` runs as the shipped unit
+runs it (user logkey, NoNewPrivileges, no capabilities, ProtectSystem=strict), and the MTA
+decides from the page's snippets. Only port numbers are substituted.
+
+Each run checks: a gated client relays and an ungated one is refused, local mail is
+unaffected, `logkey close` and expiry refuse relay again (close: at the next RCPT; expiry:
+within EXPIRY_BOUND seconds), IPv4 and IPv6 (the exact address and, with ipv6_prefix: 64, the
+/64), the MTA restarted while no gate is open starts and serves, and (narrow) port 25 never
+relays for a gate."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import mtas
+from conftest import free_port, wait_for
+from servers import PASSWORD, logkey_cmd, port_open  # noqa: F401
+from test_e2e_docs import snippet
+
+EXPIRY_BOUND = 3.0          # seconds after a gate's expiry by which relay is refused
+
+
+def logkey_setup(ns: mtas.Namespace, dovecot, extra: str, ipv6_prefix=None):
+    """/etc/logkey/config.yaml and the directories of contrib/systemd/logkey.tmpfiles."""
+    ns.mkdir("/var/lib/logkey", 0o755, "logkey:logkey")
+    ns.mkdir("/var/lib/logkey/gates", 0o750, "logkey:logkey")
+    ns.mkdir("/var/lib/logkey/state", 0o750, "logkey:logkey")
+    ns.mkdir("/run/logkey", 0o755, "logkey:logkey")
+    text = (f"logs:\n  - path: {dovecot.log_path}\n    packs: [dovecot]\n"
+            "store: {type: dir, path: /var/lib/logkey/gates}\n"
+            "state_dir: /var/lib/logkey/state\nwindow: 10m\n")
+    if ipv6_prefix:
+        text += f"ipv6_prefix: {ipv6_prefix}\n"
+    ns.write("/etc/logkey/config.yaml", text + extra)
+
+
+class Watcher:
+    """`logkey watch` inside the namespace, as contrib/systemd/logkey-watch.service runs it."""
+
+    def __init__(self, ns, read_write=(), groups=()):
+        self.ns, self.read_write, self.groups = ns, read_write, groups
+        self.err = ns.dir / "watch.err"
+        self.proc = None
+
+    def start(self):
+        self.err.write_bytes(b"")
+        argv = self.ns.as_unit("logkey-watch.service",
+                               [*logkey_cmd(), "watch", "--config", "/etc/logkey/config.yaml"],
+                               read_write=self.read_write, groups=self.groups)
+        with open(self.err, "ab") as err:
+            self.proc = self.ns.spawn(argv, stderr=err)
+
+        def up():
+            assert self.proc.poll() is None, f"logkey watch exited: {self.log()}"
+            return "watching" in self.log()
+        wait_for(up, timeout=20, what="logkey watch")
+        return self
+
+    def log(self):
+        return self.err.read_text(errors="replace")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            mtas.kill_group(self.proc)
+
+
+def admin(ns, *args):
+    """A logkey admin command (open, close, export) as root inside the namespace."""
+    return ns.run([*logkey_cmd(), *args, "--config", "/etc/logkey/config.yaml"])
+
+
+def exercise(mta, dovecot, ns, watcher, gated_port, restart):
+    """The checks every page gets (module docstring). `restart()` rebuilds what the MTA needs
+    after a config change and restarts it."""
+    assert not mta.relays("127.0.0.2", gated_port)
+    assert dovecot.pop_login("127.0.0.2")
+    wait_for(lambda: mta.relays("127.0.0.2", gated_port), timeout=10, step=0.2,
+             what="relay for 127.0.0.2 after its login")
+    assert not mta.relays("127.0.0.3", gated_port)
+    if gated_port != 25:                            # narrow: port 25 never relays for a gate
+        assert not mta.relays("127.0.0.2", 25)
+    assert mta.answer("127.0.0.3", 25, mtas.LOCAL)[0] == 250
+
+    admin(ns, "close", "127.0.0.2")                 # takes effect at the next RCPT
+    assert not mta.relays("127.0.0.2", gated_port)
+
+    admin(ns, "open", "::1")                        # IPv6, the exact address
+    assert mta.relays("::1", gated_port)
+    admin(ns, "close", "::1")
+    assert not mta.relays("::1", gated_port)
+
+    admin(ns, "open", "127.0.0.4", "--for", "2")    # expiry
+    assert mta.relays("127.0.0.4", gated_port)
+    expires = time.time() + 2
+    wait_for(lambda: not mta.relays("127.0.0.4", gated_port),
+             timeout=2 + EXPIRY_BOUND + 5, step=0.25, what="relay refused after expiry")
+    assert time.time() - expires < EXPIRY_BOUND, "refused too late after expiry"
+
+    # Restarted while no gate is open (and the /64 gate): the MTA starts and serves.
+    watcher.stop()
+    mta.stop()
+    cfg = ns.path("/etc/logkey/config.yaml")
+    cfg.write_text(cfg.read_text() + "ipv6_prefix: 64\n")
+    watcher.start()
+    restart()
+    assert mta.answer("127.0.0.3", 25, mtas.LOCAL)[0] == 250
+    assert not mta.relays("127.0.0.3", gated_port)
+    assert not mta.relays("::1", gated_port)
+    admin(ns, "open", "::1")                        # the gate is ::/64
+    assert mta.relays("::1", gated_port)
+    if gated_port != 25:
+        assert not mta.relays("::1", 25)
+
+
+# -- Exim ------------------------------------------------------------------------------------
+
+EXIM_FILE = {True: "/etc/exim4/conf.d/main/000_logkey", False: "/etc/exim4/exim4.conf.localmacros"}
+
+
+@pytest.mark.parametrize("split", [True, False], ids=["split", "unsplit"])
+@pytest.mark.parametrize("scope", ["global", "narrow"])
+def test_exim_page(site, split, scope):
+    dovecot = site.dovecot()
+    ns = site.add(mtas.Namespace("exim"))
+    logkey_setup(ns, dovecot, snippet("exim.md", "exim-logkey"))
+    ports = {25: free_port()} if scope == "global" else {25: free_port(), 2525: free_port()}
+    macros = snippet("exim.md", f"exim-debian-{scope}").replace("{2525}", "{%d}" % ports.get(2525, 0))
+    exim = mtas.Exim(ns, {EXIM_FILE[split]: macros}, split=split, ports=ports)
+    create = snippet("exim.md", "exim-create").split()
+    ns.run([*logkey_cmd(), *create[1:], "--config", "/etc/logkey/config.yaml"])
+    site.add(exim).start()
+    watcher = site.add(Watcher(ns))
+    watcher.start()
+    exercise(exim, dovecot, ns, watcher, 25 if scope == "global" else 2525, exim.start)
