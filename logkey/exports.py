@@ -133,9 +133,26 @@ class Target:
         self.base = spec.get("base")
         self.failing = False            # an error was logged and not yet followed by success
         self.command_failing = False
+        self.seen = None                # the kept file's stat after our last sync
 
     def sync(self, keys: list[str]) -> bool:
         raise NotImplementedError
+
+    def kept_file(self) -> str:
+        """The file this export keeps (whose change by another writer is noticed)."""
+        return self.path
+
+    def signature(self):
+        try:
+            st = os.stat(self.kept_file())
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def forget(self) -> None:
+        """Another writer (`logkey open`/`close`, `logkey export`) changed the file: what this
+        target remembers of it is void; the next sync reads it again."""
+        self.seen = None
 
     def describe(self) -> str:
         return f"{self.format} export {self.path}"
@@ -147,6 +164,10 @@ class FileTarget(Target):
     def __init__(self, spec: dict):
         super().__init__(spec)
         self.last: bytes | None = None  # the content this export is known to hold
+
+    def forget(self) -> None:
+        super().forget()
+        self.last = None
 
     def content(self, keys) -> bytes:
         return render(self.format, keys).encode()
@@ -235,6 +256,10 @@ class TcprulesTarget(Target):
         super().__init__(spec)
         self.last: bytes | None = None  # the rules the cdb was last built from (by us)
 
+    def forget(self) -> None:
+        super().forget()
+        self.last = None
+
     def rules(self, keys) -> bytes:
         base = ""
         if self.base:
@@ -270,6 +295,13 @@ class LmdbTarget(Target):
         self.map = path[: -len(".lmdb")] if path.endswith(".lmdb") else path
         self.file = self.map + ".lmdb"
         self.current: set[str] | None = None    # what the map holds, once read
+
+    def kept_file(self) -> str:
+        return self.file
+
+    def forget(self) -> None:
+        super().forget()
+        self.current = None
 
     def _read(self, postmap: str) -> set[str] | None:
         if not os.path.exists(self.file):
@@ -352,6 +384,14 @@ class Exporter:
         for target in self.targets:
             self._sync(target)
 
+    def changed_elsewhere(self) -> bool:
+        """True when an export's file was changed by another writer since our last sync."""
+        return any(t.seen is not None and t.signature() != t.seen for t in self.targets)
+
+    def forget(self) -> None:
+        for target in self.targets:
+            target.forget()
+
     def retry(self) -> None:
         """Try again the exports whose last update failed (with the last update's keys)."""
         if self.keys is None:
@@ -379,6 +419,7 @@ class Exporter:
             log.info("%s: up to date again", target.describe())
         if changed and target.command:
             self._command(target)
+        target.seen = target.signature()
 
     def _command(self, target: Target) -> None:
         try:
@@ -397,6 +438,19 @@ class Exporter:
             log.info("%s: command %r works again", target.describe(), target.command)
 
 
+def sync_configured(cfg, store, now: float | None = None) -> bool:
+    """Bring every configured export (cfg.exports) to the gates open in `store` now, running
+    each changed export's `command:`, as the watcher does: `logkey open`/`close` call this so
+    that they take effect in the exports at once, `logkey export` with no --format too.
+    Errors are logged (as the watcher logs them); True when every export is up to date."""
+    if not cfg.exports:
+        return True
+    now = time.time() if now is None else now
+    exporter = Exporter(cfg.exports)
+    exporter.update(list(store.scan(now)), now)
+    return not exporter.failing and not any(t.command_failing for t in exporter.targets)
+
+
 # --- `logkey export` ----------------------------------------------------------------------
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -406,8 +460,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description="Write the gates open now, from the store, in one export format: to "
                     "--output FILE (atomically; lmdb and tcprules need it), else to stdout. "
                     "A tcprules export takes the base rules of the configured tcprules "
-                    "export. The export's command: is not run.")
-    p.add_argument("--format", required=True, choices=FORMATS)
+                    "export; when --output is a configured export's path, that export's "
+                    "command: runs after the write. With no --format, every configured "
+                    "export is brought up to date, as the watcher does.")
+    p.add_argument("--format", choices=FORMATS,
+                   help="the format (default: every configured export)")
     p.add_argument("--output", metavar="FILE",
                    help="the file (for lmdb: the map name, as in lmdb:FILE; for tcprules: "
                         "the cdb)")
@@ -423,6 +480,9 @@ def main(args) -> int:
     from . import config as config_mod
     from .stores import StoreError, open_store
 
+    if args.format is None and args.output:
+        print("logkey: export: --output needs --format", file=sys.stderr)
+        return 2
     if args.format in ("lmdb", "tcprules") and not args.output:
         print(f"logkey: export: --format {args.format} needs --output FILE", file=sys.stderr)
         return 2
@@ -431,6 +491,8 @@ def main(args) -> int:
         now = time.time()
         store = open_store(cfg.store)
         try:
+            if args.format is None:
+                return 0 if sync_configured(cfg, store, now) else 2
             keys = sorted_keys(g.key for g in store.scan(now) if g.expires > now)
         finally:
             store.close()
@@ -439,8 +501,16 @@ def main(args) -> int:
             sys.stdout.flush()
             return 0
         base = next((e["base"] for e in cfg.exports if e["format"] == "tcprules"), None)
-        make_target({"format": args.format, "path": args.output, "command": None,
-                     "base": base}).sync(keys)
+        same = next((e for e in cfg.exports if e["format"] == args.format and
+                     os.path.abspath(e["path"]) == os.path.abspath(args.output)), None)
+        target = make_target({"format": args.format, "path": args.output,
+                              "command": same.get("command") if same else None, "base": base})
+        target.sync(keys)
+        if target.command:
+            out = run_bounded(["/bin/sh", "-c", target.command], timeout=COMMAND_TIMEOUT)
+            if out.returncode != 0:
+                raise ExportError(f"command {target.command!r} failed: exit {out.returncode}: "
+                                  f"{_tail(out.stderr) or _tail(out.stdout)}")
         return 0
     except StoreError as exc:
         print(f"logkey: export: store: {exc}", file=sys.stderr)

@@ -4,7 +4,9 @@ into private roots under $LOGKEY_MTA_ROOTS (default /var/cache/logkey/mta).
 
 Each MTA runs in a private mount namespace (`unshare -m`, held open by a `sleep` whose
 namespace the servers and logkey enter with `nsenter -m`): the MTA's root is laid over /etc,
-/usr and /var with overlayfs, each with an upper layer in a temp dir of its own, so the
+/usr and /var with overlayfs, and a network namespace of its own whose lo also has the IPv6
+client addresses (2001:db8::50/64); dovecot runs there too, and the clients
+(tests/mta_client.py) are run there with nsenter, each with an upper layer in a temp dir of its own, so the
 builds' compiled-in paths (/etc/exim4, /var/spool/exim4, /etc/smtpd.conf, /var/spool/smtpd,
 /etc/mail, /usr/lib/sm.bin, ...) are theirs and nothing of the machine changes; /run gets an
 overlay too (smtpd.sock, sendmail.pid). The namespace's /etc also has the users the MTAs and
@@ -22,10 +24,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import ROOT, wait_for
-from servers import kill_group, port_open, server_dir
+from servers import PASSWORD, kill_group, server_dir
+
+CLIENT = Path(__file__).with_name("mta_client.py")
 
 ROOTS = Path(os.environ.get("LOGKEY_MTA_ROOTS", "/var/cache/logkey/mta"))
 UNITS = ROOT / "contrib" / "systemd"
@@ -61,9 +66,14 @@ def versions() -> list[str]:
     return out
 
 
+V6_CLIENT = "2001:db8::50"     # an IPv6 client address (on the namespace's lo, in 2001:db8::/64)
+V6_NEIGHBOUR = "2001:db8::51"  # another address in the same /64
+
 SETUP = r"""
 set -eu
 T=$1; R=$2
+ip link set lo up
+ip -6 addr add 2001:db8::50/64 dev lo
 for d in etc usr var run; do
     lower=/$d
     # /var holds the roots themselves: their var/ is copied into the upper layer instead
@@ -96,7 +106,7 @@ class Namespace:
         (self.etc / "mailname").write_text(hostname + "\n")
         self.procs = []
         self.holder = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", SETUP, "lk-ns",
+            ["unshare", "-m", "-n", "--propagation", "private", "sh", "-c", SETUP, "lk-ns",
              str(self.dir), str(self.root)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             start_new_session=True)
@@ -150,7 +160,35 @@ class Namespace:
         os.chown(self.path(inside), uid, gid)
 
     def argv(self, argv: list[str]) -> list[str]:
-        return ["nsenter", "-t", str(self.holder.pid), "-m", "--", *argv]
+        return ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "--", *argv]
+
+    # -- clients, inside the namespace's network (tests/mta_client.py) --
+
+    def client(self, *args, timeout=60) -> str:
+        proc = subprocess.run(self.argv([sys.executable, str(CLIENT), *map(str, args)]),
+                              capture_output=True, text=True, timeout=timeout)
+        if proc.returncode not in (0, 1) or proc.stderr:
+            raise AssertionError(f"mta_client {args}: {proc.returncode} {proc.stderr}")
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    def port_open(self, port, host="127.0.0.1") -> bool:
+        return subprocess.run(self.argv([sys.executable, str(CLIENT), "open", host, str(port)]),
+                              capture_output=True, timeout=30).returncode == 0
+
+    def pop_login(self, dovecot, src, user="test", password=PASSWORD) -> bool:
+        return self.client("pop", src, dovecot.pop_port, user, password) == "ok"
+
+    def rcpt(self, src, port, rcpt) -> tuple[int, str]:
+        host = "::1" if ":" in src else "127.0.0.1"
+        code, _, text = self.client("rcpt", src, host, port, rcpt).partition(" ")
+        return int(code), text
+
+    def dovecot(self, dovecot):
+        """Run a servers.Dovecot (made, not started) in this namespace."""
+        dovecot.log_path.touch()
+        dovecot.proc = self.spawn(dovecot.command(), stderr=subprocess.PIPE)
+        wait_port(dovecot.pop_port, ns=self, proc=dovecot.proc, what="dovecot")
+        return dovecot
 
     def run(self, argv, *, check=True, timeout=60, input=None, env=None) -> subprocess.CompletedProcess:
         proc = subprocess.run(self.argv(argv), capture_output=True, text=True, timeout=timeout,
@@ -218,32 +256,18 @@ def kill_pidfile(ns: Namespace, inside: str, sig=signal.SIGTERM) -> bool:
         return False
 
 
-def wait_port(port, host="127.0.0.1", proc=None, log=lambda: "", what="server"):
+def wait_port(port, ns: Namespace, host="127.0.0.1", proc=None, log=lambda: "", what="server"):
     def up():
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"{what} exited {proc.returncode}: {log()}")
-        return port_open(port, host)
+        return ns.port_open(port, host)
     wait_for(up, timeout=20, what=f"{what} on {host} port {port}")
 
 
 # -- SMTP client -----------------------------------------------------------------------------
 
 OUTSIDE = "someone@outside.example"      # not a local domain of any of these MTAs: relaying
-LOCAL = "postmaster@mx.logkey.test"      # local mail
-
-
-def smtp_rcpt(src: str, port: int, rcpt: str = OUTSIDE, host: str | None = None,
-              timeout=30) -> tuple[int, str]:
-    """EHLO, MAIL, RCPT from source address src: (code, text) of the RCPT reply."""
-    import smtplib
-    host = host or ("::1" if ":" in src else "127.0.0.1")
-    with smtplib.SMTP(host, port, local_hostname="client.logkey.test",
-                      source_address=(src, 0), timeout=timeout) as smtp:
-        smtp.ehlo()
-        code, text = smtp.mail("sender@client.logkey.test")
-        assert code == 250, (code, text)
-        code, text = smtp.rcpt(rcpt)
-        return code, text.decode(errors="replace")
+LOCAL = "root@mx.logkey.test"            # local mail (not postmaster, which some ACLs take first)
 
 
 # -- Exim 4 (Debian's packaging: update-exim4.conf, split or unsplit configuration) -----------
@@ -298,7 +322,7 @@ class Exim:
         self.proc = self.ns.spawn(["exim4", "-bdf", "-odq", "-oX", f"<; {listen}"],
                                   stderr=subprocess.PIPE)
         for port in self.ports.values():
-            wait_port(port, proc=self.proc, log=self.log, what="exim")
+            wait_port(port, self.ns, proc=self.proc, log=self.log, what="exim")
         return self
 
     def stop(self):
@@ -319,7 +343,7 @@ class Exim:
         return out
 
     def answer(self, src, port=25, rcpt=OUTSIDE) -> tuple[int, str]:
-        return smtp_rcpt(src, self.ports[port], rcpt)
+        return self.ns.rcpt(src, self.ports[port], rcpt)
 
     def relays(self, src, port=25) -> bool:
         code, text = self.answer(src, port)
