@@ -11,8 +11,10 @@ Formats (the `exports:` config key, or `logkey export --format F` on demand):
              renamed to PATH.db (sendmail reopens a map whose file changed).
 - exim:      one address or network per line for `hosts = net-iplsearch;FILE` (IPv6 keys quoted,
              as iplsearch requires).
-- opensmtpd: one address or network per line, a `table NAME file:PATH` file; `command:` should
-             be `smtpctl update table NAME`.
+- opensmtpd: one address or network per line, a `table NAME file:PATH` file, after a first
+             line `# @list` (smtpd takes a file with no entries for a key-value table, and
+             refuses to start when one is used for `from src <NAME>`); smtpd reads it again on
+             `smtpctl update table NAME`, which needs root (docs/mta/opensmtpd.md).
 - text:      one gate key per line.
 - tcprules:  `path` is the cdb for `tcpserver -x`: gate lines `IP:allow,RELAYCLIENT=""` first,
              then the site's `base` rules file verbatim, compiled with `tcprules CDB CDB.tmp`

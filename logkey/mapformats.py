@@ -82,6 +82,8 @@ def render(fmt: str, keys: list[str], base: str | None = None) -> str:
         else:
             raise ValueError(f"no text form for export format {fmt!r}")
     text = "".join(line + "\n" for line in lines)
+    if fmt == "opensmtpd":      # a list table even when empty: smtpd refuses to start on an
+        text = "# @list\n" + text      # empty file table used for `from src` lookups
     if fmt == "tcprules" and base:
         text += base if base.endswith("\n") else base + "\n"
     return text

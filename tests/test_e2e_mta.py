@@ -149,3 +149,60 @@ def test_exim_page(site, split, scope):
     watcher = site.add(Watcher(ns))
     watcher.start()
     exercise(exim, dovecot, ns, watcher, 25 if scope == "global" else 2525, exim.start)
+
+
+# -- OpenSMTPD ---------------------------------------------------------------------------------
+
+class PathUnit:
+    """What systemd does with contrib/systemd/NAME.path (PathChanged=FILE): runs NAME.service's
+    ExecStart as root, in the namespace, each time FILE has been replaced."""
+
+    def __init__(self, ns, name):
+        import threading
+        self.ns = ns
+        unit = (mtas.UNITS / f"{name}.path").read_text()
+        self.file = ns.path(next(l.split("=", 1)[1] for l in unit.splitlines()
+                                 if l.startswith("PathChanged=")))
+        service = (mtas.UNITS / f"{name}.service").read_text()
+        self.argv = next(l.split("=", 1)[1] for l in service.splitlines()
+                         if l.startswith("ExecStart=")).split()
+        self.runs = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        seen = None
+        while not self.stopping.wait(0.1):
+            try:
+                st = self.file.stat()
+                now = (st.st_ino, st.st_mtime_ns, st.st_size)
+            except OSError:
+                now = None
+            if now is not None and now != seen:
+                seen = now
+                self.runs.append(self.ns.run(self.argv, check=False))
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(5)
+
+
+OPENSMTPD_LISTEN = "listen on 127.0.0.1 port {port}\nlisten on ::1 port {port}"
+
+
+@pytest.mark.parametrize("scope", ["global", "narrow"])
+def test_opensmtpd_page(site, scope):
+    ns = site.add(mtas.Namespace("opensmtpd"))
+    dovecot = ns.dovecot(site.add(servers.Dovecot()))
+    logkey_setup(ns, dovecot, snippet("opensmtpd.md", "opensmtpd-logkey"))
+    ports = {25: free_port()} if scope == "global" else {25: free_port(), 2525: free_port()}
+    page = snippet("opensmtpd.md", f"opensmtpd-{scope}").replace(" 2525 ", f" {ports.get(2525)} ")
+    smtpd = site.add(mtas.OpenSMTPD(ns, page, OPENSMTPD_LISTEN.format(port=ports[25]), ports))
+    create = snippet("opensmtpd.md", "opensmtpd-create").split()
+    ns.run([*logkey_cmd(), *create[1:], "--config", "/etc/logkey/config.yaml"])
+    smtpd.start()                                   # no gate open: it starts
+    site.add(PathUnit(ns, "logkey-smtpd-table"))
+    watcher = site.add(Watcher(ns))
+    watcher.start()
+    exercise(smtpd, dovecot, ns, watcher, 25 if scope == "global" else 2525, smtpd.start)

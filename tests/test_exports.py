@@ -80,7 +80,7 @@ def test_every_file_format_has_exactly_the_open_gates(tmp_path, mail_config):
     read = lambda f: (tmp_path / f"out.{f}").read_text()        # noqa: E731
     assert read("text") == "192.0.2.5\n192.0.2.66\n198.51.100.7\n2001:db8::1\n" \
                            "2001:db8:1:2::/64\n"
-    assert read("opensmtpd") == read("text")
+    assert read("opensmtpd") == "# @list\n" + read("text")
     assert read("exim") == '192.0.2.5\n192.0.2.66\n198.51.100.7\n"2001:db8::1"\n' \
                            '"2001:db8:1:2::/64"\n'
     assert read("sendmail") == ("Connect:192.0.2.5 RELAY\nConnect:192.0.2.66 RELAY\n"
@@ -314,13 +314,14 @@ def test_running_watch_drops_an_expired_gate_from_every_export_on_time(tmp_path,
     assert answer("127.0.0.2") == "norelay 127.0.0.2"
 
     m = str(tmp_path / "gatemap")
-    files = {"text": "{ip}\n", "opensmtpd": "{ip}\n", "exim": "{ip}\n",
+    files = {"text": "{ip}\n", "opensmtpd": "# @list\n{ip}\n", "exim": "{ip}\n",
              "sendmail": "Connect:{ip} RELAY\n"}
 
     def every_export(ip):
         """True when every export holds exactly `ip` (or nothing, for None)."""
         for f, form in files.items():
-            if (tmp_path / f"out.{f}").read_text() != (form.format(ip=ip) if ip else ""):
+            empty = "# @list\n" if f == "opensmtpd" else ""
+            if (tmp_path / f"out.{f}").read_text() != (form.format(ip=ip) if ip else empty):
                 return False
         if postmap_q("127.0.0.2", m, env) != ("OK" if ip else None):
             return False
