@@ -109,8 +109,9 @@ def test_every_file_format_has_exactly_the_open_gates(tmp_path, mail_config):
 
 def test_no_gates_means_empty_exports_not_missing_ones(tmp_path, mail_config):
     Exporter(specs(tmp_path)).update([], NOW)
-    for f in ("sendmail", "exim", "opensmtpd", "text"):
+    for f in ("sendmail", "exim", "text"):
         assert (tmp_path / f"out.{f}").read_text() == ""
+    assert (tmp_path / "out.opensmtpd").read_text() == "# @list\n"   # smtpd's empty list table
     assert (tmp_path / "gatemap.lmdb").exists()           # smtpd must find the map
     assert "allow" in tcprulescheck(tmp_path / "out.tcprules", "198.51.100.7")
 
