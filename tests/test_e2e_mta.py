@@ -11,6 +11,7 @@ within EXPIRY_BOUND seconds), IPv4 and IPv6 (the exact address and, with ipv6_pr
 relays for a gate."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -129,9 +130,11 @@ def exercise(mta, dovecot, ns, watcher, gated_port, restart):
 EXIM_FILE = {True: "/etc/exim4/conf.d/main/000_logkey", False: "/etc/exim4/exim4.conf.localmacros"}
 
 
-@pytest.mark.parametrize("split", [True, False], ids=["split", "unsplit"])
-@pytest.mark.parametrize("scope", ["global", "narrow"])
+@pytest.mark.parametrize("split,scope", [(True, "global"), (False, "global"), (True, "narrow")],
+                         ids=["split-global", "unsplit-global", "split-narrow"])
 def test_exim_page(site, split, scope):
+    """Debian's split and unsplit configuration take the same macro in their own file; the
+    narrow macro is the same line with a port condition (run with the split one)."""
     ns = site.add(mtas.Namespace("exim"))
     dovecot = ns.dovecot(site.add(servers.Dovecot()))
     logkey_setup(ns, dovecot, snippet("exim.md", "exim-logkey"))
@@ -206,3 +209,48 @@ def test_opensmtpd_page(site, scope):
     watcher = site.add(Watcher(ns))
     watcher.start()
     exercise(smtpd, dovecot, ns, watcher, 25 if scope == "global" else 2525, smtpd.start)
+
+
+def test_exim_page_readsocket(site):
+    """Exim asks `logkey policy` (as its unit runs it) with ${readsocket}: no file, no process
+    per RCPT; logkey down or hung: no relay, local mail unaffected, the wait bounded."""
+    import signal
+    ns = site.add(mtas.Namespace("exim"))
+    dovecot = ns.dovecot(site.add(servers.Dovecot()))
+    logkey_setup(ns, dovecot, snippet("postfix.md", "policy-logkey"))
+    ports = {25: free_port(), 2525: free_port()}
+    macros = snippet("exim.md", "exim-debian-readsocket").replace("{2525}", "{%d}" % ports[2525])
+    exim = site.add(mtas.Exim(ns, {EXIM_FILE[True]: macros}, ports=ports)).start()
+    watcher = site.add(Watcher(ns)).start()
+    err = ns.dir / "policy.err"
+    policy = ns.spawn(ns.as_unit("logkey-policy.service", [*logkey_cmd(), "policy", "--config",
+                                                            "/etc/logkey/config.yaml"]),
+                      stderr=open(err, "wb"))
+    mtas.wait_port(10040, ns, proc=policy, log=err.read_text, what="logkey policy")
+
+    assert exim.answer("127.0.0.3", 25, mtas.LOCAL)[0] == 250
+    assert not exim.relays("127.0.0.2", 2525)
+    assert ns.pop_login(dovecot, "127.0.0.2")
+    wait_for(lambda: exim.relays("127.0.0.2", 2525), timeout=10, step=0.2,
+             what="relay for 127.0.0.2 after its login")
+    assert not exim.relays("127.0.0.2", 25)
+    assert not exim.relays("127.0.0.3", 2525)
+    admin(ns, "open", mtas.V6_CLIENT)
+    assert exim.relays(mtas.V6_CLIENT, 2525)
+    admin(ns, "close", mtas.V6_CLIENT)
+    assert not exim.relays(mtas.V6_CLIENT, 2525)
+
+    os.killpg(policy.pid, signal.SIGSTOP)           # hung: the wait is the snippet's 3 s
+    try:
+        started = time.monotonic()
+        assert not exim.relays("127.0.0.2", 2525)
+        assert time.monotonic() - started < 3 + 2
+        assert exim.answer("127.0.0.3", 25, mtas.LOCAL)[0] == 250
+    finally:
+        os.killpg(policy.pid, signal.SIGCONT)
+    mtas.kill_group(policy)                         # down: refused at once
+    started = time.monotonic()
+    assert not exim.relays("127.0.0.2", 2525)
+    assert time.monotonic() - started < 2
+    assert exim.answer("127.0.0.3", 25, mtas.LOCAL)[0] == 250
+    assert exim.answer("127.0.0.3", 2525, mtas.LOCAL)[0] == 250
