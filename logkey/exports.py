@@ -6,7 +6,8 @@ Formats (the `exports:` config key, or `logkey export --format F` on demand):
              `postmap -i lmdb:PATH` (new keys on stdin) and `postmap -d - lmdb:PATH` (gone keys on
              stdin), never replaced by rename: smtpd processes keep the file open, and LMDB
              updates reach them without a restart.
-- sendmail:  the access text file, `Connect:1.2.3.4 RELAY` / `Connect:IPv6:2001:db8::1 RELAY`,
+- sendmail:  the access text file, `Connect:1.2.3.4 RELAY` / `Connect:IPv6:2001:db8:0:0:0:0:0:1
+             RELAY` (the form Debian's sendmail looks up) and `Connect:IPv6:2001:db8::1 RELAY`,
              then `makemap hash` when makemap is installed: built as a temp map beside it and
              renamed to PATH.db (sendmail reopens a map whose file changed).
 - exim:      one address or network per line for `hosts = net-iplsearch;FILE` (IPv6 keys quoted,

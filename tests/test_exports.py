@@ -84,7 +84,8 @@ def test_every_file_format_has_exactly_the_open_gates(tmp_path, mail_config):
     assert read("exim") == '192.0.2.5\n192.0.2.66\n198.51.100.7\n"2001:db8::1"\n' \
                            '"2001:db8:1:2::/64"\n'
     assert read("sendmail") == ("Connect:192.0.2.5 RELAY\nConnect:192.0.2.66 RELAY\n"
-                                "Connect:198.51.100.7 RELAY\nConnect:IPv6:2001:db8::1 RELAY\n"
+                                "Connect:198.51.100.7 RELAY\nConnect:IPv6:2001:db8:0:0:0:0:0:1 RELAY\n"
+                                "Connect:IPv6:2001:db8::1 RELAY\n"
                                 "Connect:IPv6:2001:db8:1:2 RELAY\n")
     # tcprules: gates first (IPv4 only; the base's deny of 192.0.2.66 stands), then the base.
     assert render("tcprules", sorted_keys(g.key for g in GATES if g.expires > NOW),
@@ -383,7 +384,8 @@ def test_logkey_export_on_demand(tmp_path):
                      str(tmp_path / "access"), env=env)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "access").read_text() == \
-        "Connect:198.51.100.7 RELAY\nConnect:IPv6:2001:db8::5 RELAY\n"
+        "Connect:198.51.100.7 RELAY\nConnect:IPv6:2001:db8:0:0:0:0:0:5 RELAY\n" \
+        "Connect:IPv6:2001:db8::5 RELAY\n"
     out = run_export("--format", "lmdb", "--config", str(cfg), env=env)
     assert out.returncode == 2 and "--output" in out.stderr
     out = run_export("--format", "lmdb", "--config", str(cfg), "--output",
