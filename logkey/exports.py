@@ -7,8 +7,8 @@ Formats (the `exports:` config key, or `logkey export --format F` on demand):
              stdin), never replaced by rename: smtpd processes keep the file open, and LMDB
              updates reach them without a restart.
 - sendmail:  the access text file, `Connect:1.2.3.4 RELAY` / `Connect:IPv6:2001:db8:0:0:0:0:0:1
-             RELAY` (the form Debian's sendmail looks up) and `Connect:IPv6:2001:db8::1 RELAY`,
-             then `makemap hash` when makemap is installed: built as a temp map beside it and
+             RELAY` (the form Debian's sendmail looks up) and `Connect:IPv6:2001:db8::1 RELAY`;
+             where PATH.db exists, then `makemap hash`: built as a temp map beside it and
              renamed to PATH.db (sendmail reopens a map whose file changed).
 - exim:      one address or network per line for `hosts = net-iplsearch;FILE` (IPv6 keys quoted,
              as iplsearch requires).
@@ -219,7 +219,16 @@ class SendmailTarget(FileTarget):
                             self.describe(), self.path)
             return None
 
+    def builds_db(self) -> bool:
+        """PATH.db is kept only where it exists already: a site whose access database is
+        logkey's alone (built once as root: `makemap hash PATH < PATH`). Elsewhere, as with
+        the shipped unit (user logkey, whose files sendmail calls unsafe), a root job merges
+        the text into the site's database (docs/mta/sendmail.md)."""
+        return os.path.exists(self.path + ".db")
+
     def after_stale(self) -> bool:
+        if not self.builds_db():
+            return False
         try:
             _tool("makemap")
         except ExportError:
@@ -230,6 +239,8 @@ class SendmailTarget(FileTarget):
             return True
 
     def after_write(self) -> None:
+        if not self.builds_db():
+            return
         makemap = self._makemap()
         if makemap is None:
             return

@@ -10,8 +10,8 @@ client addresses (2001:db8::50/64); dovecot runs there too, and the clients
 builds' compiled-in paths (/etc/exim4, /var/spool/exim4, /etc/smtpd.conf, /var/spool/smtpd,
 /etc/mail, /usr/lib/sm.bin, ...) are theirs and nothing of the machine changes; /run gets an
 overlay too (smtpd.sock, sendmail.pid). The namespace's /etc also has the users the MTAs and
-logkey's units run as, a resolv.conf that points at 127.0.0.1 (no MTA sends a DNS query
-anywhere) and an /etc/hosts naming mx.logkey.test.
+logkey's units run as, host names from files only (nsswitch.conf; resolv.conf points at
+127.0.0.1: no MTA sends a DNS query anywhere) and an /etc/hosts naming mx.logkey.test.
 
 `Namespace.as_unit()` runs a command as the shipped systemd unit would (contrib/systemd): its
 User=, Group=, SupplementaryGroups=, NoNewPrivileges=yes and an empty capability bounding set
@@ -43,6 +43,7 @@ USERS = {
     "opensmtpd": (64203, 64203),
     "opensmtpq": (64204, 64204),
     "smmsp": (64205, 64205),
+    "smmta": (64206, 64206),
 }
 
 
@@ -102,8 +103,12 @@ class Namespace:
                             dirs_exist_ok=True)
         self._users()
         (self.etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-        (self.etc / "hosts").write_text(f"127.0.0.1 localhost {hostname}\n::1 localhost ip6-localhost\n")
+        (self.etc / "hosts").write_text(f"127.0.0.1 localhost {hostname}\n::1 localhost ip6-localhost\n"
+                                        "127.0.0.9 client.logkey.test\n")   # the senders' domain
         (self.etc / "mailname").write_text(hostname + "\n")
+        nss = Path("/etc/nsswitch.conf").read_text().splitlines()   # no DNS: names from files
+        (self.etc / "nsswitch.conf").write_text("".join(
+            ("hosts: files" if line.startswith("hosts:") else line) + "\n" for line in nss))
         self.procs = []
         self.holder = subprocess.Popen(
             ["unshare", "-m", "-n", "--propagation", "private", "sh", "-c", SETUP, "lk-ns",
@@ -411,4 +416,76 @@ class OpenSMTPD:
         if code == 250:
             return True
         assert code == 550 and "Invalid recipient" in text, (code, text, self.log())
+        return False
+
+
+# -- sendmail --------------------------------------------------------------------------------
+
+class Sendmail:
+    """Debian's sendmail (8.17.1.9) with Debian's own sendmail.mc (cf/debian/sendmail.mc, as
+    sendmailconfig installs it), built with m4 into /etc/mail/sendmail.cf; its DAEMON_OPTIONS
+    become 127.0.0.1 and ::1 on the test's port, its dialup/provider includes (made by
+    sendmailconfig) and greet_pause (1 s per connection) are left out, and host names come
+    from /etc/hosts only (Debian's service.switch-nodns). `access_local` is
+    /etc/mail/access.local, the site's own entries. Queue only (-odq)."""
+
+    def __init__(self, ns: Namespace, access_local: str, ports: dict):
+        self.ns, self.ports = ns, ports
+        mc = (ns.root / "usr/share/sendmail/cf/debian/sendmail.mc").read_text()
+        keep = []
+        for line in mc.splitlines():
+            if line.startswith(("DAEMON_OPTIONS(", "include(`/etc/mail/m4/", "FEATURE(`greet_pause'")):
+                continue
+            if line.startswith("MAILER_DEFINITIONS"):
+                keep.append("define(`confDOMAIN_NAME', `mx.logkey.test')dnl")
+                # no DNS here (Debian's file for a host without it): a PTR lookup fails at once
+                keep.append("define(`confSERVICE_SWITCH_FILE', "
+                            "`/etc/mail/service.switch-nodns')dnl")
+                for port in ports.values():
+                    keep.append(f"DAEMON_OPTIONS(`Family=inet, Name=MTA-v4-{port}, Port={port}, "
+                                "Addr=127.0.0.1')dnl")
+                    keep.append(f"DAEMON_OPTIONS(`Family=inet6, Name=MTA-v6-{port}, Port={port}, "
+                                "Addr=::1')dnl")
+            keep.append(line)
+        ns.write("/etc/mail/sendmail.mc", "\n".join(keep) + "\n")
+        ns.write("/etc/mail/local-host-names", "mx.logkey.test\n")
+        ns.write("/etc/mail/access.local", access_local)
+        ns.write("/etc/mail/aliases", "postmaster: root\n")
+        ns.mkdir("/var/spool/mqueue", 0o700)
+        ns.mkdir("/var/spool/mqueue-client", 0o770, "smmsp:smmsp")
+        ns.mkdir("/var/lib/sendmail", 0o755)
+        ns.mkdir("/run/sendmail/mta", 0o755)
+        hostname = os.uname().nodename
+        hosts = ns.path("/etc/hosts")
+        hosts.write_text(hosts.read_text() + f"127.0.1.1 mx.logkey.test {hostname}\n")
+        ns.run(["sh", "-c", "m4 /etc/mail/sendmail.mc > /etc/mail/sendmail.cf"])
+        ns.run(["sh", "-c", "makemap hash /etc/mail/access < /etc/mail/access.local"])
+        ns.run(["/usr/libexec/sendmail/sendmail", "-bi"], check=False)
+        self.err = ns.dir / "sendmail.err"
+        self.proc = None
+
+    def start(self):
+        with open(self.err, "ab") as err:
+            self.proc = self.ns.spawn(["/usr/libexec/sendmail/sendmail", "-bD", "-odq",
+                                       "-OLogLevel=14"], stderr=err)
+        for port in self.ports.values():
+            wait_port(port, self.ns, proc=self.proc, log=self.log, what="sendmail")
+        return self
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            kill_group(self.proc)
+        self.proc = None
+
+    def log(self) -> str:
+        return self.err.read_text(errors="replace")[-3000:]
+
+    def answer(self, src, port=25, rcpt=OUTSIDE) -> tuple[int, str]:
+        return self.ns.rcpt(src, self.ports[port], rcpt)
+
+    def relays(self, src, port=25) -> bool:
+        code, text = self.answer(src, port)
+        if code == 250:
+            return True
+        assert code == 550 and "Relaying denied" in text, (code, text, self.log())
         return False

@@ -12,6 +12,7 @@ relays for a gate."""
 from __future__ import annotations
 
 import os
+import shlex
 import time
 
 import pytest
@@ -168,7 +169,8 @@ class PathUnit:
                                  if l.startswith("PathChanged=")))
         service = (mtas.UNITS / f"{name}.service").read_text()
         self.argv = next(l.split("=", 1)[1] for l in service.splitlines()
-                         if l.startswith("ExecStart=")).split()
+                         if l.startswith("ExecStart="))
+        self.argv = shlex.split(self.argv)
         self.runs = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -254,3 +256,20 @@ def test_exim_page_readsocket(site):
     assert time.monotonic() - started < 2
     assert exim.answer("127.0.0.3", 25, mtas.LOCAL)[0] == 250
     assert exim.answer("127.0.0.3", 2525, mtas.LOCAL)[0] == 250
+
+
+# -- sendmail ----------------------------------------------------------------------------------
+
+def test_sendmail_page(site):
+    ns = site.add(mtas.Namespace("sendmail"))
+    dovecot = ns.dovecot(site.add(servers.Dovecot()))
+    logkey_setup(ns, dovecot, snippet("sendmail.md", "sendmail-logkey"))
+    ports = {25: free_port()}
+    sendmail = site.add(mtas.Sendmail(ns, snippet("sendmail.md", "sendmail-access-local"), ports))
+    create = snippet("sendmail.md", "sendmail-create").split()
+    ns.run([*logkey_cmd(), *create[1:], "--config", "/etc/logkey/config.yaml"])
+    sendmail.start()
+    site.add(PathUnit(ns, "logkey-sendmail-access"))
+    watcher = site.add(Watcher(ns))
+    watcher.start()
+    exercise(sendmail, dovecot, ns, watcher, 25, sendmail.start)

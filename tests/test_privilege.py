@@ -44,7 +44,7 @@ def units_here(tmp_path) -> list:
     out = []
     for unit in sorted(UNITS.glob("*.service")):
         text = unit.read_text()
-        if "ExecStart=/usr/sbin/smtpctl " in text:     # a root helper (test_e2e_mta.py)
+        if "ExecStart=/usr/sbin/smtpctl " in text or "makemap" in text:   # root helpers
             continue
         assert f"ExecStart={INSTALLED} " in text, unit
         copy = tmp_path / unit.name
