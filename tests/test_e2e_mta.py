@@ -273,3 +273,18 @@ def test_sendmail_page(site):
     watcher = site.add(Watcher(ns))
     watcher.start()
     exercise(sendmail, dovecot, ns, watcher, 25, sendmail.start)
+
+
+@pytest.mark.parametrize("name", ["logkey-smtpd-table", "logkey-sendmail-access"])
+def test_root_path_units_pass_systemd_analyze_verify(tmp_path, name):
+    """The path units the pages install (emulated above by PathUnit): systemd's own check,
+    with smtpctl taken from the unpacked OpenSMTPD (it is not installed here)."""
+    import subprocess
+    smtpctl = mtas.ensure_root("opensmtpd") / "usr/sbin/smtpctl"
+    for suffix in ("path", "service"):
+        text = (mtas.UNITS / f"{name}.{suffix}").read_text()
+        (tmp_path / f"{name}.{suffix}").write_text(text.replace("/usr/sbin/smtpctl", str(smtpctl)))
+    proc = subprocess.run(["systemd-analyze", "verify", str(tmp_path / f"{name}.path"),
+                           str(tmp_path / f"{name}.service")], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
