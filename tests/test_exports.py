@@ -445,3 +445,26 @@ def test_a_gate_closed_by_hand_leaves_the_exports(tmp_path):
         assert (tmp_path / "a.txt").read_text() == "198.51.100.8\n"
     finally:
         w.close()
+
+
+def test_open_close_and_export_bring_the_configured_exports_up_to_date_at_once(tmp_path):
+    """No watcher runs: `logkey open`/`close` write the configured exports themselves (and run
+    their command:), `logkey export` with no --format brings them all up to date, and with
+    --output a configured export's path runs that export's command: too."""
+    from conftest import run_logkey
+    out, log = tmp_path / "gates.txt", tmp_path / "command.log"
+    cfg = tmp_path / "logkey.yaml"
+    cfg.write_text(f"store: {{type: dir, path: {tmp_path}/gates}}\nwindow: 10m\n"
+                   f"exports:\n  - {{format: text, path: {out}, command: \"echo ran >> {log}\"}}\n")
+    run_logkey("open", "192.0.2.7", "--config", str(cfg), check=0)
+    assert out.read_text() == "192.0.2.7\n" and log.read_text() == "ran\n"
+    run_logkey("close", "192.0.2.7", "--config", str(cfg), check=0)
+    assert out.read_text() == "" and log.read_text() == "ran\nran\n"
+    DirStore(str(tmp_path / "gates")).put(gate("198.51.100.9"))   # opened behind its back
+    run_logkey("export", "--config", str(cfg), check=0)
+    assert out.read_text() == "198.51.100.9\n" and log.read_text().count("ran") == 3
+    out.unlink()
+    run_logkey("export", "--format", "text", "--output", str(out), "--config", str(cfg), check=0)
+    assert out.read_text() == "198.51.100.9\n" and log.read_text().count("ran") == 4
+    proc = run_logkey("export", "--output", str(out), "--config", str(cfg), check=2)
+    assert proc.stderr.decode().strip() == "logkey: export: --output needs --format"
