@@ -76,7 +76,7 @@ def cmd_open(cfg, ip_text: str, user: str | None, seconds: float | None) -> int:
     except StoreError as exc:
         raise AdminError(f"store: {exc}") from None
     print(f"opened {key} until {_when(now + lifetime)}")
-    return 0
+    return _exports_now(cfg)
 
 
 def cmd_close(cfg, ip_text: str | None, user: str | None) -> int:
@@ -94,7 +94,23 @@ def cmd_close(cfg, ip_text: str | None, user: str | None) -> int:
     except StoreError as exc:
         raise AdminError(f"store: {exc}") from None
     print(f"closed {len(closed)} gate(s)" + (": " + " ".join(closed) if closed else ""))
-    return 0
+    return _exports_now(cfg)
+
+
+def _exports_now(cfg) -> int:
+    """open/close take effect in the configured exports at once (the watcher would only at its
+    next pass, and not at all when it is not running): 0, or 2 when an export failed (the
+    store change stands; the error is logged)."""
+    if not cfg.exports:
+        return 0
+    from .exports import sync_configured
+    store = _store(cfg)
+    try:
+        return 0 if sync_configured(cfg, store) else 2
+    except StoreError as exc:
+        raise AdminError(f"store: {exc}") from None
+    finally:
+        store.close()
 
 
 def cmd_check(cfg, ip_text: str, as_json: bool = False) -> int:

@@ -6,13 +6,16 @@ Formats (the `exports:` config key, or `logkey export --format F` on demand):
              `postmap -i lmdb:PATH` (new keys on stdin) and `postmap -d - lmdb:PATH` (gone keys on
              stdin), never replaced by rename: smtpd processes keep the file open, and LMDB
              updates reach them without a restart.
-- sendmail:  the access text file, `Connect:1.2.3.4 RELAY` / `Connect:IPv6:2001:db8::1 RELAY`,
-             then `makemap hash` when makemap is installed: built as a temp map beside it and
+- sendmail:  the access text file, `Connect:1.2.3.4 RELAY` / `Connect:IPv6:2001:db8:0:0:0:0:0:1
+             RELAY` (the form Debian's sendmail looks up) and `Connect:IPv6:2001:db8::1 RELAY`;
+             where PATH.db exists, then `makemap hash`: built as a temp map beside it and
              renamed to PATH.db (sendmail reopens a map whose file changed).
 - exim:      one address or network per line for `hosts = net-iplsearch;FILE` (IPv6 keys quoted,
              as iplsearch requires).
-- opensmtpd: one address or network per line, a `table NAME file:PATH` file; `command:` should
-             be `smtpctl update table NAME`.
+- opensmtpd: one address or network per line, a `table NAME file:PATH` file, after a first
+             line `# @list` (smtpd takes a file with no entries for a key-value table, and
+             refuses to start when one is used for `from src <NAME>`); smtpd reads it again on
+             `smtpctl update table NAME`, which needs root (docs/mta/opensmtpd.md).
 - text:      one gate key per line.
 - tcprules:  `path` is the cdb for `tcpserver -x`: gate lines `IP:allow,RELAYCLIENT=""` first,
              then the site's `base` rules file verbatim, compiled with `tcprules CDB CDB.tmp`
@@ -133,9 +136,26 @@ class Target:
         self.base = spec.get("base")
         self.failing = False            # an error was logged and not yet followed by success
         self.command_failing = False
+        self.seen = None                # the kept file's stat after our last sync
 
     def sync(self, keys: list[str]) -> bool:
         raise NotImplementedError
+
+    def kept_file(self) -> str:
+        """The file this export keeps (whose change by another writer is noticed)."""
+        return self.path
+
+    def signature(self):
+        try:
+            st = os.stat(self.kept_file())
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def forget(self) -> None:
+        """Another writer (`logkey open`/`close`, `logkey export`) changed the file: what this
+        target remembers of it is void; the next sync reads it again."""
+        self.seen = None
 
     def describe(self) -> str:
         return f"{self.format} export {self.path}"
@@ -147,6 +167,10 @@ class FileTarget(Target):
     def __init__(self, spec: dict):
         super().__init__(spec)
         self.last: bytes | None = None  # the content this export is known to hold
+
+    def forget(self) -> None:
+        super().forget()
+        self.last = None
 
     def content(self, keys) -> bytes:
         return render(self.format, keys).encode()
@@ -195,7 +219,16 @@ class SendmailTarget(FileTarget):
                             self.describe(), self.path)
             return None
 
+    def builds_db(self) -> bool:
+        """PATH.db is kept only where it exists already: a site whose access database is
+        logkey's alone (built once as root: `makemap hash PATH < PATH`). Elsewhere, as with
+        the shipped unit (user logkey, whose files sendmail calls unsafe), a root job merges
+        the text into the site's database (docs/mta/sendmail.md)."""
+        return os.path.exists(self.path + ".db")
+
     def after_stale(self) -> bool:
+        if not self.builds_db():
+            return False
         try:
             _tool("makemap")
         except ExportError:
@@ -206,6 +239,8 @@ class SendmailTarget(FileTarget):
             return True
 
     def after_write(self) -> None:
+        if not self.builds_db():
+            return
         makemap = self._makemap()
         if makemap is None:
             return
@@ -234,6 +269,10 @@ class TcprulesTarget(Target):
     def __init__(self, spec):
         super().__init__(spec)
         self.last: bytes | None = None  # the rules the cdb was last built from (by us)
+
+    def forget(self) -> None:
+        super().forget()
+        self.last = None
 
     def rules(self, keys) -> bytes:
         base = ""
@@ -270,6 +309,13 @@ class LmdbTarget(Target):
         self.map = path[: -len(".lmdb")] if path.endswith(".lmdb") else path
         self.file = self.map + ".lmdb"
         self.current: set[str] | None = None    # what the map holds, once read
+
+    def kept_file(self) -> str:
+        return self.file
+
+    def forget(self) -> None:
+        super().forget()
+        self.current = None
 
     def _read(self, postmap: str) -> set[str] | None:
         if not os.path.exists(self.file):
@@ -352,6 +398,14 @@ class Exporter:
         for target in self.targets:
             self._sync(target)
 
+    def changed_elsewhere(self) -> bool:
+        """True when an export's file was changed by another writer since our last sync."""
+        return any(t.seen is not None and t.signature() != t.seen for t in self.targets)
+
+    def forget(self) -> None:
+        for target in self.targets:
+            target.forget()
+
     def retry(self) -> None:
         """Try again the exports whose last update failed (with the last update's keys)."""
         if self.keys is None:
@@ -379,6 +433,7 @@ class Exporter:
             log.info("%s: up to date again", target.describe())
         if changed and target.command:
             self._command(target)
+        target.seen = target.signature()
 
     def _command(self, target: Target) -> None:
         try:
@@ -397,6 +452,19 @@ class Exporter:
             log.info("%s: command %r works again", target.describe(), target.command)
 
 
+def sync_configured(cfg, store, now: float | None = None) -> bool:
+    """Bring every configured export (cfg.exports) to the gates open in `store` now, running
+    each changed export's `command:`, as the watcher does: `logkey open`/`close` call this so
+    that they take effect in the exports at once, `logkey export` with no --format too.
+    Errors are logged (as the watcher logs them); True when every export is up to date."""
+    if not cfg.exports:
+        return True
+    now = time.time() if now is None else now
+    exporter = Exporter(cfg.exports)
+    exporter.update(list(store.scan(now)), now)
+    return not exporter.failing and not any(t.command_failing for t in exporter.targets)
+
+
 # --- `logkey export` ----------------------------------------------------------------------
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -406,8 +474,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description="Write the gates open now, from the store, in one export format: to "
                     "--output FILE (atomically; lmdb and tcprules need it), else to stdout. "
                     "A tcprules export takes the base rules of the configured tcprules "
-                    "export. The export's command: is not run.")
-    p.add_argument("--format", required=True, choices=FORMATS)
+                    "export; when --output is a configured export's path, that export's "
+                    "command: runs after the write. With no --format, every configured "
+                    "export is brought up to date, as the watcher does.")
+    p.add_argument("--format", choices=FORMATS,
+                   help="the format (default: every configured export)")
     p.add_argument("--output", metavar="FILE",
                    help="the file (for lmdb: the map name, as in lmdb:FILE; for tcprules: "
                         "the cdb)")
@@ -423,6 +494,9 @@ def main(args) -> int:
     from . import config as config_mod
     from .stores import StoreError, open_store
 
+    if args.format is None and args.output:
+        print("logkey: export: --output needs --format", file=sys.stderr)
+        return 2
     if args.format in ("lmdb", "tcprules") and not args.output:
         print(f"logkey: export: --format {args.format} needs --output FILE", file=sys.stderr)
         return 2
@@ -431,6 +505,8 @@ def main(args) -> int:
         now = time.time()
         store = open_store(cfg.store)
         try:
+            if args.format is None:
+                return 0 if sync_configured(cfg, store, now) else 2
             keys = sorted_keys(g.key for g in store.scan(now) if g.expires > now)
         finally:
             store.close()
@@ -439,8 +515,16 @@ def main(args) -> int:
             sys.stdout.flush()
             return 0
         base = next((e["base"] for e in cfg.exports if e["format"] == "tcprules"), None)
-        make_target({"format": args.format, "path": args.output, "command": None,
-                     "base": base}).sync(keys)
+        same = next((e for e in cfg.exports if e["format"] == args.format and
+                     os.path.abspath(e["path"]) == os.path.abspath(args.output)), None)
+        target = make_target({"format": args.format, "path": args.output,
+                              "command": same.get("command") if same else None, "base": base})
+        target.sync(keys)
+        if target.command:
+            out = run_bounded(["/bin/sh", "-c", target.command], timeout=COMMAND_TIMEOUT)
+            if out.returncode != 0:
+                raise ExportError(f"command {target.command!r} failed: exit {out.returncode}: "
+                                  f"{_tail(out.stderr) or _tail(out.stdout)}")
         return 0
     except StoreError as exc:
         print(f"logkey: export: store: {exc}", file=sys.stderr)

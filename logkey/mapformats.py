@@ -43,7 +43,11 @@ def v6_prefix_fields(net) -> str | None:
     the client's address at ':'. None when the prefix length is not a multiple of 16."""
     if net.prefixlen % 16:
         return None
-    groups = net.network_address.exploded.split(":")[: net.prefixlen // 16]
+    return _v6_fields(net.network_address.exploded.split(":")[: net.prefixlen // 16])
+
+
+def _v6_fields(groups) -> str:
+    """16-bit groups without leading zeros and without `::` (2001:db8:0:0:0:0:0:50)."""
     return ":".join(f"{int(g, 16):x}" for g in groups)
 
 
@@ -67,7 +71,12 @@ def render(fmt: str, keys: list[str], base: str | None = None) -> str:
             if not v6:
                 lines.append(f"Connect:{_addr(net)} RELAY")
             elif not _is_network(net):
-                lines.append(f"Connect:IPv6:{_addr(net)} RELAY")
+                # sendmail looks up the client as its build prints it: Debian's uncompressed
+                # (IPv6:2001:db8:0:0:0:0:0:50), others compressed; both lines, when they differ
+                full = _v6_fields(net.network_address.exploded.split(":"))
+                lines.append(f"Connect:IPv6:{full} RELAY")
+                if full != _addr(net):
+                    lines.append(f"Connect:IPv6:{_addr(net)} RELAY")
             elif (fields := v6_prefix_fields(net)) is not None:
                 lines.append(f"Connect:IPv6:{fields} RELAY")
             else:
@@ -82,6 +91,8 @@ def render(fmt: str, keys: list[str], base: str | None = None) -> str:
         else:
             raise ValueError(f"no text form for export format {fmt!r}")
     text = "".join(line + "\n" for line in lines)
+    if fmt == "opensmtpd":      # a list table even when empty: smtpd refuses to start on an
+        text = "# @list\n" + text      # empty file table used for `from src` lookups
     if fmt == "tcprules" and base:
         text += base if base.endswith("\n") else base + "\n"
     return text

@@ -432,6 +432,13 @@ class Watcher:
         if self.store is not None and self.outage_since is None:
             still = self._still_stored
         check_all = still is not None and now >= self.next_reconcile
+        if self.exporter is not None and self.exporter.changed_elsewhere():
+            # `logkey open`/`close` wrote the exports: check the store now (not at the next
+            # pass) and write the exports again from it (a gate opened by hand may have
+            # expired since, one closed by hand must not come back from our memory).
+            self.exporter.forget()
+            self.exports_dirty = True
+            check_all = still is not None
         if check_all:                           # gates closed by hand leave the exports too
             self.next_reconcile = now + RECONCILE_EVERY
             if self.exporter is not None:       # ... and those opened elsewhere join them

@@ -182,4 +182,5 @@ def open_tmp():
 def pytest_report_header(config):
     """The server versions the end-to-end suite runs against (tests/test_e2e*.py)."""
     from servers import versions
-    return ["servers: " + "; ".join(versions())]
+    from mtas import versions as mta_versions
+    return ["servers: " + "; ".join(versions()), "MTAs (private roots): " + "; ".join(mta_versions())]

@@ -80,11 +80,12 @@ def test_every_file_format_has_exactly_the_open_gates(tmp_path, mail_config):
     read = lambda f: (tmp_path / f"out.{f}").read_text()        # noqa: E731
     assert read("text") == "192.0.2.5\n192.0.2.66\n198.51.100.7\n2001:db8::1\n" \
                            "2001:db8:1:2::/64\n"
-    assert read("opensmtpd") == read("text")
+    assert read("opensmtpd") == "# @list\n" + read("text")
     assert read("exim") == '192.0.2.5\n192.0.2.66\n198.51.100.7\n"2001:db8::1"\n' \
                            '"2001:db8:1:2::/64"\n'
     assert read("sendmail") == ("Connect:192.0.2.5 RELAY\nConnect:192.0.2.66 RELAY\n"
-                                "Connect:198.51.100.7 RELAY\nConnect:IPv6:2001:db8::1 RELAY\n"
+                                "Connect:198.51.100.7 RELAY\nConnect:IPv6:2001:db8:0:0:0:0:0:1 RELAY\n"
+                                "Connect:IPv6:2001:db8::1 RELAY\n"
                                 "Connect:IPv6:2001:db8:1:2 RELAY\n")
     # tcprules: gates first (IPv4 only; the base's deny of 192.0.2.66 stands), then the base.
     assert render("tcprules", sorted_keys(g.key for g in GATES if g.expires > NOW),
@@ -109,8 +110,9 @@ def test_every_file_format_has_exactly_the_open_gates(tmp_path, mail_config):
 
 def test_no_gates_means_empty_exports_not_missing_ones(tmp_path, mail_config):
     Exporter(specs(tmp_path)).update([], NOW)
-    for f in ("sendmail", "exim", "opensmtpd", "text"):
+    for f in ("sendmail", "exim", "text"):
         assert (tmp_path / f"out.{f}").read_text() == ""
+    assert (tmp_path / "out.opensmtpd").read_text() == "# @list\n"   # smtpd's empty list table
     assert (tmp_path / "gatemap.lmdb").exists()           # smtpd must find the map
     assert "allow" in tcprulescheck(tmp_path / "out.tcprules", "198.51.100.7")
 
@@ -314,13 +316,14 @@ def test_running_watch_drops_an_expired_gate_from_every_export_on_time(tmp_path,
     assert answer("127.0.0.2") == "norelay 127.0.0.2"
 
     m = str(tmp_path / "gatemap")
-    files = {"text": "{ip}\n", "opensmtpd": "{ip}\n", "exim": "{ip}\n",
+    files = {"text": "{ip}\n", "opensmtpd": "# @list\n{ip}\n", "exim": "{ip}\n",
              "sendmail": "Connect:{ip} RELAY\n"}
 
     def every_export(ip):
         """True when every export holds exactly `ip` (or nothing, for None)."""
         for f, form in files.items():
-            if (tmp_path / f"out.{f}").read_text() != (form.format(ip=ip) if ip else ""):
+            empty = "# @list\n" if f == "opensmtpd" else ""
+            if (tmp_path / f"out.{f}").read_text() != (form.format(ip=ip) if ip else empty):
                 return False
         if postmap_q("127.0.0.2", m, env) != ("OK" if ip else None):
             return False
@@ -381,7 +384,8 @@ def test_logkey_export_on_demand(tmp_path):
                      str(tmp_path / "access"), env=env)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "access").read_text() == \
-        "Connect:198.51.100.7 RELAY\nConnect:IPv6:2001:db8::5 RELAY\n"
+        "Connect:198.51.100.7 RELAY\nConnect:IPv6:2001:db8:0:0:0:0:0:5 RELAY\n" \
+        "Connect:IPv6:2001:db8::5 RELAY\n"
     out = run_export("--format", "lmdb", "--config", str(cfg), env=env)
     assert out.returncode == 2 and "--output" in out.stderr
     out = run_export("--format", "lmdb", "--config", str(cfg), "--output",
@@ -441,3 +445,26 @@ def test_a_gate_closed_by_hand_leaves_the_exports(tmp_path):
         assert (tmp_path / "a.txt").read_text() == "198.51.100.8\n"
     finally:
         w.close()
+
+
+def test_open_close_and_export_bring_the_configured_exports_up_to_date_at_once(tmp_path):
+    """No watcher runs: `logkey open`/`close` write the configured exports themselves (and run
+    their command:), `logkey export` with no --format brings them all up to date, and with
+    --output a configured export's path runs that export's command: too."""
+    from conftest import run_logkey
+    out, log = tmp_path / "gates.txt", tmp_path / "command.log"
+    cfg = tmp_path / "logkey.yaml"
+    cfg.write_text(f"store: {{type: dir, path: {tmp_path}/gates}}\nwindow: 10m\n"
+                   f"exports:\n  - {{format: text, path: {out}, command: \"echo ran >> {log}\"}}\n")
+    run_logkey("open", "192.0.2.7", "--config", str(cfg), check=0)
+    assert out.read_text() == "192.0.2.7\n" and log.read_text() == "ran\n"
+    run_logkey("close", "192.0.2.7", "--config", str(cfg), check=0)
+    assert out.read_text() == "" and log.read_text() == "ran\nran\n"
+    DirStore(str(tmp_path / "gates")).put(gate("198.51.100.9"))   # opened behind its back
+    run_logkey("export", "--config", str(cfg), check=0)
+    assert out.read_text() == "198.51.100.9\n" and log.read_text().count("ran") == 3
+    out.unlink()
+    run_logkey("export", "--format", "text", "--output", str(out), "--config", str(cfg), check=0)
+    assert out.read_text() == "198.51.100.9\n" and log.read_text().count("ran") == 4
+    proc = run_logkey("export", "--output", str(out), "--config", str(cfg), check=2)
+    assert proc.stderr.decode().strip() == "logkey: export: --output needs --format"

@@ -44,6 +44,8 @@ def units_here(tmp_path) -> list:
     out = []
     for unit in sorted(UNITS.glob("*.service")):
         text = unit.read_text()
+        if "ExecStart=/usr/sbin/smtpctl " in text or "makemap" in text:   # root helpers
+            continue
         assert f"ExecStart={INSTALLED} " in text, unit
         copy = tmp_path / unit.name
         copy.write_text(text.replace(INSTALLED, logkey_exe()))

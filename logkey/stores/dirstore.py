@@ -145,9 +145,16 @@ class DirStore(Store):
 
     def put(self, gate: GateRecord) -> None:
         name = key_to_name(gate.key)
+        uid, gid = -1, -1 if self.gid is None else self.gid
+        if os.geteuid() == 0:           # root's `logkey open`: the file is the store owner's
+            try:                        # (the watcher, as user logkey, must read it)
+                st = os.stat(self.path)
+                uid, gid = st.st_uid, st.st_gid if self.gid is None else self.gid
+            except OSError:
+                pass
         try:                                           # the mtime IS the expiry
             write_atomic(self._file(name), gate.to_json().encode() + b"\n", mode=FILE_MODE,
-                         gid=-1 if self.gid is None else self.gid,
+                         uid=uid, gid=gid,
                          mtime_ns=int(round(gate.expires * 1e9)), temp_suffix=TEMP_SUFFIX)
         except OSError as e:
             raise self._error(f"write gate {name}", e) from None
