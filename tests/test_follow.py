@@ -395,9 +395,11 @@ def test_state_is_small_json_and_resumes(tmp_path):
 
 
 def test_rename_then_old_file_written_then_new_created(tmp_path):
+    """With rotate_wait 0 the renamed file is left as soon as the new one is there, its
+    unterminated last line a line of its own."""
     log = tmp_path / "mail.log"
     log.write_bytes(b"1\n")
-    f = Follower([str(log)], str(tmp_path / "state"), line_time=ALWAYS_RECENT)
+    f = Follower([str(log)], str(tmp_path / "state"), line_time=ALWAYS_RECENT, rotate_wait=0)
     assert len(f.read()) == 1
     with open(log, "ab") as old:
         os.rename(log, str(log) + ".1")
@@ -408,8 +410,8 @@ def test_rename_then_old_file_written_then_new_created(tmp_path):
         old.flush()
         log.write_bytes(b"new\n")
     got = f.read()
-    assert [(line.lineno, line.data) for line in got] == [
-        (3, b"3"), (4, b"partial, never completed"), (1, b"new")]
+    assert [(line.lineno, line.data) for line in got] == [         # each file in its order
+        (3, b"3"), (1, b"new"), (4, b"partial, never completed")]
     f.close()
 
 
@@ -453,7 +455,8 @@ def test_rotation_while_stopped_reads_the_rest_of_the_rotated_file(tmp_path, mod
     with open(log, "ab") as w:
         w.write(b"two\n")
     rotated = str(log) + ("-20261128" if mode == "dateext" else ".1")
-    (tmp_path / "mail.log.2").write_bytes(b"an older one\n")
+    (tmp_path / "mail.log.2").write_bytes(b"an older one\n")        # last written before
+    os.utime(tmp_path / "mail.log.2", (time.time() - 100,) * 2)    # logkey first saw mail.log
     if mode == "copytruncate":
         rotated_bytes = log.read_bytes()
         Path(rotated).write_bytes(rotated_bytes)
