@@ -21,7 +21,8 @@ Audit: every gate decision (opened, refreshed, refused, closed) is one line of i
 (audit.py; all lines in docs/log-lines.md); a followed file that others can write, or logins
 read from forgeable syslog lines, give one warning per file (logtrust.py).
 Config: logs, packs, store, state_dir, window, max_session, never_gate*, only_gate,
-max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports, popwrap, metrics.
+max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, rotate_wait, exports,
+popwrap, metrics.
 """
 from __future__ import annotations
 
@@ -220,6 +221,7 @@ class Watcher:
             follower = Follower([e["path"] for e in self.cfg.logs if e["journal"] is None],
                                 self.cfg.state_dir, line_max=self.cfg.line_max,
                                 attach_window=attach, line_time=self._line_time,
+                                rotate_wait=self.cfg.rotate_wait,
                                 now=lambda: self.now() - self.shift)
         except OSError as exc:
             raise WatchError(f"state_dir: {self.cfg.state_dir}: "

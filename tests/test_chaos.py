@@ -1,0 +1,115 @@
+"""Rotation chaos: Debian's real logrotate rotating a log that a syslog-like writer (or a real
+rsyslogd) writes logins to, under a real `logkey watch`. Each scenario counts the logins
+written, in some file at the end, gated, lost and replayed, prints them, and fails on any
+loss of a line that reached a file, on any replay and on a traceback in the watcher's log.
+The whole module runs in a few minutes (each scenario ~5-15 s)."""
+import os
+import shutil
+import signal
+import time
+
+import pytest
+
+from chaos import Scenario, check
+
+def _logrotate():
+    if shutil.which("logrotate", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
+        pytest.fail("logrotate not found: .ci/run installs it (apt-get install logrotate)")
+
+
+@pytest.fixture
+def scenario(tmp_path):
+    _logrotate()
+    made = []
+
+    def make(name, options, every, seconds, **kw):
+        s = Scenario(tmp_path, name, options, every, seconds, **kw)
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.stop()
+
+
+@pytest.mark.parametrize("delay_max", [0.0, 0.05, 0.2])
+def test_create_rotation_with_late_hup(scenario, delay_max):
+    """create: the writer goes on writing to the renamed file for 0..delay_max s after the HUP."""
+    s = scenario(f"create, HUP delay up to {delay_max * 1000:.0f} ms", "create 0640", 0.5, 5,
+                 delay_max=delay_max)
+    s.watch()
+    s.start_writer()
+    check(s.finish(), s.logs())
+
+
+def test_copytruncate(scenario):
+    s = scenario("copytruncate", "copytruncate", 0.3, 5)
+    s.watch()
+    s.start_writer()
+    report = s.finish()
+    check(report, s.logs())
+
+
+def test_compress_delaycompress(scenario):
+    s = scenario("create + compress + delaycompress", "create 0640\n    compress\n    delaycompress",
+                 0.25, 5)
+    s.watch()
+    s.start_writer()
+    check(s.finish(), s.logs())
+
+
+def test_compress_without_delay(scenario):
+    """compress at once: the renamed file is compressed while the writer may still write to it
+    (what it wrote after the compression is in no file, and not counted)."""
+    s = scenario("create + compress", "create 0640\n    compress", 0.3, 5)
+    s.watch()
+    s.start_writer()
+    check(s.finish(), s.logs())
+
+
+def test_rotation_every_100ms_with_the_watcher_stopped_a_moment(scenario):
+    s = scenario("every 0.1 s, watcher SIGSTOPped", "create 0640\n    compress\n    delaycompress",
+                 0.1, 6)
+    w = s.watch()
+    s.start_writer()
+    for _ in range(3):
+        time.sleep(1.0)
+        os.kill(w.proc.pid, signal.SIGSTOP)
+        time.sleep(0.7)
+        os.kill(w.proc.pid, signal.SIGCONT)
+    check(s.finish(), s.logs())
+
+
+def test_kill_9_with_two_rotations_while_down(scenario):
+    s = scenario("kill -9, two rotations while down", "create 0640\n    compress\n    delaycompress",
+                 3600, 6)
+    w = s.watch()
+    s.start_writer()
+    for _ in range(2):
+        time.sleep(1.5)
+        w.proc.send_signal(signal.SIGKILL)
+        w.proc.wait(10)
+        s.rotator.once()
+        time.sleep(0.3)
+        s.rotator.once()
+        w = s.watch()
+    check(s.finish(), s.logs())
+
+
+def test_stopped_for_seconds_across_rotations(scenario):
+    s = scenario("stopped 3 s across rotations", "create 0640\n    compress\n    delaycompress",
+                 0.4, 7)
+    w = s.watch()
+    s.start_writer()
+    time.sleep(1.5)
+    assert w.stop() == 0
+    time.sleep(3)
+    s.watch()
+    check(s.finish(), s.logs())
+
+
+def test_invalid_bytes_and_megabyte_lines(scenario):
+    s = scenario("invalid bytes, 1 MB lines", "create 0640\n    compress\n    delaycompress",
+                 0.4, 5, hostile=True)
+    s.watch()
+    s.start_writer()
+    check(s.finish(), s.logs())
