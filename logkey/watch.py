@@ -398,6 +398,9 @@ class Watcher:
                 self.store.purge(now)
             except StoreError as exc:
                 self._outage(exc)
+            if getattr(self.store, "temps_removed", 0):
+                log.info("gate store: %d stale temp file(s) of a writer that died removed",
+                         self.store.temps_removed)
         if self.status is not None:
             self.status.tick()
 
