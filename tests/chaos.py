@@ -15,6 +15,7 @@ import gzip
 import lzma
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,9 +32,15 @@ rnd = random.Random(13)
 reopen_at = [None]
 def hup(signum, frame):
     reopen_at[0] = time.monotonic() + rnd.uniform(0, delay_max)
-signal.signal(signal.SIGHUP, hup)
-open(pidfile, "w").write(str(os.getpid()))
-fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+syslog = path.startswith("unix:")          # a real rsyslogd writes the file: send it datagrams
+if syslog:
+    import socket
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.connect(path[5:])
+else:
+    signal.signal(signal.SIGHUP, hup)
+    open(pidfile, "w").write(str(os.getpid()))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
 n, t0 = 0, time.monotonic()
 end = t0 + seconds
 while time.monotonic() < end:
@@ -49,15 +56,18 @@ while time.monotonic() < end:
         line += b"%s mail dovecot: \xff\xfe\x00 invalid bytes \xc3(\n" % stamp.encode()
     if hostile and n % 400 == 11:
         line += b"%s mail dovecot: " % stamp.encode() + b"A" * (1 << 20) + b"\n"
-    view = memoryview(line)
-    while view:
-        view = view[os.write(fd, view):]
+    if syslog:
+        sock.send(b"<22>" + line.split(b" mail ", 1)[1].rstrip(b"\n"))
+    else:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
     print(ip, flush=True)
     n += 1
     time.sleep(max(0.0, n / rate - (time.monotonic() - t0)))
 """
 
-LOGIN_IP = re.compile(rb"dovecot: pop3-login: Login: user=<u\d+>, method=PLAIN, rip=(198\.1[89]\.\d+\.\d+),")
+LOGIN_IP = re.compile(rb" dovecot: pop3-login: Login: user=<u\d+>, method=PLAIN, rip=(198\.1[89]\.\d+\.\d+),")
 AUDIT = re.compile(r"gate (open|refresh) ip=(198\.1[89]\.\d+\.\d+) ")
 
 
@@ -126,16 +136,47 @@ def audit_counts(text: str) -> dict[str, int]:
     return counts
 
 
+class Rsyslog:
+    """A real rsyslogd writing mail.* to `log` (RSYSLOG_FileFormat), taking datagrams on a
+    socket of its own in `tmp` (never /dev/log), no rate limit; SIGHUP makes it reopen."""
+
+    def __init__(self, tmp: Path, log: Path):
+        self.socket = tmp / "log.sock"
+        self.pidfile = tmp / "rsyslogd.pid"
+        (tmp / "rsyslog-work").mkdir()
+        self.conf = tmp / "rsyslog.conf"
+        self.conf.write_text(f"""global(workDirectory="{tmp}/rsyslog-work")
+module(load="imuxsock" SysSock.Use="off")
+input(type="imuxsock" Socket="{self.socket}" RateLimit.Interval="0" CreatePath="on")
+mail.* action(type="omfile" file="{log}" template="RSYSLOG_FileFormat")
+""")
+        rsyslogd = shutil.which("rsyslogd", path=os.environ.get("PATH", "") + ":/usr/sbin")
+        self.proc = subprocess.Popen([rsyslogd, "-n", "-f", str(self.conf), "-i",
+                                      str(self.pidfile)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        wait_for(lambda: self.socket.exists() and self.pidfile.exists()
+                 or self.proc.poll() is not None, what="rsyslogd's socket")
+        assert self.proc.poll() is None, self.proc.stderr.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.proc.stderr.close()
+
+
 class Scenario:
     """One chaos run: the writer, logrotate and a watcher in `tmp`; `report()` the counts."""
 
     def __init__(self, tmp: Path, name: str, options: str, every: float, seconds: float,
                  rate: float = 150, hostile: bool = False, delay_max: float = 0.2,
-                 rotate_wait: str = "5s"):
+                 rotate_wait: str = "5s", rsyslog: bool = False):
         self.tmp, self.name = tmp, name
         self.log = tmp / "logs" / "mail.log"
         self.log.parent.mkdir()
-        self.pidfile = tmp / "writer.pid"
+        self.rsyslog = Rsyslog(tmp, self.log) if rsyslog else None
+        self.pidfile = self.rsyslog.pidfile if rsyslog else tmp / "writer.pid"
         self.seconds, self.rate, self.hostile, self.delay_max = seconds, rate, hostile, delay_max
         self.cfg = tmp / "logkey.yaml"
         self.cfg.write_text(f"logs:\n  - path: {self.log}\n    packs: [dovecot]\n"
@@ -161,7 +202,9 @@ class Scenario:
         self.log.touch()
         with open(self.ledger, "wb") as out:
             self.writer = subprocess.Popen(
-                [sys.executable, "-c", WRITER, str(self.log), str(self.pidfile), str(self.rate),
+                [sys.executable, "-c", WRITER,
+                 f"unix:{self.rsyslog.socket}" if self.rsyslog else str(self.log),
+                 str(self.pidfile), str(self.rate),
                  str(self.seconds), "1" if self.hostile else "0", str(self.delay_max)],
                 stdout=out, stdin=subprocess.DEVNULL)
         wait_for(self.pidfile.exists, what="the writer's pid file")
@@ -172,6 +215,8 @@ class Scenario:
         the files (bounded); the counts."""
         self.writer.wait(self.seconds + 60)
         self.rotator.stop()
+        if self.rsyslog is not None:             # what it has taken in is in the file
+            time.sleep(1.0)
         in_file = file_ips(self.log.parent, self.log.name)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -204,6 +249,8 @@ class Scenario:
 
     def stop(self):
         self.rotator.stop_flag.set()
+        if self.rsyslog is not None:
+            self.rsyslog.stop()
         if self.writer is not None and self.writer.poll() is None:
             self.writer.kill()
             self.writer.wait(10)

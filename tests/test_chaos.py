@@ -113,3 +113,13 @@ def test_invalid_bytes_and_megabyte_lines(scenario):
     s.watch()
     s.start_writer()
     check(s.finish(), s.logs())
+
+
+def test_real_rsyslogd_writer_with_logrotate(scenario):
+    """Debian's setup: rsyslogd writes the file, logrotate rotates it (create, compress,
+    delaycompress, sharedscripts) and HUPs rsyslogd, which reopens it."""
+    s = scenario("rsyslogd + logrotate", "create 0640\n    compress\n    delaycompress", 0.3, 6,
+                 rsyslog=True, rate=200)
+    s.watch()
+    s.start_writer()
+    check(s.finish(), s.logs())
