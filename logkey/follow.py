@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from .atomic import write_atomic
 import lzma
 
-from .rotated import COMPRESSED, Generation, count_rest, open_candidate, resolve
+from .rotated import COMPRESSED, FP_LEN, Generation, count_rest, open_candidate, resolve
 from .seek import attach_point, header_time
 
 log = logging.getLogger(__name__)
@@ -389,7 +389,7 @@ class Follower:
                 return False
         extra = []
         if truncated:                   # its content now starts again: the rest is in a copy
-            extra = [live.record("resume")]
+            extra = [dict(live.record("resume"), head=live.head)]   # (head: never saved)
             live.close()
             s.gens.remove(live)
         elif live is not None:
@@ -458,8 +458,27 @@ class Follower:
         if s.seek:
             s.seek = False
             now = self.now()
-            pos, lineno = attach_point(fd, st.st_size, self.line_time or header_time(now),
-                                       now - self.attach_window, self.line_max)
+            fn, cutoff = self.line_time or header_time(now), now - self.attach_window
+            # The window may reach back into rotated files: those written to since the
+            # cutoff, oldest first, each from its first line inside the window (not a copy
+            # of the live file's start: a copytruncate under way).
+            head = os.pread(fd, FP_LEN, 0)
+            for c, _ in resolve(s.path, [], cutoff)[0]:
+                if c.live or (head and c.head and (head.startswith(c.head) or
+                                                   c.head.startswith(head))):
+                    continue
+                if (g := open_candidate(c, None, None)) is None:
+                    continue
+                if g.stream is None:
+                    pos, lineno = attach_point(g.fd, c.st.st_size, fn, cutoff, self.line_max)
+                    g.pos = g.scan = pos
+                    g.lineno, g.numbered = lineno or 0, lineno is not None
+                g.grew = time.monotonic()
+                s.gens.append(g)
+            if s.gens:
+                s.gens.append(Generation(fd, st, 0, 0, name=s.path))
+                return
+            pos, lineno = attach_point(fd, st.st_size, fn, cutoff, self.line_max)
             s.gens.append(Generation(fd, st, pos, lineno or 0, numbered=lineno is not None,
                                      name=s.path))
             return

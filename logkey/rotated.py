@@ -73,7 +73,7 @@ class Generation:
     """One open generation of a followed file and the read position in it. A compressed one
     is read through its decompressor, in order only."""
     __slots__ = ("fd", "dev", "ino", "pos", "lineno", "fp", "fp_len", "buf", "skipping", "scan",
-                 "rotated", "numbered", "since", "stream", "name", "grew", "eof")
+                 "rotated", "numbered", "since", "stream", "name", "grew", "eof", "head")
 
     def __init__(self, fd, st, pos, lineno, fp=None, fp_len=0, rotated=False, numbered=True,
                  since=None, stream=None, name=None):
@@ -87,6 +87,7 @@ class Generation:
         self.stream, self.name = stream, name
         self.grew = None                # monotonic time it last grew (while rotated)
         self.eof = False                # a compressed one read to its end
+        self.head = b""                 # its first bytes, as far as seen (up to FP_LEN)
         self.fp, self.fp_len = fp, fp_len
         if fp is None:
             self.fp_len = -1
@@ -115,7 +116,7 @@ class Generation:
         if self.fp_len < FP_LEN:
             head = os.pread(self.fd, FP_LEN, 0)
             if len(head) > self.fp_len:
-                self.fp, self.fp_len = _fingerprint(head), len(head)
+                self.fp, self.fp_len, self.head = _fingerprint(head), len(head), head
         return True
 
     def number(self, n: int) -> int:
@@ -151,6 +152,8 @@ class Candidate:
         same_inode = self.ext is None and (self.st.st_dev, self.st.st_ino) == (rec["dev"], rec["ino"])
         if rec["fp_len"] == 0:
             return same_inode
+        if rec.get("head") and len(self.head) < rec["fp_len"]:    # a short copy: the bytes
+            return bool(self.head) and rec["head"].startswith(self.head)   # themselves
         return len(self.head) >= rec["fp_len"] and _fingerprint(self.head[:rec["fp_len"]]) == rec["fp"]
 
     def rank(self) -> tuple:
