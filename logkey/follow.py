@@ -1,24 +1,31 @@
 """Follow log files: every complete new line once, in order, across rotation, restarts and crashes.
 
-Reads: the followed logs (paths or globs) and, after a rotation, their rotated siblings
-  (PATH.N, PATH-*; compressed ones are not read); the state files in `state_dir`.
-Writes: one small JSON state file per followed log in `state_dir` (dev, inode, offset, line
-  number, fingerprint of the first bytes), named by a hash of the path; temp file, fsync,
-  rename, fsync of the directory, so a crash leaves the old state or the new one, never none.
+Reads: the followed logs (paths or globs) and their rotated siblings (PATH.N, PATH.N.gz,
+  PATH-DATE...; .gz, .bz2 and .xz read, .zst with a zstd module: rotated.py); the state files
+  in `state_dir`.
+Writes: one small JSON state file per followed log in `state_dir`: the newest generation's
+  record (dev, inode, offset, line number, fingerprint of the first bytes, first-seen mtime)
+  and, in "chain", every generation still being read and the last ones finished; named by a
+  hash of the path; temp file, fsync, rename, fsync of the directory, so a crash leaves the old
+  state or the new one, never none.
 Trust: log content is hostile and stays bytes (invalid UTF-8, NUL, CR, megabyte lines); only
   b"\\n" ends a line, one CR before it is dropped, a line over `line_max` is skipped whole and
   reported as data=None (the semantics of lines.read_lines). A partial last line is held back
-  until it is completed; the committed offset never passes it.
-Config: line_max (bytes), attach_window (seconds looked back on a first attach), poll_interval
-  (seconds, when inotify is not available).
+  until it is completed (or its generation is left); the committed offset never passes it.
+Config: line_max (bytes), attach_window (seconds that can still matter: max(window,
+  max_session)), rotate_wait (seconds a renamed file is still read after it last grew),
+  poll_interval (seconds, when inotify is not available).
 
-Rotation (the generations and the search for a rotated one: rotated.py). rename-and-create: the old file stays open and is read to its end once the new one
-exists, then the new one is read from 0. copytruncate (the file got shorter than what was read,
-or its first bytes changed): the copy -- the sibling whose first bytes match -- is read from our
-offset to its end, then the truncated file from 0. After a restart the saved inode is looked for
-among the siblings (renamed), or the saved fingerprint (copied). A missing log is waited for.
-First attach without a saved offset: binary search on byte offsets for the first line whose
-time is >= now - attach_window; a file that appears later is read from its start.
+Rotation. rename-and-create: the renamed file stays open and is read beside the new one (each
+in its own order) until it has not grown for rotate_wait. Whenever the live path is another
+generation (renamed and created, or copytruncated: shorter than what was read, or its first
+bytes changed), and at a restart, rotated.resolve finds every generation not read yet, oldest
+first: the rest of the one logkey was in (same inode, or a copy with the same first bytes,
+compressed or not), the later ones from 0, the live file last. Rotated files last written
+before now - attach_window are skipped, their lines counted and logged. A missing log is
+waited for. First attach without a saved offset: binary search on byte offsets for the first
+line whose time is >= now - attach_window, in the rotated files written since then too; a file
+that appears later is read from its start.
 """
 from __future__ import annotations
 
