@@ -34,14 +34,14 @@ import glob
 import hashlib
 import json
 import logging
+import lzma
 import os
+import re
 import select
 import time
 from dataclasses import dataclass
 
 from .atomic import write_atomic
-import lzma
-
 from .rotated import COMPRESSED, FP_LEN, Generation, count_rest, open_candidate, resolve
 from .seek import attach_point, header_time
 
@@ -53,6 +53,7 @@ RESCAN = 5.0               # seconds between glob rescans with no inotify event
 ROTATE_WAIT = 5.0          # seconds a renamed-away file is still read after it last grew
 CHAIN_MAX = 48             # finished generations remembered (so none is read twice)
 STATE_MAX = 1 << 17        # bytes of a state file read at most
+_STATE_TEMP = re.compile(r"\.[0-9a-f]{32}\.json\.[0-9a-f]{12}\.tmp")   # write_atomic's
 _WATCH_FLAGS = ("MODIFY", "CREATE", "MOVED_TO", "MOVED_FROM", "DELETE", "CLOSE_WRITE", "ATTRIB")
 
 
@@ -99,6 +100,7 @@ class Follower:
         self.poll_interval = poll_interval
         self.rotate_wait = rotate_wait
         os.makedirs(state_dir, mode=0o750, exist_ok=True)
+        self._remove_stale_temps()
         self._streams: dict[str, _Stream] = {}
         self._more = False
         self._rescan_at = 0.0
@@ -288,6 +290,22 @@ class Follower:
             log.warning("state file %s for %s unreadable (%s): treated as no saved offset",
                         name, s.path, e)
             return None
+
+    def _remove_stale_temps(self) -> None:
+        """State temp files of a follower killed while writing one (.KEY.json.HEX.tmp): only
+        that name pattern, the name itself (a symlink is never followed)."""
+        try:
+            names = [n for n in os.listdir(self.state_dir) if _STATE_TEMP.fullmatch(n)]
+        except OSError:
+            return
+        for name in names:
+            try:
+                os.unlink(os.path.join(self.state_dir, name))
+            except OSError:
+                pass
+        if names:
+            log.info("%s: %d stale temp file(s) of a state write that died removed",
+                     self.state_dir, len(names))
 
     def _write_state(self, key: str, data: bytes) -> None:
         # (commit() syncs the directory once for all the files it wrote)

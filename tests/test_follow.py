@@ -589,3 +589,14 @@ def test_copytruncate_copy_shorter_than_the_offset_is_no_loss_and_no_warning(tmp
         assert [line.data for line in f.read()] == [b"4"]
     assert "truncated" not in caplog.text
     f.close()
+
+
+def test_stale_state_temp_files_are_removed_at_start_and_only_those(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    stale = state / (".%s.json.0123456789ab.tmp" % ("a" * 32))
+    stale.write_text("{")
+    other = state / ".journal.cursor.0123456789ab.tmp"
+    other.write_text("not a follower's")
+    Follower([str(tmp_path / "mail.log")], str(state)).close()
+    assert sorted(os.listdir(state)) == [other.name]
