@@ -12,6 +12,7 @@ import pytest
 
 from chaos import Scenario, check
 
+
 def _logrotate():
     if shutil.which("logrotate", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
         pytest.fail("logrotate not found: .ci/run installs it (apt-get install logrotate)")
@@ -31,43 +32,38 @@ def scenario(tmp_path):
         s.stop()
 
 
-@pytest.mark.parametrize("delay_max", [0.0, 0.05, 0.2])
-def test_create_rotation_with_late_hup(scenario, delay_max):
-    """create: the writer goes on writing to the renamed file for 0..delay_max s after the HUP."""
-    s = scenario(f"create, HUP delay up to {delay_max * 1000:.0f} ms", "create 0640", 0.5, 5,
-                 delay_max=delay_max)
-    s.watch()
-    s.start_writer()
-    check(s.finish(), s.logs())
+CREATE = "create 0640"
+COMPRESS = "create 0640\n    compress\n    delaycompress"
+
+# (name, logrotate directives, seconds between rotations, seconds written, Scenario options)
+RUNNING = [
+    ("create, HUP delay 0 ms", CREATE, 0.5, 5, {"delay_max": 0.0}),
+    ("create, HUP delay up to 50 ms", CREATE, 0.5, 5, {"delay_max": 0.05}),
+    ("create, HUP delay up to 200 ms", CREATE, 0.5, 5, {"delay_max": 0.2}),
+    ("copytruncate", "copytruncate", 0.3, 5, {}),
+    ("create + compress + delaycompress", COMPRESS, 0.25, 5, {}),
+    # compress at once: the renamed file is compressed while the writer may still write to
+    # it (what it wrote after the compression is in no file, and not counted)
+    ("create + compress", "create 0640\n    compress", 0.3, 5, {}),
+    ("invalid bytes, 1 MB lines", COMPRESS, 0.4, 5, {"hostile": True}),
+    # Debian's setup: rsyslogd writes the file, logrotate rotates it (create, compress,
+    # delaycompress, sharedscripts) and HUPs rsyslogd, which reopens it
+    ("rsyslogd + logrotate", COMPRESS, 0.3, 6, {"rsyslog": True, "rate": 200}),
+]
 
 
-def test_copytruncate(scenario):
-    s = scenario("copytruncate", "copytruncate", 0.3, 5)
-    s.watch()
-    s.start_writer()
-    report = s.finish()
-    check(report, s.logs())
-
-
-def test_compress_delaycompress(scenario):
-    s = scenario("create + compress + delaycompress", "create 0640\n    compress\n    delaycompress",
-                 0.25, 5)
-    s.watch()
-    s.start_writer()
-    check(s.finish(), s.logs())
-
-
-def test_compress_without_delay(scenario):
-    """compress at once: the renamed file is compressed while the writer may still write to it
-    (what it wrote after the compression is in no file, and not counted)."""
-    s = scenario("create + compress", "create 0640\n    compress", 0.3, 5)
+@pytest.mark.parametrize("name, options, every, seconds, kw", RUNNING,
+                         ids=[r[0] for r in RUNNING])
+def test_rotation_under_a_running_watcher(scenario, name, options, every, seconds, kw):
+    """The writer reopens 0..delay_max s after logrotate's HUP (200 ms by default)."""
+    s = scenario(name, options, every, seconds, **kw)
     s.watch()
     s.start_writer()
     check(s.finish(), s.logs())
 
 
 def test_rotation_every_100ms_with_the_watcher_stopped_a_moment(scenario):
-    s = scenario("every 0.1 s, watcher SIGSTOPped", "create 0640\n    compress\n    delaycompress",
+    s = scenario("every 0.1 s, watcher SIGSTOPped", COMPRESS,
                  0.1, 6)
     w = s.watch()
     s.start_writer()
@@ -80,7 +76,7 @@ def test_rotation_every_100ms_with_the_watcher_stopped_a_moment(scenario):
 
 
 def test_kill_9_with_two_rotations_while_down(scenario):
-    s = scenario("kill -9, two rotations while down", "create 0640\n    compress\n    delaycompress",
+    s = scenario("kill -9, two rotations while down", COMPRESS,
                  3600, 6)
     w = s.watch()
     s.start_writer()
@@ -96,7 +92,7 @@ def test_kill_9_with_two_rotations_while_down(scenario):
 
 
 def test_stopped_for_seconds_across_rotations(scenario):
-    s = scenario("stopped 3 s across rotations", "create 0640\n    compress\n    delaycompress",
+    s = scenario("stopped 3 s across rotations", COMPRESS,
                  0.4, 7)
     w = s.watch()
     s.start_writer()
@@ -104,22 +100,4 @@ def test_stopped_for_seconds_across_rotations(scenario):
     assert w.stop() == 0
     time.sleep(3)
     s.watch()
-    check(s.finish(), s.logs())
-
-
-def test_invalid_bytes_and_megabyte_lines(scenario):
-    s = scenario("invalid bytes, 1 MB lines", "create 0640\n    compress\n    delaycompress",
-                 0.4, 5, hostile=True)
-    s.watch()
-    s.start_writer()
-    check(s.finish(), s.logs())
-
-
-def test_real_rsyslogd_writer_with_logrotate(scenario):
-    """Debian's setup: rsyslogd writes the file, logrotate rotates it (create, compress,
-    delaycompress, sharedscripts) and HUPs rsyslogd, which reopens it."""
-    s = scenario("rsyslogd + logrotate", "create 0640\n    compress\n    delaycompress", 0.3, 6,
-                 rsyslog=True, rate=200)
-    s.watch()
-    s.start_writer()
     check(s.finish(), s.logs())
