@@ -77,6 +77,7 @@ class _Stream:
         self.saved: list[dict] | None = None   # state from the last run, used at the first read
         self.started = False        # looked at the file once (seek or resume done)
         self.seek = seek            # no saved state: seek by time (True) or read from 0 (False)
+        self.created = time.time()  # (wall clock, as mtimes) when logkey began to follow it
         self.last: dict | None = None       # the position after everything read() returned
         self.committed: dict | None = None
         self.warned = False
@@ -318,6 +319,8 @@ class Follower:
         if s.saved is not None or (not s.gens and not s.started):
             self._open(s)
         for _ in range(8):              # a few generation switches per call at most
+            if self._first_bytes(s):
+                continue
             for g in list(s.gens):
                 if not g.rotated and self._truncated(g):    # before reading the new content
                     break
@@ -426,6 +429,18 @@ class Follower:
                         extra[0]["offset"])
         return bool(added[0]) or truncated
 
+    def _first_bytes(self, s: _Stream) -> bool:
+        """The live file was empty when opened and has content now: if it was copytruncated
+        meanwhile, what was in it before is in a copy no fingerprint can name (an empty file
+        has none), so look for generations not read yet before reading it. True if some were
+        added."""
+        live = s.gens[-1] if s.gens and not s.gens[-1].rotated else None
+        if live is None or live.fp_len != 0 or live.scan != 0 or os.fstat(live.fd).st_size == 0:
+            return False
+        added, _ = self._catch_up(s, [])
+        live.same_start()               # its fingerprint from now on
+        return bool(added)
+
     def _unknown(self, s: _Stream, st) -> bool:
         """The live path names a file none of the open generations is."""
         return all((st.st_dev, st.st_ino) != (g.dev, g.ino) for g in s.gens)
@@ -452,7 +467,8 @@ class Follower:
                 g.grew = time.monotonic()
                 if rec is None or rec.get("offset"):
                     log.info("%s: reading rotated %s from offset %d", s.path, c.name, g.pos)
-            s.gens.append(g)
+            live = s.gens and not s.gens[-1].rotated
+            s.gens.insert(len(s.gens) - 1 if live and g.rotated else len(s.gens), g)
             n += 1
         mine = found[len(recs) - len(extra):]
         return n, (mine if each else all(mine))
@@ -480,34 +496,34 @@ class Follower:
             return
         s.started = True
         st = os.fstat(fd)
-        if s.seek:
-            s.seek = False
-            now = self.now()
-            fn, cutoff = self.line_time or header_time(now), now - self.attach_window
-            # The window may reach back into rotated files: those written to since the
-            # cutoff, oldest first, each from its first line inside the window (not a copy
-            # of the live file's start: a copytruncate under way).
-            head = os.pread(fd, FP_LEN, 0)
-            for c, _ in resolve(s.path, [], cutoff)[0]:
-                if c.live or (head and c.head and (head.startswith(c.head) or
-                                                   c.head.startswith(head))):
-                    continue
-                if (g := open_candidate(c, None, None)) is None:
-                    continue
-                if g.stream is None:
-                    pos, lineno = attach_point(g.fd, c.st.st_size, fn, cutoff, self.line_max)
-                    g.pos = g.scan = pos
-                    g.lineno, g.numbered = lineno or 0, lineno is not None
-                g.grew = time.monotonic()
-                s.gens.append(g)
-            if s.gens:
-                s.gens.append(Generation(fd, st, 0, 0, name=s.path))
-                return
+        now = self.now()
+        fn, cutoff = self.line_time or header_time(now), now - self.attach_window
+        # Rotated files may hold lines not read yet: on a first attach, those the window
+        # covers; for a file that appeared later, those written since logkey began to wait
+        # for it (written, then copied and truncated or renamed, before logkey looked). Oldest
+        # first, never a copy of the live file's start (a copytruncate under way).
+        head = os.pread(fd, FP_LEN, 0)
+        for c, _ in resolve(s.path, [], cutoff)[0]:
+            if c.live or (head and c.head and (head.startswith(c.head) or
+                                               c.head.startswith(head))):
+                continue
+            if not s.seek and c.st.st_mtime < s.created:
+                continue
+            if (g := open_candidate(c, None, None)) is None:
+                continue
+            if s.seek and g.stream is None:
+                pos, lineno = attach_point(g.fd, c.st.st_size, fn, cutoff, self.line_max)
+                g.pos = g.scan = pos
+                g.lineno, g.numbered = lineno or 0, lineno is not None
+            g.grew = time.monotonic()
+            s.gens.append(g)
+        if s.seek and not s.gens:
             pos, lineno = attach_point(fd, st.st_size, fn, cutoff, self.line_max)
             s.gens.append(Generation(fd, st, pos, lineno or 0, numbered=lineno is not None,
                                      name=s.path))
-            return
-        s.gens.append(Generation(fd, st, 0, 0, name=s.path))
+        else:
+            s.gens.append(Generation(fd, st, 0, 0, name=s.path))
+        s.seek = False
 
 
 def _checked(r) -> dict:

@@ -600,3 +600,24 @@ def test_stale_state_temp_files_are_removed_at_start_and_only_those(tmp_path):
     other.write_text("not a follower's")
     Follower([str(tmp_path / "mail.log")], str(state)).close()
     assert sorted(os.listdir(state)) == [other.name]
+
+
+def test_copytruncate_of_a_file_logkey_saw_empty(tmp_path):
+    """An empty file has no fingerprint: written, copied and truncated, then written again
+    before the next read, its first lines are in the copy, which is read first."""
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"")
+    f = Follower([str(log)], str(tmp_path / "state"), line_time=ALWAYS_RECENT)
+    assert f.read() == []
+    for rotation in range(2):
+        with open(log, "ab") as w:
+            w.write(b"%d before\n" % rotation)
+        (tmp_path / f"mail.log.{2 - rotation}").write_bytes(log.read_bytes())   # the copy
+        with open(log, "r+b") as w:
+            w.truncate(0)
+        got = [line.data for line in f.read()]
+        with open(log, "ab") as w:
+            w.write(b"%d after\n" % rotation)
+        got += [line.data for line in f.read()]
+        assert got == [b"%d before" % rotation, b"%d after" % rotation]
+    f.close()
