@@ -134,11 +134,13 @@ def cmd_check(cfg, ip_text: str, as_json: bool = False) -> int:
 
 
 def cmd_purge(cfg) -> int:
+    store = _store(cfg)
     try:
-        n = _store(cfg).purge()
+        n = store.purge()
     except StoreError as exc:
         raise AdminError(f"store: {exc}") from None
-    print(f"removed {n} expired gate(s)")
+    temps = getattr(store, "temps_removed", 0)
+    print(f"removed {n} expired gate(s)" + (f" and {temps} stale temp file(s)" if temps else ""))
     return 0
 
 

@@ -384,6 +384,8 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
     "patterns_dir": ("/etc/logkey/patterns.d", _path,
                      "directory of local packs; a local pack overrides a shipped one by name"),
     "line_max": (65536, _positive_int, "bytes; a longer log line is counted and skipped"),
+    "rotate_wait": (5, _duration, "seconds a rotated-away log is still read after it last "
+                                  "grew (its writer may write to it until it reopens)"),
     "logs": ([], _logs, "log files to follow (paths or globs), each with optional packs: "
                         "[NAME...], own_file: PACK and sender_verified: true (the log daemon "
                         "lets only the real daemon's lines into this file; SECURITY.md); or "

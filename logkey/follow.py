@@ -1,24 +1,31 @@
 """Follow log files: every complete new line once, in order, across rotation, restarts and crashes.
 
-Reads: the followed logs (paths or globs) and, after a rotation, their rotated siblings
-  (PATH.N, PATH-*; compressed ones are not read); the state files in `state_dir`.
-Writes: one small JSON state file per followed log in `state_dir` (dev, inode, offset, line
-  number, fingerprint of the first bytes), named by a hash of the path; temp file, fsync,
-  rename, fsync of the directory, so a crash leaves the old state or the new one, never none.
+Reads: the followed logs (paths or globs) and their rotated siblings (PATH.N, PATH.N.gz,
+  PATH-DATE...; .gz, .bz2 and .xz read, .zst with a zstd module: rotated.py); the state files
+  in `state_dir`.
+Writes: one small JSON state file per followed log in `state_dir`: the newest generation's
+  record (dev, inode, offset, line number, fingerprint of the first bytes, first-seen mtime)
+  and, in "chain", every generation still being read and the last ones finished; named by a
+  hash of the path; temp file, fsync, rename, fsync of the directory, so a crash leaves the old
+  state or the new one, never none.
 Trust: log content is hostile and stays bytes (invalid UTF-8, NUL, CR, megabyte lines); only
   b"\\n" ends a line, one CR before it is dropped, a line over `line_max` is skipped whole and
   reported as data=None (the semantics of lines.read_lines). A partial last line is held back
-  until it is completed; the committed offset never passes it.
-Config: line_max (bytes), attach_window (seconds looked back on a first attach), poll_interval
-  (seconds, when inotify is not available).
+  until it is completed (or its generation is left); the committed offset never passes it.
+Config: line_max (bytes), attach_window (seconds that can still matter: max(window,
+  max_session)), rotate_wait (seconds a renamed file is still read after it last grew),
+  poll_interval (seconds, when inotify is not available).
 
-Rotation (the generations and the search for a rotated one: rotated.py). rename-and-create: the old file stays open and is read to its end once the new one
-exists, then the new one is read from 0. copytruncate (the file got shorter than what was read,
-or its first bytes changed): the copy -- the sibling whose first bytes match -- is read from our
-offset to its end, then the truncated file from 0. After a restart the saved inode is looked for
-among the siblings (renamed), or the saved fingerprint (copied). A missing log is waited for.
-First attach without a saved offset: binary search on byte offsets for the first line whose
-time is >= now - attach_window; a file that appears later is read from its start.
+Rotation. rename-and-create: the renamed file stays open and is read beside the new one (each
+in its own order) until it has not grown for rotate_wait. Whenever the live path is another
+generation (renamed and created, or copytruncated: shorter than what was read, or its first
+bytes changed), and at a restart, rotated.resolve finds every generation not read yet, oldest
+first: the rest of the one logkey was in (same inode, or a copy with the same first bytes,
+compressed or not), the later ones from 0, the live file last. Rotated files last written
+before now - attach_window are skipped, their lines counted and logged. A missing log is
+waited for. First attach without a saved offset: binary search on byte offsets for the first
+line whose time is >= now - attach_window, in the rotated files written since then too; a file
+that appears later is read from its start.
 """
 from __future__ import annotations
 
@@ -27,13 +34,15 @@ import glob
 import hashlib
 import json
 import logging
+import lzma
 import os
+import re
 import select
 import time
 from dataclasses import dataclass
 
 from .atomic import write_atomic
-from .rotated import COMPRESSED, Generation, find_rest
+from .rotated import COMPRESSED, FP_LEN, Generation, count_rest, open_candidate, resolve
 from .seek import attach_point, header_time
 
 log = logging.getLogger(__name__)
@@ -41,6 +50,10 @@ log = logging.getLogger(__name__)
 BLOCK = 1 << 20            # bytes per read
 READ_MAX = 16 << 20        # bytes per file per read() call; wait() returns at once if more is left
 RESCAN = 5.0               # seconds between glob rescans with no inotify event
+ROTATE_WAIT = 5.0          # seconds a renamed-away file is still read after it last grew
+CHAIN_MAX = 48             # finished generations remembered (so none is read twice)
+STATE_MAX = 1 << 17        # bytes of a state file read at most
+_STATE_TEMP = re.compile(r"\.[0-9a-f]{32}\.json\.[0-9a-f]{12}\.tmp")   # write_atomic's
 _WATCH_FLAGS = ("MODIFY", "CREATE", "MOVED_TO", "MOVED_FROM", "DELETE", "CLOSE_WRITE", "ATTRIB")
 
 
@@ -52,24 +65,33 @@ class Line:
 
 
 class _Stream:
-    """One followed path: its open generation, its saved state, how to start when it appears."""
+    """One followed path: its open generations (oldest first; the last one the live file
+    unless it is renamed away and not created again yet), the finished ones it remembers, its
+    saved state, how to start when it appears."""
 
-    def __init__(self, path: str, saved: dict | None, seek: bool):
+    def __init__(self, path: str, seek: bool):
         self.path = path
         self.key = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        self.gen: Generation | None = None
-        self.queue: list[Generation] = []  # generations to read after gen (see _copytruncated)
-        self.saved = saved          # state from the last run, used when the file is first opened
+        self.gens: list[Generation] = []
+        self.done: list[dict] = []  # records of finished generations (resolve skips them)
+        self.saved: list[dict] | None = None   # state from the last run, used at the first read
+        self.started = False        # looked at the file once (seek or resume done)
         self.seek = seek            # no saved state: seek by time (True) or read from 0 (False)
-        self.last: dict | None = saved      # the position after everything read() returned
-        self.committed: dict | None = saved
+        self.created = time.time()  # (wall clock, as mtimes) when logkey began to follow it
+        self.last: dict | None = None       # the position after everything read() returned
+        self.committed: dict | None = None
         self.warned = False
+
+
+def _position(chain: list[dict]) -> dict:
+    """A stream's position: the newest generation's record, with every known one in "chain"."""
+    return {**chain[-1], "chain": chain}
 
 
 class Follower:
     def __init__(self, patterns: list[str], state_dir: str, *, line_max: int = 65536,
                  attach_window: float = 600.0, line_time=None, now=time.time,
-                 poll_interval: float = 0.5):
+                 poll_interval: float = 0.5, rotate_wait: float = ROTATE_WAIT):
         self.patterns = list(patterns)
         self.state_dir = state_dir
         self.line_max = line_max
@@ -77,7 +99,9 @@ class Follower:
         self.line_time = line_time
         self.now = now
         self.poll_interval = poll_interval
+        self.rotate_wait = rotate_wait
         os.makedirs(state_dir, mode=0o750, exist_ok=True)
+        self._remove_stale_temps()
         self._streams: dict[str, _Stream] = {}
         self._more = False
         self._rescan_at = 0.0
@@ -111,8 +135,8 @@ class Follower:
                 if not s.warned:
                     log.warning("%s: %s", s.path, e)
                     s.warned = True
-            if s.gen is not None:
-                s.last = s.gen.record()
+            if s.gens or s.done:
+                s.last = _position(self._recs(s))
         return out
 
     def commit(self) -> None:
@@ -123,7 +147,7 @@ class Follower:
             if s.last is not None and s.last != s.committed:
                 rec = {"path": os.path.abspath(s.path), **s.last}
                 self._write_state(s.key, json.dumps(rec, sort_keys=True).encode())
-                s.committed = dict(s.last)
+                s.committed = s.last
                 changed = True
         if changed:
             fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -172,9 +196,9 @@ class Follower:
 
     def close(self) -> None:
         for s in self._streams.values():
-            for g in [s.gen] + s.queue if s.gen is not None else s.queue:
-                os.close(g.fd)
-            s.gen, s.queue = None, []
+            for g in s.gens:
+                g.close()
+            s.gens = []
         if self._ino is not None:
             self._ino.close()
             self._ino = None
@@ -187,8 +211,10 @@ class Follower:
             paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
             for path in paths:
                 if path not in self._streams and not path.endswith(COMPRESSED):
-                    s = _Stream(path, None, seek=first and os.path.exists(path))
-                    s.saved = s.last = s.committed = self._load_state(s)
+                    s = _Stream(path, seek=first and os.path.exists(path))
+                    s.saved = self._load_state(s)
+                    if s.saved:
+                        s.last = s.committed = _position(s.saved)
                     self._streams[path] = s
         self._watch()
 
@@ -247,24 +273,40 @@ class Follower:
         return relevant
 
     # --- state files -------------------------------------------------------------------------
-    def _load_state(self, s: _Stream) -> dict | None:
+    def _load_state(self, s: _Stream) -> list[dict] | None:
+        """The saved generations of a stream (oldest first), None when there is no state."""
         name = os.path.join(self.state_dir, s.key + ".json")
         try:
             with open(name, "rb") as f:
-                rec = json.loads(f.read(1 << 16))
-            state = {k: rec[k] for k in ("dev", "ino", "offset", "lineno", "fp_len", "fp")}
-            if not all(type(state[k]) is int and state[k] >= 0 for k in state if k != "fp"):
-                raise ValueError("a field is not a non-negative integer")
-            state["numbered"] = rec.get("numbered", True) is not False
-            if not isinstance(state["fp"], str) or rec.get("path") != os.path.abspath(s.path):
-                raise ValueError("bad fingerprint or another file's state")
-            return state
+                rec = json.loads(f.read(STATE_MAX))
+            if not isinstance(rec, dict) or rec.get("path") != os.path.abspath(s.path):
+                raise ValueError("another file's state")
+            chain = rec.get("chain", [rec])
+            if not isinstance(chain, list) or not chain or len(chain) > CHAIN_MAX * 2:
+                raise ValueError("bad chain")
+            return [_checked(r) for r in chain]
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             log.warning("state file %s for %s unreadable (%s): treated as no saved offset",
                         name, s.path, e)
             return None
+
+    def _remove_stale_temps(self) -> None:
+        """State temp files of a follower killed while writing one (.KEY.json.HEX.tmp): only
+        that name pattern, the name itself (a symlink is never followed)."""
+        try:
+            names = [n for n in os.listdir(self.state_dir) if _STATE_TEMP.fullmatch(n)]
+        except OSError:
+            return
+        for name in names:
+            try:
+                os.unlink(os.path.join(self.state_dir, name))
+            except OSError:
+                pass
+        if names:
+            log.info("%s: %d stale temp file(s) of a state write that died removed",
+                     self.state_dir, len(names))
 
     def _write_state(self, key: str, data: bytes) -> None:
         # (commit() syncs the directory once for all the files it wrote)
@@ -274,27 +316,32 @@ class Follower:
     # --- reading ---------------------------------------------------------------------------
     def _read_stream(self, s: _Stream, out: list[Line]) -> None:
         budget = READ_MAX
+        if s.saved is not None or (not s.gens and not s.started):
+            self._open(s)
         for _ in range(8):              # a few generation switches per call at most
-            if s.gen is None:
-                s.gen = self._open(s)
-                if s.gen is None:
-                    return
-            g = s.gen
-            if not g.rotated and self._truncated(g):    # before reading the new content
-                self._copytruncated(s, g)
+            if self._first_bytes(s):
                 continue
-            budget -= self._read_gen(s, g, out, budget)
-            if budget <= 0:
-                self._more = True
-                return
-            if not self._switch(s, g, out):
+            for g in list(s.gens):
+                if not g.rotated and self._truncated(g):    # before reading the new content
+                    break
+                budget -= self._read_gen(s, g, out, budget)
+                if budget <= 0:
+                    self._more = True
+                    return
+            self._drained(s, out)
+            if not self._rotation(s):
                 return
 
     def _read_gen(self, s: _Stream, g: Generation, out: list[Line], budget: int) -> int:
         """Complete lines from g.scan to the end of the file (or `budget` bytes) into `out`."""
         cap, path, used = self.line_max, s.path, 0
         while used < budget:
-            chunk = os.pread(g.fd, BLOCK, g.scan)
+            try:
+                chunk = g.chunk(BLOCK)
+            except (EOFError, ValueError, lzma.LZMAError) as e:     # a damaged compressed file
+                log.warning("%s: %s ends early (%s): read up to there", s.path, g.name, e)
+                g.eof = True
+                break
             if not chunk:
                 break
             g.scan += len(chunk)
@@ -325,6 +372,8 @@ class Follower:
             g.buf = data
             if len(data) > cap:
                 g.buf, g.skipping = b"", True
+        if used and g.rotated:
+            g.grew = time.monotonic()
         return used
 
     def _finish(self, s: _Stream, g: Generation, out: list[Line]) -> None:
@@ -334,103 +383,158 @@ class Follower:
             line = None if g.skipping else (g.buf[:-1] if g.buf[-1:] == b"\r" else g.buf)
             out.append(Line(s.path, g.number(g.lineno), line))
             g.pos, g.buf, g.skipping = g.scan, b"", False
-        s.last = g.record()
-        os.close(g.fd)
-        s.gen = s.queue.pop(0) if s.queue else None
-        s.seek = False                  # what comes next is a new file: from its start
+        s.done.append(g.record("done"))
+        del s.done[:-CHAIN_MAX]
+        g.close()
+        s.gens.remove(g)
 
-    def _switch(self, s: _Stream, g: Generation, out: list[Line]) -> bool:
-        """After reading g to its end: True if the stream moved to another generation."""
-        if g.rotated:
-            self._finish(s, g, out)
-            return True
+    def _drained(self, s: _Stream, out: list[Line]) -> None:
+        """Leave the rotated generations whose writer is done: a compressed one at its end, a
+        renamed one once it has not grown for rotate_wait seconds."""
+        now = time.monotonic()
+        for g in [g for g in s.gens if g.rotated]:
+            if g.stream is not None:
+                if g.eof:
+                    self._finish(s, g, out)
+            elif now - g.grew >= self.rotate_wait and g.size() <= g.scan:
+                self._finish(s, g, out)
+
+    def _rotation(self, s: _Stream) -> bool:
+        """After reading: True if the live file is another generation now (renamed and
+        created, or copytruncated), with every generation between added to s.gens."""
+        live = s.gens[-1] if s.gens and not s.gens[-1].rotated else None
         try:
             st = os.stat(s.path)
         except FileNotFoundError:
-            return False                # renamed away, the new one not created yet: wait
-        if (st.st_dev, st.st_ino) != (g.dev, g.ino):
-            if self._truncated(g):      # copytruncated, written to, then renamed
-                self._copytruncated(s, g)
-                return True
-            self._read_gen(s, g, out, 1 << 62)   # what was written before the new file was made
-            self._finish(s, g, out)
-            return True
-        if not self._truncated(g):
+            st = None                   # renamed away, the new one not created yet: wait
+        truncated = live is not None and self._truncated(live)
+        if not truncated:
+            if st is None:
+                return False
+            if live is not None and (st.st_dev, st.st_ino) == (live.dev, live.ino):
+                return False
+            if live is None and s.gens and not self._unknown(s, st):
+                return False
+        extra = []
+        if truncated:                   # its content now starts again: the rest is in a copy
+            extra = [dict(live.record("resume"), head=live.head)]   # (head: never saved)
+            live.close()
+            s.gens.remove(live)
+        elif live is not None:
+            live.rotated, live.grew = True, time.monotonic()
+        added = self._catch_up(s, extra)
+        if truncated and not added[1]:
+            log.warning("%s was truncated and no rotated copy starts as it did: lines written "
+                        "after offset %d before the truncation may be lost", s.path,
+                        extra[0]["offset"])
+        return bool(added[0]) or truncated
+
+    def _first_bytes(self, s: _Stream) -> bool:
+        """The live file was empty when opened and has content now: if it was copytruncated
+        meanwhile, what was in it before is in a copy no fingerprint can name (an empty file
+        has none), so look for generations not read yet before reading it. True if some were
+        added."""
+        live = s.gens[-1] if s.gens and not s.gens[-1].rotated else None
+        if live is None or live.fp_len != 0 or live.scan != 0 or os.fstat(live.fd).st_size == 0:
             return False
-        self._copytruncated(s, g)
-        return True
+        added, _ = self._catch_up(s, [])
+        live.same_start()               # its fingerprint from now on
+        return bool(added)
+
+    def _unknown(self, s: _Stream, st) -> bool:
+        """The live path names a file none of the open generations is."""
+        return all((st.st_dev, st.st_ino) != (g.dev, g.ino) for g in s.gens)
+
+    def _recs(self, s: _Stream) -> list[dict]:
+        return s.done + [g.record("open") for g in s.gens]
+
+    def _catch_up(self, s: _Stream, extra: list[dict], each=False):
+        """Open every generation not read yet (rotated.resolve), oldest first, the live file
+        last: (how many, whether the `extra` generations were all found in some file; with
+        `each`, a list saying it for each)."""
+        recs = self._recs(s) + extra
+        todo, skipped, found = resolve(s.path, recs, self.now() - self.attach_window)
+        for c, offset in skipped:
+            log.warning("%s: %s skipped from byte %d: last written before the %gs that can "
+                        "still matter (%d line(s))", s.path, c.name, offset,
+                        self.attach_window, count_rest(c, offset))
+        n = 0
+        for c, rec in todo:
+            g = open_candidate(c, rec, rec.get("since") if rec else None)
+            if g is None:
+                continue
+            if g.rotated:
+                g.grew = time.monotonic()
+                if rec is None or rec.get("offset"):
+                    log.info("%s: reading rotated %s from offset %d", s.path, c.name, g.pos)
+            live = s.gens and not s.gens[-1].rotated
+            s.gens.insert(len(s.gens) - 1 if live and g.rotated else len(s.gens), g)
+            n += 1
+        mine = found[len(recs) - len(extra):]
+        return n, (mine if each else all(mine))
 
     @staticmethod
     def _truncated(g: Generation) -> bool:
         """The file got shorter than what was read, or its first bytes changed: copytruncate."""
         return os.fstat(g.fd).st_size < g.scan or not g.same_start()
 
-    def _copytruncated(self, s: _Stream, g: Generation) -> None:
-        """The lines after our offset are in the copy: read it from there, then the file from 0.
-        If the truncated file was also renamed away before we looked (copytruncate, then a
-        rename at the next rotation), what was written to it after the truncation is read from
-        the open descriptor, before whatever the path names now."""
-        copy = self._sibling(s, g.record(), exclude=(g.dev, g.ino))
-        if copy is None:
-            log.warning("%s was truncated and no rotated copy matches: reading it from 0", s.path)
-        s.last = g.record()
-        try:
-            st = os.stat(s.path)
-            renamed = (st.st_dev, st.st_ino) != (g.dev, g.ino)
-        except FileNotFoundError:
-            renamed = True
-        if renamed:
-            rest = Generation(g.fd, os.fstat(g.fd), 0, 0, rotated=True)
-            if copy is None:
-                copy = rest
-            else:
-                s.queue.append(rest)
-        else:
-            os.close(g.fd)
-        s.gen = copy
-        s.seek = False
-
-    def _open(self, s: _Stream) -> Generation | None:
-        """Open the stream's file: resume at the saved state, or seek by time, or from 0."""
+    def _open(self, s: _Stream) -> None:
+        """First look at a stream: resume every saved generation, or seek by time, or from 0."""
         saved, s.saved = s.saved, None
+        if saved is not None:
+            s.done = [r for r in saved if r["state"] == "done"]
+            resume = [r for r in saved if r["state"] != "done"]
+            n, found = self._catch_up(s, resume, each=True)
+            s.started = True
+            if resume and not any(found) and n and os.path.exists(s.path):
+                log.warning("%s: the saved position is in no file found: reading the current "
+                            "one from 0", s.path)
+            return
         try:
             fd = os.open(s.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            s.saved = saved
-            if saved is not None:       # renamed away while we were down, new one not there yet
-                g = self._sibling(s, saved)
-                if g is not None:
-                    s.saved = None
-                    return g
-            return None
+            return
+        s.started = True
         st = os.fstat(fd)
-        if saved is not None:
-            if (st.st_dev, st.st_ino) == (saved["dev"], saved["ino"]) and st.st_size >= saved["offset"]:
-                g = Generation(fd, st, saved["offset"], saved["lineno"], saved["fp"], saved["fp_len"],
-                         numbered=saved["numbered"])
-                if g.same_start():
-                    return g
-            g = self._sibling(s, saved)
-            if g is not None:
-                os.close(fd)
-                return g
-            log.warning("%s: the saved position is in no file found: reading the current one from 0",
-                        s.path)
-            return Generation(fd, st, 0, 0)
-        if s.seek:
-            s.seek = False
-            now = self.now()
-            pos, lineno = attach_point(fd, st.st_size, self.line_time or header_time(now),
-                                       now - self.attach_window, self.line_max)
-            return Generation(fd, st, pos, lineno or 0, numbered=lineno is not None)
-        return Generation(fd, st, 0, 0)
+        now = self.now()
+        fn, cutoff = self.line_time or header_time(now), now - self.attach_window
+        # Rotated files may hold lines not read yet: on a first attach, those the window
+        # covers; for a file that appeared later, those written since logkey began to wait
+        # for it (written, then copied and truncated or renamed, before logkey looked). Oldest
+        # first, never a copy of the live file's start (a copytruncate under way).
+        head = os.pread(fd, FP_LEN, 0)
+        for c, _ in resolve(s.path, [], cutoff)[0]:
+            if c.live or (head and c.head and (head.startswith(c.head) or
+                                               c.head.startswith(head))):
+                continue
+            if not s.seek and c.st.st_mtime < s.created:
+                continue
+            if (g := open_candidate(c, None, None)) is None:
+                continue
+            if s.seek and g.stream is None:
+                pos, lineno = attach_point(g.fd, c.st.st_size, fn, cutoff, self.line_max)
+                g.pos = g.scan = pos
+                g.lineno, g.numbered = lineno or 0, lineno is not None
+            g.grew = time.monotonic()
+            s.gens.append(g)
+        if s.seek and not s.gens:
+            pos, lineno = attach_point(fd, st.st_size, fn, cutoff, self.line_max)
+            s.gens.append(Generation(fd, st, pos, lineno or 0, numbered=lineno is not None,
+                                     name=s.path))
+        else:
+            s.gens.append(Generation(fd, st, 0, 0, name=s.path))
+        s.seek = False
 
-    def _sibling(self, s: _Stream, saved: dict, exclude=None) -> Generation | None:
-        """The rotated file holding the lines after `saved` (rotated.find_rest); a truncated
-        and renamed generation to read after it is queued on `s`."""
-        chosen, rest = find_rest(s.path, saved, exclude)
-        if rest is not None:
-            if chosen is None:
-                return rest
-            s.queue.append(rest)
-        return chosen
+
+def _checked(r) -> dict:
+    """One saved generation record, checked (ValueError if not one of ours)."""
+    state = {k: r[k] for k in ("dev", "ino", "offset", "lineno", "fp_len")}
+    if not all(type(v) is int and v >= 0 for v in state.values()):
+        raise ValueError("a field is not a non-negative integer")
+    if not isinstance(r["fp"], (str, type(None))) or (r["fp"] is None and r["fp_len"]):
+        raise ValueError("bad fingerprint")
+    since = r.get("since")
+    if since is not None and not isinstance(since, (int, float)):
+        raise ValueError("bad since")
+    return {**state, "fp": r["fp"], "numbered": r.get("numbered", True) is not False,
+            "since": since, "state": "done" if r.get("state") == "done" else "resume"}

@@ -158,6 +158,7 @@ class GatePolicy:
                                         t + window, source), last=t)
                 self.gates[key] = gate
             rec = gate.record
+            before = None if new else (rec.expires, rec.user, rec.source, rec.pack, rec.protocol)
             if t >= gate.last:                          # the latest login names the gate
                 rec.user = event.user or rec.user
                 rec.pack, rec.protocol, rec.source = event.pack, event.protocol, source or rec.source
@@ -166,6 +167,8 @@ class GatePolicy:
             if event.pack in self.config.logout_packs:
                 gate.sessions[event.session or event.user or ""] = t
                 self._extend(gate, now)
+            if before == (rec.expires, rec.user, rec.source, rec.pack, rec.protocol):
+                return []               # a line read again (after a crash): the gate is as it was
             return [Put(rec, new, OPEN if new else LOGIN_REFRESH, event, source)]
         if event.kind == LOGOUT and gate is not None and gate.record.expires > now:
             for sid in (event.session, event.user):

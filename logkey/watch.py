@@ -27,8 +27,8 @@ read from forgeable syslog lines, give one warning per file (logtrust.py); lines
 like logins of a pack that reads no login (its server changed its format) give one warning an
 hour per pack (drift.py).
 Config: logs, packs, store, state_dir, window, max_session, never_gate*, only_gate,
-max_ips_per_user, ipv6_prefix, join_window, logout_hold, timezone, line_max, exports, popwrap,
-dovecot_policy, metrics.
+max_ips_per_user, ipv6_prefix, join_window, logout_hold, timezone, line_max, rotate_wait,
+exports, popwrap, dovecot_policy, metrics.
 """
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ TICK = 1.0                      # seconds between timer runs (expiry, session ex
 PURGE_EVERY = 60.0              # seconds between removals of expired gates from the store
 RETRY_MAX = 30.0                # longest wait between store retries during an outage
 RECONCILE_EVERY = 5.0           # seconds between checks for gates closed by hand
+SERVER_CHECK_EVERY = 1.0        # seconds between asks whether the store is another server
 TIMEOUT_WARN_EVERY = 60.0       # at most one warning a minute about lines over the match limit
 
 
@@ -182,6 +183,7 @@ class Watcher:
         self.retry_wait = 1.0
         self.next_purge = 0.0
         self.next_reconcile = 0.0
+        self.next_server_check = 0.0
         self.timeouts_seen = 0                  # match time-outs warned about or pending
         self.timeouts_pending = 0
         self.next_timeout_warning = 0.0
@@ -251,6 +253,7 @@ class Watcher:
             follower = Follower([e["path"] for e in self.cfg.logs if e["journal"] is None],
                                 self.cfg.state_dir, line_max=self.cfg.line_max,
                                 attach_window=attach, line_time=self._line_time,
+                                rotate_wait=self.cfg.rotate_wait,
                                 now=lambda: self.now() - self.shift)
         except OSError as exc:
             raise WatchError(f"state_dir: {self.cfg.state_dir}: "
@@ -444,6 +447,10 @@ class Watcher:
             if self.exporter is not None:       # ... and those opened elsewhere join them
                 self._adopt_stored(now)
         self._apply(self.policy.on_tick(now, still, check_all))
+        if self.store is not None and self.outage_since is None and \
+                now >= self.next_server_check:
+            self.next_server_check = now + SERVER_CHECK_EVERY
+            self._check_server(now)
         self._flush(now)
         self._export(now)
         if self.store is not None and now >= self.next_purge and self.outage_since is None:
@@ -452,8 +459,33 @@ class Watcher:
                 self.store.purge(now)
             except StoreError as exc:
                 self._outage(exc)
+            if getattr(self.store, "temps_removed", 0):
+                log.info("gate store: %d stale temp file(s) of a writer that died removed",
+                         self.store.temps_removed)
         if self.status is not None:
             self.status.tick()
+
+    def _check_server(self, now: float) -> None:
+        """A store that may have lost gates without an error (a Redis failover, a restart
+        without persistence) gets every open gate again."""
+        try:
+            lost = self.store.writes_lost()
+        except StoreError as exc:
+            self._outage(exc)
+            return
+        if lost:
+            n = self._write_back(now)
+            log.warning("store: another server answers now (failover or restart): %d open "
+                        "gate(s) written again", n)
+
+    def _write_back(self, now: float) -> int:
+        """Every gate still valid into pending (the store may have lost it); how many."""
+        n = 0
+        for key, gate in self.policy.gates.items():
+            if gate.record.expires > now and key not in self.pending:
+                self.pending[key] = gate.record
+                n += 1
+        return n
 
     def _adopt_stored(self, now: float) -> None:
         """Gates in the store that this watcher did not open or knows with an earlier expiry
@@ -487,10 +519,13 @@ class Watcher:
                 return
             self.store_retries += 1
             # The store may have lost what it had (a Redis restarted without persistence):
-            # write back every gate that is still valid, not only those opened meanwhile.
-            for key, gate in self.policy.gates.items():
-                if gate.record.expires > now and key not in self.pending:
-                    self.pending[key] = gate.record
+            # write back every gate that is still valid, not only those opened meanwhile,
+            # to the server that answers now (the one writes_lost() compares with from here).
+            try:
+                self.store.writes_lost()
+            except StoreError:
+                pass                            # still out: the writes below say so
+            self._write_back(now)
         if not self.pending:
             return
         try:

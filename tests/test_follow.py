@@ -154,13 +154,16 @@ def test_kill_9_at_random_moments_loses_nothing_and_repeats_nothing_committed(tm
             out = tmp_path / ("out.%d" % i)
             proc = subprocess.Popen([sys.executable, "-c", FOLLOWER, str(log), str(state), str(out)],
                                     env=env)
-            if i < 5:
+            if i < 5:                   # killed 0.2-0.8 s after it began (not after the
+                started = time.monotonic() + 10     # interpreter's start, slow under load)
+                while not out.exists() and time.monotonic() < started:
+                    time.sleep(0.01)
                 time.sleep(rnd.uniform(0.2, 0.8))
                 proc.send_signal(signal.SIGKILL)
             else:
                 writer.wait(timeout=20)
                 while time.monotonic() < deadline:
-                    delivered, _ = parse_run(out.read_bytes() if out.exists() else b"\n")
+                    delivered, _ = parse_run(out.read_bytes() if out.exists() else b"")
                     if delivered and delivered[-1] == total - 1:
                         break
                     time.sleep(0.1)
@@ -395,9 +398,11 @@ def test_state_is_small_json_and_resumes(tmp_path):
 
 
 def test_rename_then_old_file_written_then_new_created(tmp_path):
+    """With rotate_wait 0 the renamed file is left as soon as the new one is there, its
+    unterminated last line a line of its own."""
     log = tmp_path / "mail.log"
     log.write_bytes(b"1\n")
-    f = Follower([str(log)], str(tmp_path / "state"), line_time=ALWAYS_RECENT)
+    f = Follower([str(log)], str(tmp_path / "state"), line_time=ALWAYS_RECENT, rotate_wait=0)
     assert len(f.read()) == 1
     with open(log, "ab") as old:
         os.rename(log, str(log) + ".1")
@@ -408,8 +413,8 @@ def test_rename_then_old_file_written_then_new_created(tmp_path):
         old.flush()
         log.write_bytes(b"new\n")
     got = f.read()
-    assert [(line.lineno, line.data) for line in got] == [
-        (3, b"3"), (4, b"partial, never completed"), (1, b"new")]
+    assert [(line.lineno, line.data) for line in got] == [         # each file in its order
+        (3, b"3"), (1, b"new"), (4, b"partial, never completed")]
     f.close()
 
 
@@ -453,7 +458,8 @@ def test_rotation_while_stopped_reads_the_rest_of_the_rotated_file(tmp_path, mod
     with open(log, "ab") as w:
         w.write(b"two\n")
     rotated = str(log) + ("-20261128" if mode == "dateext" else ".1")
-    (tmp_path / "mail.log.2").write_bytes(b"an older one\n")
+    (tmp_path / "mail.log.2").write_bytes(b"an older one\n")        # last written before
+    os.utime(tmp_path / "mail.log.2", (time.time() - 100,) * 2)    # logkey first saw mail.log
     if mode == "copytruncate":
         rotated_bytes = log.read_bytes()
         Path(rotated).write_bytes(rotated_bytes)
@@ -494,3 +500,128 @@ def test_wait_wakes_on_append_and_polls_without_inotify(tmp_path, monkeypatch):
         assert [line.data for line in got] == [b"x"]
         assert time.monotonic() - t0 < 8
         f.close()
+
+
+def logrotate(tmp_path, log, options):
+    """One run of Debian's real logrotate on `log` with the given directives."""
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(f"{log} {{\n    rotate 50\n    {options}\n}}\n")
+    subprocess.run(["logrotate", "-f", "-s", str(tmp_path / "logrotate.state"), str(conf)],
+                   check=True, timeout=60)
+
+
+def append_lines(log, start, n):
+    with open(log, "ab") as f:
+        f.write(b"".join(b"%08d %s\n" % (i, b"y" * 40) for i in range(start, start + n)))
+    return start + n
+
+
+@pytest.mark.parametrize("options", ["create\n    compress\n    delaycompress",
+                                     "create\n    compress", "copytruncate\n    compress"])
+@pytest.mark.parametrize("running", [True, False])
+def test_two_rotations_between_reads_read_every_generation_compressed_too(
+        tmp_path, options, running):
+    """Two logrotate runs between two reads, or while logkey is stopped: the generation in
+    between (plain .1, or already .2.gz) and the rest of the one logkey was in are read,
+    oldest first, none twice."""
+    log, state = tmp_path / "mail.log", str(tmp_path / "state")
+    n = append_lines(log, 0, 30)
+    f = Follower([str(log)], state, line_time=ALWAYS_RECENT, rotate_wait=0)
+    got = numbers(f.read())
+    f.commit()
+    for _ in range(2):
+        n = append_lines(log, n, 30)
+        if not running:
+            f.close()
+            f = None
+        for _ in range(2):
+            logrotate(tmp_path, log, options)
+            n = append_lines(log, n, 30)
+        if f is None:
+            f = Follower([str(log)], state, line_time=ALWAYS_RECENT, rotate_wait=0)
+        got += numbers(f.read()) + numbers(f.read())
+        f.commit()
+    f.close()
+    assert got == list(range(n))
+
+
+def test_first_attach_reaches_back_into_a_rotated_file_within_the_window(tmp_path):
+    log = tmp_path / "mail.log"
+    (tmp_path / "mail.log.2.gz").write_bytes(__import__("gzip").compress(b"old 1\nold 2\n"))
+    os.utime(tmp_path / "mail.log.2.gz", (time.time() - 7200,) * 2)     # before the window
+    (tmp_path / "mail.log.1").write_bytes(b"recent 1\nrecent 2\n")
+    log.write_bytes(b"live 1\n")
+    f = Follower([str(log)], str(tmp_path / "state"), line_time=ALWAYS_RECENT)
+    assert [line.data for line in f.read()] == [b"recent 1", b"recent 2", b"live 1"]
+    f.close()
+
+
+def test_rotated_files_older_than_the_window_are_skipped_counted_and_said(tmp_path, caplog):
+    log, state = tmp_path / "mail.log", str(tmp_path / "state")
+    log.write_bytes(b"1\n")
+    f = Follower([str(log)], state, line_time=ALWAYS_RECENT, attach_window=600)
+    f.read()
+    f.commit()
+    f.close()
+    with open(log, "ab") as w:
+        w.write(b"2\n3\n")
+    os.rename(log, str(log) + ".1")
+    os.utime(str(log) + ".1", (time.time() - 3600,) * 2)      # a long stop
+    log.write_bytes(b"new\n")
+    with caplog.at_level(logging.WARNING, logger="logkey.follow"):
+        f = Follower([str(log)], state, line_time=ALWAYS_RECENT, attach_window=600)
+        assert [line.data for line in f.read()] == [b"new"]
+    f.close()
+    assert "mail.log.1 skipped from byte 2: last written before the 600s that can still " \
+           "matter (2 line(s))" in caplog.text
+
+
+def test_copytruncate_copy_shorter_than_the_offset_is_no_loss_and_no_warning(tmp_path, caplog):
+    """logkey read lines written after logrotate's copy, before its truncate: the copy is
+    shorter than the offset, nothing is lost and nothing is said."""
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"1\n2\n")
+    f = Follower([str(log)], str(tmp_path / "state"), line_time=ALWAYS_RECENT)
+    (tmp_path / "mail.log.1").write_bytes(log.read_bytes())        # the copy ...
+    with open(log, "ab") as w:
+        w.write(b"3\n")
+    assert [line.data for line in f.read()] == [b"1", b"2", b"3"]  # ... read past it
+    with open(log, "r+b") as w:
+        w.truncate(0)                                               # ... then the truncate
+        w.write(b"4\n")
+    with caplog.at_level(logging.WARNING, logger="logkey.follow"):
+        assert [line.data for line in f.read()] == [b"4"]
+    assert "truncated" not in caplog.text
+    f.close()
+
+
+def test_stale_state_temp_files_are_removed_at_start_and_only_those(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    stale = state / (".%s.json.0123456789ab.tmp" % ("a" * 32))
+    stale.write_text("{")
+    other = state / ".journal.cursor.0123456789ab.tmp"
+    other.write_text("not a follower's")
+    Follower([str(tmp_path / "mail.log")], str(state)).close()
+    assert sorted(os.listdir(state)) == [other.name]
+
+
+def test_copytruncate_of_a_file_logkey_saw_empty(tmp_path):
+    """An empty file has no fingerprint: written, copied and truncated, then written again
+    before the next read, its first lines are in the copy, which is read first."""
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"")
+    f = Follower([str(log)], str(tmp_path / "state"), line_time=ALWAYS_RECENT)
+    assert f.read() == []
+    for rotation in range(2):
+        with open(log, "ab") as w:
+            w.write(b"%d before\n" % rotation)
+        (tmp_path / f"mail.log.{2 - rotation}").write_bytes(log.read_bytes())   # the copy
+        with open(log, "r+b") as w:
+            w.truncate(0)
+        got = [line.data for line in f.read()]
+        with open(log, "ab") as w:
+            w.write(b"%d after\n" % rotation)
+        got += [line.data for line in f.read()]
+        assert got == [b"%d before" % rotation, b"%d after" % rotation]
+    f.close()

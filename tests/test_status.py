@@ -121,7 +121,8 @@ def test_status_redis_reachable_then_stopped(tmp_path, watch, redis_server):
     redis_server.stop()
     code, report, screen = status(cfg)
     assert code == 1 and not report["store"]["reachable"]
-    assert report["problems"][0].startswith(f"store unreachable: redis store {redis_server.url}")
+    assert any(p.startswith(f"store unreachable: redis store {redis_server.url}")   # the
+               for p in report["problems"])     # watcher may have noticed first (writes_lost)
     assert "UNREACHABLE" in screen
     # the watcher's side of the outage, in its metrics: a login it cannot write yet
     append(tmp_path / "mail.log", login("198.51.100.41"))
@@ -129,7 +130,8 @@ def test_status_redis_reachable_then_stopped(tmp_path, watch, redis_server):
     metrics = scrape(port)
     assert metrics["logkey_watch_store_up"][(("type", "redis"),)] == 0
     assert metrics["logkey_watch_store_errors_total"][()] >= 1
-    assert metrics["logkey_watch_gates_pending"][()] == 1
+    assert metrics["logkey_watch_gates_pending"][()] in (1, 2)  # .41; and .40 once a retry
+    # has queued every gate again (the watcher may notice the outage before .41's write)
     redis_server.start()
     wait_for(lambda: scrape(port)["logkey_watch_store_up"][(("type", "redis"),)] == 1,
              timeout=40, what="the store back in the metrics")

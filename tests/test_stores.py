@@ -693,3 +693,35 @@ def test_redis_sentinel(redis_server, tmp_path):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_dir_purge_removes_only_its_own_stale_temp_files(gates, tmp_path, monkeypatch):
+    """A writer killed with -9 leaves .KEY.HEX.tmp: purge (the watcher's, at start and every
+    minute, and `logkey purge`) removes it once it is a minute old, and counts it; a symlink
+    under such a name is removed itself, its target never touched; other dot names stay."""
+    s = DirStore(gates)
+    target = tmp_path / "outside"
+    target.write_text("keep me")
+    (gates / ".192.0.2.3.0123456789ab.tmp").write_text("{")
+    os.symlink(target, gates / ".192.0.2.4.0123456789ab.tmp")
+    (gates / ".notakey.0123456789ab.tmp").write_text("not ours")
+    (gates / ".192.0.2.5.xyz.tmp").write_text("not our pattern")
+    monkeypatch.setattr(dirstore, "TEMP_MAX_AGE", -1.0)
+    assert s.purge() == 0 and s.temps_removed == 2
+    assert sorted(os.listdir(gates)) == [".192.0.2.5.xyz.tmp", ".notakey.0123456789ab.tmp"]
+    assert target.read_text() == "keep me"
+
+
+def test_redis_writes_lost_when_another_server_answers(redis_server, rstore, gates):
+    """A restarted Redis (no persistence) is another server (run_id): writes_lost() says so
+    once, so the watcher writes its gates again; the dir store never loses writes silently."""
+    assert rstore.writes_lost() is False
+    rstore.put(gate("192.0.2.1", time.time() + 60))
+    assert rstore.writes_lost() is False
+    redis_server.stop()
+    with pytest.raises(StoreError):
+        rstore.writes_lost()
+    redis_server.start()
+    assert rstore.writes_lost() is True and rstore.get("192.0.2.1") is None
+    assert rstore.writes_lost() is False
+    assert DirStore(gates).writes_lost() is False

@@ -122,6 +122,12 @@ class Store(ABC):
     def is_open(self, ip: str, ipv6_prefix: int | None = None, now: float | None = None) -> bool:
         return any(self.get(k, now) is not None for k in keys_for(ip, ipv6_prefix))
 
+    def writes_lost(self) -> bool:
+        """True when gates written before may be gone without any error seen (a Redis master
+        replaced by a failover before it replicated them, or restarted without its data): the
+        watcher then writes every open gate again. Raises StoreError when unreachable."""
+        return False
+
     def close(self) -> None:
         pass
 

@@ -95,6 +95,7 @@ class DirStore(Store):
         self.path = os.fspath(path)
         self.gid = self._resolve_group(group)
         self._good: dict[str, tuple] = {}          # name -> identity of a version with a record
+        self.temps_removed = 0                      # stale temp files the last purge() removed
         self._make_dir()
 
     # -- setup ------------------------------------------------------------------------------
@@ -273,11 +274,13 @@ class DirStore(Store):
     # -- cleaning ---------------------------------------------------------------------------
 
     def purge(self, now: float | None = None) -> int:
-        """Remove expired gates and anything non-regular under a gate name; also temp files
-        older than a minute (by ctime, on the real clock: a temp file's mtime is its expiry).
-        Returns how many gate names were removed."""
+        """Remove expired gates and anything non-regular under a gate name; also our own temp
+        files (.KEY.12HEX.tmp, left by a writer killed with -9) older than a minute (by ctime,
+        on the real clock: a temp file's mtime is its expiry; a younger one may be a write
+        under way), counted in `temps_removed`. Returns how many gate names were removed."""
         now = now_or(now)
         removed = 0
+        self.temps_removed = 0
         try:
             names = os.listdir(self.path)
         except OSError as e:
@@ -287,7 +290,8 @@ class DirStore(Store):
                 if (m := TEMP_NAME.fullmatch(name)) and name_to_key(m.group(1)):
                     st = os.lstat(self._file(name))
                     if st.st_ctime < time.time() - TEMP_MAX_AGE and not stat.S_ISDIR(st.st_mode):
-                        os.unlink(self._file(name))
+                        os.unlink(self._file(name))     # the name itself, never a link's target
+                        self.temps_removed += 1
                 elif name_to_key(name) is not None:
                     removed += self._purge_one(name, now)
             except FileNotFoundError:

@@ -89,6 +89,7 @@ class RedisStore(Store):
         if redis is None:
             raise StoreError("the redis store needs the 'redis' package (pip install 'redis>=4')")
         self.prefix = prefix
+        self._run_id = None                        # the answering server's (writes_lost)
         self.where = _safe_url(url)
         common = dict(socket_timeout=timeout, socket_connect_timeout=timeout,
                       retry=Retry(NoBackoff(), 1),
@@ -150,6 +151,18 @@ class RedisStore(Store):
 
     def purge(self, now: float | None = None) -> int:
         return 0                                   # Redis expires the keys itself (PX)
+
+    def writes_lost(self) -> bool:
+        """Whether the server answering is another one (its run_id changed) since the last
+        call: after a Sentinel failover the promoted replica lacks what the old master had not
+        replicated yet; a restarted Redis without persistence lacks everything."""
+        try:
+            run_id = self.client.info("server").get("run_id")
+        except redis.RedisError as e:
+            raise self._fail("ask which server answers", e) from None
+        lost = self._run_id is not None and run_id != self._run_id
+        self._run_id = run_id
+        return lost
 
     # -- reading ----------------------------------------------------------------------------
 
