@@ -6,7 +6,7 @@ dovecot pack's rules, and a bad alias is one clear error line."""
 import json
 
 from conftest import run_logkey, wait_for
-from servers import Dovecot, SyslogNamespace
+from servers import Dovecot, SyslogNamespace, dovecot_login_word
 
 
 def config(tmp_path, log, aliases="{mx2: dovecot}"):
@@ -35,7 +35,7 @@ def test_instance_name_is_read_through_an_alias(tmp_path, site, watch):
              and (tmp_path / "gates" / "127.0.0.3").exists(), what="the gates of mx2's logins")
     assert not (tmp_path / "gates" / "127.0.0.4").exists()
     text = log.read_text()
-    assert " mx2: pop3-login: Login: user=<test>" in text and " dovecot: " not in text, text
+    assert f" mx2: pop3-login: {dovecot_login_word()}: user=<test>" in text and " dovecot: " not in text, text
     assert logins(str(log)) == []                        # the tag alone says nothing
     assert logins("--config", str(cfg), str(log)) == [("127.0.0.2", "pop3", "test"),
                                                       ("127.0.0.3", "imap", "test")]
