@@ -186,6 +186,15 @@ def pytest_report_header(config):
     return [f"system: {release()}", "servers: " + "; ".join(versions())]
 
 
+def pytest_sessionstart(session):
+    """-q (as .ci/run and .ci/debian13 run pytest) hides the report header: say it anyway, so a
+    CI log names the release and versions each of its two runs was made with."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and session.config.get_verbosity() < 0:
+        for line in pytest_report_header(session.config):
+            reporter.write_line(line)
+
+
 # -- no silent skips where everything must be there ------------------------------------------------
 
 # Skips that say something about the release, not about a missing program or privilege: the
