@@ -24,6 +24,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/dovecot-common.sh"
 top=$(cd "$here/../.." && pwd)
 out_dir=${1:-$top/tests/fixtures/captured}
 POP_PORT=41110
@@ -101,22 +102,7 @@ auth_verbose = yes
 mail_location = maildir:~/Maildir
 first_valid_uid = 100
 $(db_conf "${4:-passwd-file}")
-service pop3-login {
-  inet_listener pop3 {
-    port = $POP_PORT
-  }
-  inet_listener pop3s {
-    port = 0
-  }
-}
-service imap-login {
-  inet_listener imap {
-    port = $IMAP_PORT
-  }
-  inet_listener imaps {
-    port = 0
-  }
-}
+$(dovecot_listeners "$POP_PORT" "$IMAP_PORT")
 EOF
 }
 

@@ -50,6 +50,7 @@ export tmp here root out_dir POP_PORT IMAP_PORT PASS
 
 unshare -m bash -euo pipefail -c '
 . "$here/private-dev.sh"
+. "$here/dovecot-common.sh"
 M=$tmp/root                       # the overlay: Debian 13 with our changes on top
 mkdir -p "$M" "$tmp/upper" "$tmp/work"
 mount -t overlay overlay -o "lowerdir=$root,upperdir=$tmp/upper,workdir=$tmp/work" "$M"
@@ -108,22 +109,7 @@ mail_driver = maildir
 mail_path = ~/Maildir
 first_valid_uid = 100
 $(db_conf "$3")
-service pop3-login {
-  inet_listener pop3 {
-    port = $POP_PORT
-  }
-  inet_listener pop3s {
-    port = 0
-  }
-}
-service imap-login {
-  inet_listener imap {
-    port = $IMAP_PORT
-  }
-  inet_listener imaps {
-    port = 0
-  }
-}
+$(dovecot_listeners "$POP_PORT" "$IMAP_PORT")
 EOF
   in_root doveconf -c "$S/$1.conf" -n >/dev/null
 }
