@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from servers import (PASSWORD, Dovecot, SyslogNamespace, TcpServer, TempDir, missing_programs,
-                     wait_for)
+from servers import (PASSWORD, Dovecot, SyslogNamespace, TcpServer, TempDir, dovecot_login_word,
+                     missing_programs, wait_for)
 from conftest import free_port
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the servers run as root (as in CI)")
@@ -225,7 +225,7 @@ def test_dovecot_through_rsyslog(site, file_format):
     for ip in ("127.0.0.3", "127.0.0.4", "127.0.0.9"):
         assert not postfix.relays(ip), ip
     text = path.read_text()
-    assert " dovecot: pop3-login: Login: user=<test>" in text, text
+    assert f" dovecot: pop3-login: {dovecot_login_word()}: user=<test>" in text, text
     if file_format == "rfc3339":
         assert text[:4].isdigit() and text[10] == "T", text[:80]
     else:

@@ -17,10 +17,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from conftest import free_port, run_logkey
+from servers import dovecot_config
 
 FORGED = ("pop3-login: Login: user=<mallory>, method=PLAIN, rip=203.0.113.9, lip=127.0.0.1, "
           "mpid=4242, secured, session=<AAAAAAAAAAAAAAAA>")
@@ -37,6 +39,7 @@ if $programname == "dovecot" and $!uid == 0 and $!exe == "/usr/lib/dovecot/log" 
 }}
 """
 
+# with the version's own auth, passdb/userdb and mail lines (servers.dovecot_config)
 DOVECOT_CONF = """\
 protocols = pop3
 listen = 127.0.0.1
@@ -45,18 +48,8 @@ state_dir = {d}/state
 log_path = syslog
 syslog_facility = mail
 ssl = no
-disable_plaintext_auth = no
 auth_mechanisms = plain
-mail_location = maildir:~/Maildir
 first_valid_uid = 100
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {d}/users
-}}
-userdb {{
-  driver = passwd-file
-  args = username_format=%u {d}/users
-}}
 service pop3-login {{
   inet_listener pop3 {{
     port = {port}
@@ -146,7 +139,7 @@ def test_filtered_rsyslog_file_keeps_out_a_forged_dovecot_login(world, tmp_path)
     with open(os.path.join(d, "rsyslog.conf"), "w") as f:
         f.write(RSYSLOG_CONF.format(d=d))
     with open(os.path.join(d, "dovecot.conf"), "w") as f:
-        f.write(DOVECOT_CONF.format(d=d, port=port))
+        f.write(dovecot_config(Path(d) / "users", DOVECOT_CONF.format(d=d, port=port)))
     proc = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", SCRIPT,
                            "script", d, str(port), sys.executable],
                           env={**os.environ, "FORGED": FORGED}, capture_output=True, timeout=60)
