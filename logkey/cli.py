@@ -43,6 +43,9 @@ def cmd_dry_run(args) -> int:
     from .dryrun import run
     cfg = _load_config(args)
     packs = _packs(args, cfg)
+    # the aliases of the configuration's logs: entries (a site's own tags, e.g. instance_name)
+    packs = packs.with_aliases({tag: program for entry in cfg.logs
+                                for tag, program in (entry.get("aliases") or {}).items()})
     now = _parse_now(args.now) if args.now else None
     own_rules = None
     if args.own_file:
@@ -58,7 +61,7 @@ def cmd_dry_run(args) -> int:
     clock = Clock(now or datetime.now(timezone.utc), cfg.timezone)
     from .logtrust import LogWarnings
     run(args.files, packs, clock, at=now, window=cfg.window,
-        join_window=cfg.join_window, json_out=args.json, out=sys.stdout,
+        join_window=cfg.join_window, logout_hold=cfg.logout_hold, json_out=args.json, out=sys.stdout,
         line_max=cfg.line_max, own_rules=own_rules, journals=journals,
         warnings=LogWarnings(cfg.logs, own_file=own_rules is not None))
     return 0

@@ -112,6 +112,23 @@ def _bool(v):
     return v
 
 
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")
+
+
+def _aliases(v, i) -> dict:
+    """aliases: {TAG: PROGRAM}: lines tagged TAG are read by the rules for PROGRAM."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ValueError(f"[{i}].aliases: must be a mapping {{TAG: PROGRAM}}, e.g. {{mx2: dovecot}}")
+    for tag, program in v.items():
+        for what in (tag, program):
+            if not isinstance(what, str) or not _TAG.fullmatch(what):
+                raise ValueError(f"[{i}].aliases.{tag}: {what!r} is not a program tag "
+                                 "(letters, digits, . _ / -, at most 64)")
+    return dict(v)
+
+
 def _logs(v):
     if v is None:
         return []
@@ -131,12 +148,13 @@ def _logs(v):
                                  "directory, files)")
             from .journal import parse_source
             out.append({"path": None, "packs": None, "own_file": None, "sender_verified": True,
+                        "aliases": {},
                         "journal": parse_source(entry["journal"], f"[{i}].journal")})
             continue
-        bad = set(entry) - {"path", "packs", "own_file", "sender_verified"}
+        bad = set(entry) - {"path", "packs", "own_file", "sender_verified", "aliases"}
         if bad:
             raise ValueError(f"[{i}].{sorted(bad)[0]}: unknown key (known: path, packs, "
-                             "own_file, sender_verified; or journal:)")
+                             "own_file, sender_verified, aliases; or journal:)")
         path = entry.get("path")
         if not isinstance(path, str) or not path:
             raise ValueError(f"[{i}].path: must be a path or glob")
@@ -151,7 +169,8 @@ def _logs(v):
         if not isinstance(verified, bool):
             raise ValueError(f"[{i}].sender_verified: must be true or false")
         out.append({"path": path, "packs": packs, "own_file": own,
-                    "sender_verified": verified, "journal": None})
+                    "sender_verified": verified, "aliases": _aliases(entry.get("aliases"), i),
+                    "journal": None})
     return out
 
 
@@ -326,6 +345,9 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
     "window": (600, _duration, "how long a gate stays open after a login, seconds or 10m/1h"),
     "join_window": (600, _duration, "longest time between a connect line and the login it "
                                     "lends its IP to (pid joins), seconds or 10m"),
+    "logout_hold": (10, _duration, "how long a logout read before its session's login waits "
+                                   "for it (dovecot 2.4 logs them out of order), seconds; 0: "
+                                   "not at all"),
     "timezone": (None, _timezone, "zone of log stamps that carry none (IANA name); "
                                   "default: the machine's local zone"),
     "packs": (None, _str_list, "pack names to load; default: every shipped and local pack"),

@@ -8,6 +8,13 @@
   lines name one (a multilog file names none).
 - session join: a login that names a session lends its IP to the logout of that session
   (dovecot logs logouts with the session id but without the IP).
+- early logouts: a logout whose session has no login yet is held (up to `logout_hold` seconds
+  of log time, at most `hold_limit` of them) and completed when its login arrives: the login is
+  emitted, then the logout with the login's IP, as if the lines had come in order (dovecot 2.4's
+  login and mail processes log separately, and the logout can reach the log first: captured in
+  tests/fixtures/captured/dovecot-2.4-*.log). A held logout whose login does not come within the
+  hold, or that is pushed out by newer ones, or still held at the end (`flush`), is emitted as it
+  was read, without an IP (which opens and closes nothing).
 """
 from __future__ import annotations
 
@@ -16,6 +23,8 @@ from datetime import timedelta
 from .events import CONNECT, LOGIN, LOGOUT, Event
 
 SKEW = timedelta(seconds=1)
+LOGOUT_HOLD = 10.0          # seconds of log time an early logout waits for its login
+HOLD_LIMIT = 1024           # early logouts held at once
 
 
 class _Bounded(dict):
@@ -33,8 +42,12 @@ class _Bounded(dict):
 
 
 class Correlator:
-    def __init__(self, join_window: float = 600.0, limit: int = 65536):
+    def __init__(self, join_window: float = 600.0, limit: int = 65536,
+                 logout_hold: float = LOGOUT_HOLD, hold_limit: int = HOLD_LIMIT):
         self.window = timedelta(seconds=join_window)
+        self.hold = timedelta(seconds=logout_hold)
+        self.hold_limit = hold_limit if logout_hold > 0 else 0
+        self.early: dict = {}                # session -> logout Event waiting for its login
         self.connects = _Bounded(limit)      # pid -> connect Event
         self.pending = _Bounded(limit)       # pid -> login Event waiting for its connect
         self.sessions = _Bounded(limit)      # session -> login Event
@@ -48,7 +61,32 @@ class Correlator:
         return login.time - self.window <= connect.time <= login.time + SKEW
 
     def feed(self, event: Event) -> list[Event]:
-        """Events that are complete now (zero, one, or a login completed by this connect)."""
+        """Events that are complete now (zero, one, a login completed by this connect, a login
+        and its early logout, early logouts whose hold is over)."""
+        released = self._release(event.time) if self.early else []
+        out = self._feed(event)
+        if released:
+            return released + out
+        return out
+
+    def flush(self) -> list[Event]:
+        """The early logouts still held (the end of the input): as read, without an IP."""
+        out = list(self.early.values())
+        self.early.clear()
+        return out
+
+    def _release(self, now) -> list[Event]:
+        """Held logouts older (in log time) than the hold, oldest first."""
+        out = []
+        if now is None:
+            return out
+        for session, logout in list(self.early.items()):
+            if logout.time is not None and logout.time + self.hold >= now:
+                break
+            out.append(self.early.pop(session))
+        return out
+
+    def _feed(self, event: Event) -> list[Event]:
         if event.kind == CONNECT:
             if event.pid is None:
                 return []
@@ -68,6 +106,13 @@ class Correlator:
                     self.pending.put(event.pid, event)
                     return []
                 event.ip = connect.ip
+            early = self.early.pop(event.session, None) if event.session and self.early else None
+            if early is not None and (early.time is None or event.time is None
+                                      or event.time <= early.time + SKEW):
+                _join(early, event)
+                return [event, early]           # the session is over already
+            if early is not None:               # a login after its "logout": not its session
+                self.early[event.session] = early
             self._remember(event)
             return [event]
         if event.kind == LOGOUT and event.ip is None:
@@ -77,9 +122,15 @@ class Correlator:
             if login is None and event.pid is not None and event.join == "pid":
                 login = self.pid_logins.pop(event.pid, None)
             if login is not None:
-                event.ip = login.ip
-                event.user = event.user or login.user
-                event.protocol = event.protocol or login.protocol
+                _join(event, login)
+            elif event.session is not None and self.hold_limit:
+                released = []
+                if event.session in self.early:     # the same session twice: keep the newer
+                    released.append(self.early.pop(event.session))
+                while len(self.early) >= self.hold_limit:
+                    released.append(self.early.pop(next(iter(self.early))))
+                self.early[event.session] = event
+                return released
         return [event]
 
     def _remember(self, login: Event) -> None:
@@ -87,3 +138,10 @@ class Correlator:
             self.sessions.put(login.session, login)
         if login.pid:
             self.pid_logins.put(login.pid, login)
+
+
+def _join(logout: Event, login: Event) -> None:
+    """The logout of `login`'s session takes its IP (and user and protocol where it has none)."""
+    logout.ip = login.ip
+    logout.user = logout.user or login.user
+    logout.protocol = logout.protocol or login.protocol

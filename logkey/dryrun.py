@@ -14,6 +14,7 @@ import time
 from datetime import datetime
 
 from . import journal, journalread
+from .correlate import LOGOUT_HOLD
 from .engine import Engine, Stats
 from .errors import LogkeyError
 from .events import LOGIN, LOGOUT
@@ -135,14 +136,14 @@ def _event_json(path, lineno, e) -> str:
 
 
 def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None = None,
-        window: float, join_window: float,
+        window: float, join_window: float, logout_hold: float = LOGOUT_HOLD,
         json_out: bool, out, err=sys.stderr, line_max: int = 65536, own_rules=None,
         journals=(), warnings=None) -> dict:
     """Read `paths`, then each journal source ((source, expectations, packs), journal.py), write
     the report to `out`, return the summary. The gates shown are those open at `at` (--now),
     else at the time of the last line read. `warnings`: a logtrust.LogWarnings, whose messages
     go to `err`."""
-    engine = Engine(packs, clock, join_window)
+    engine = Engine(packs, clock, join_window, logout_hold=logout_hold)
     stats = engine.stats
     # Replayed history: each event is judged at its own time; only the window applies.
     gates = GatePolicy(PolicyConfig(window=window, never_gate=[], max_ips_per_user=0))
@@ -190,6 +191,9 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
                                  gates, line_max, write if json_out else None)
         journal_stats.append((journal.label(source), jstats))
         last_time = _later(last_time, jlast)
+    for e in engine.flush():        # logouts held for a login that never came: no IP
+        if json_out:
+            write(_event_json(paths[-1] if paths else "-", lineno, e) + "\n")
     at = at or last_time            # gates open at --now, else at the last line's time
     open_gates = [] if at is None else sorted(
         (g.record for g in gates.gates.values() if g.record.expires > at.timestamp()),

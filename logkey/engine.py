@@ -14,7 +14,7 @@ from datetime import timedelta
 import regex
 
 from . import headers
-from .correlate import Correlator
+from .correlate import LOGOUT_HOLD, Correlator
 from .events import CONNECT, GATE_PROTOCOLS, LOGIN, Event, canonical_ip
 from .match import PackSet
 
@@ -73,12 +73,14 @@ def _trusted(proxy: str, networks) -> bool:
 
 class Engine:
     def __init__(self, packs: PackSet, clock: headers.Clock, join_window: float = 600.0,
-                 shared: "Engine | None" = None):
+                 shared: "Engine | None" = None, logout_hold: float = LOGOUT_HOLD):
         """`shared`: another Engine whose log-order state (correlation, cut messages) and
-        counts this one uses too: one per set of packs, one state for all the logs."""
+        counts this one uses too: one per set of packs, one state for all the logs.
+        `logout_hold`: seconds a logout read before its login waits for it (correlate.py)."""
         self.packs = packs
         self.clock = clock
-        self.correlator = shared.correlator if shared else Correlator(join_window)
+        self.correlator = shared.correlator if shared else Correlator(
+            join_window, logout_hold=logout_hold)
         self.stats = shared.stats if shared else Stats()
         self._by_tag: dict[bytes, list] = {}
         self.cut_mark = None            # set by match_*: (key, long, time) for cut-prone tags
@@ -115,7 +117,13 @@ class Engine:
 
     def complete(self, event: Event) -> list[Event]:
         """Correlation, in log order: the events that are complete now (connects never)."""
-        out = self.correlator.feed(event)
+        return self._counted(self.correlator.feed(event))
+
+    def flush(self) -> list[Event]:
+        """At the end of the input: the logouts still held for a login that never came."""
+        return self._counted(self.correlator.flush())
+
+    def _counted(self, out: list[Event]) -> list[Event]:
         for e in out:
             self.stats.events[(e.pack, e.kind)] += 1
         return [e for e in out if e.kind != CONNECT]
@@ -176,6 +184,8 @@ class Engine:
 
     def match_header(self, header: headers.Header, where=None, own_rules=None) -> Event | None:
         program = header.program
+        if program is not None and self.packs.aliases:
+            program = self.packs.aliases.get(program, program)     # a site's own tag
         if own_rules:
             rules, text = own_rules, header.rest
         elif program is None:

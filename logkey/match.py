@@ -91,10 +91,13 @@ NO_RULES = Dispatch([], [])
 
 
 class PackSet:
-    """The loaded packs, indexed by program tag."""
+    """The loaded packs, indexed by program tag. `aliases` maps a site's own tag to the program
+    whose rules read it (a Dovecot with `instance_name = mx2` logs as `mx2:`, not `dovecot:`;
+    the `aliases:` of a `logs:` entry, docs/packs/dovecot.md)."""
 
-    def __init__(self, packs: list[Pack]):
+    def __init__(self, packs: list[Pack], aliases: dict[str, str] | None = None):
         self.packs = {p.name: p for p in packs}
+        self.aliases = dict(aliases or {})
         exact: dict[str, list[Pack]] = {}
         self._globs: list[tuple[str, Pack]] = []
         for pack in packs:
@@ -114,6 +117,10 @@ class PackSet:
         """The rules for a tag (empty for programs no pack covers). O(1) after the first call."""
         dispatch = self._cache.get(program)
         if dispatch is None:
+            if program in self.aliases:
+                dispatch = self.rules_for(self.aliases[program])
+                self._cache[program] = dispatch
+                return dispatch
             chosen = list(self._exact.get(program, ()))
             for glob, pack in self._globs:
                 if pack not in chosen and fnmatch.fnmatchcase(program, glob):
@@ -125,6 +132,10 @@ class PackSet:
             if len(self._cache) < 65536:
                 self._cache[program] = dispatch
         return dispatch
+
+    def with_aliases(self, aliases: dict[str, str]) -> "PackSet":
+        """The same packs, also reading the tags in `aliases` as the programs they name."""
+        return PackSet(list(self.packs.values()), {**self.aliases, **aliases}) if aliases else self
 
     def ignored(self, program: str | None, message: str) -> bool:
         dispatch = self.rules_for(program) if program is not None else self.untagged
@@ -181,8 +192,12 @@ def _read_fields(spec: Fields, text: str, got: dict) -> str | None:
         start = padded.find(probe) + len(probe)
         end = padded.find(sep, start)
         value = padded[start:end] if end >= 0 else padded[start:]
-        if spec.strip and len(value) >= 2 and value[0] == spec.strip[0] \
-                and value[-1] == spec.strip[1]:
-            value = value[1:-1]
+        if spec.strip and len(value) >= 2 and value[0] == spec.strip[0]:
+            if value[-1] == spec.strip[1]:
+                value = value[1:-1]
+            elif target != "ip" and spec.strip[1] + " " in value:
+                # "<u@d> method=LOGIN": the next key came without the separator (a site's
+                # own format); the value ends where it closes. Never for an address.
+                value = value[1:value.index(spec.strip[1] + " ")]
         got[target] = value
     return None

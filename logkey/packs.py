@@ -250,10 +250,10 @@ def _check_sample(path, i, s):
     if not isinstance(lines, list) or not lines or not all(isinstance(x, str) for x in lines):
         _fail(path, where, "needs line: TEXT or lines: [TEXT, ...]")
     expect = s.get("expect", "missing")
-    if expect in ("none", None):
+    if expect in ("none", "ignored", None):
         return
     if not isinstance(expect, dict) or expect.get("kind") not in (LOGIN, LOGOUT):
-        _fail(path, where, "expect must be none or {kind: login|logout, ip: ..., user: ...}")
+        _fail(path, where, "expect must be none, ignored or {kind: login|logout, ip: ..., user: ...}")
     bad = set(expect) - {"kind", "ip", "user", "protocol", "session"}
     if bad:
         _fail(path, where, f"expect: unknown key {sorted(bad)[0]!r}")

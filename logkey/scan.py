@@ -56,6 +56,7 @@ def _tag_tests(packs: PackSet) -> tuple[bytes, list[bytes]]:
     "*SUFFIX" globs become fixed-width lookbehinds after the tag, so no glob makes the engine
     backtrack through every tag of the log."""
     exact, prefixes, suffixes, others = set(), set(), set(), set()
+    exact.update(tag.encode() for tag in packs.aliases)     # a site's own tags (instance_name)
     for pack in packs.packs.values():
         for prog in pack.programs:
             head, tail = prog[:-1], prog[1:]

@@ -21,7 +21,7 @@ Audit: every gate decision (opened, refreshed, refused, closed) is one line of i
 (audit.py; all lines in docs/log-lines.md); a followed file that others can write, or logins
 read from forgeable syslog lines, give one warning per file (logtrust.py).
 Config: logs, packs, store, state_dir, window, max_session, never_gate*, only_gate,
-max_ips_per_user, ipv6_prefix, join_window, timezone, line_max, exports, popwrap, metrics.
+max_ips_per_user, ipv6_prefix, join_window, logout_hold, timezone, line_max, exports, popwrap, metrics.
 """
 from __future__ import annotations
 
@@ -107,12 +107,26 @@ def build(cfg):
         for name in names + ([entry["own_file"]] if entry["own_file"] else []):
             if name not in packs.packs:
                 raise WatchError(f"{cfg.path}: {where}: no pack named {name!r}")
+        bad = unread_alias(entry, packs)
+        if bad:
+            raise WatchError(f"{cfg.path}: logs[{i}].aliases.{bad[0]}: no loaded pack reads "
+                             f"program {bad[1]!r}")
     if journal_sources(cfg, packs):
         try:
             journalread.journalctl()
         except journalread.JournalError as exc:
             raise WatchError(f"{cfg.path}: logs: {exc}") from None
     return packs, policy_config(cfg, packs)
+
+
+def unread_alias(entry, packs: PackSet):
+    """(tag, program) of the entry's first alias whose program no pack it uses reads, or None."""
+    subset = packs if not entry["packs"] else PackSet([packs.packs[n] for n in entry["packs"]
+                                                       if n in packs.packs])
+    for tag, program in (entry.get("aliases") or {}).items():
+        if not subset.rules_for(program):
+            return tag, program
+    return None
 
 
 def journal_sources(cfg, packs: PackSet) -> list:
@@ -190,15 +204,15 @@ class Watcher:
         self.cfg, self.packs, self.policy_config = cfg, packs, pconf
         self.trust.entries = list(cfg.logs)
         self.clock = Clock(None, cfg.timezone)
-        base = Engine(packs, self.clock, cfg.join_window)
+        base = Engine(packs, self.clock, cfg.join_window, logout_hold=cfg.logout_hold)
         if getattr(self, "base", None) is not None:
             base.stats = self.base.stats        # counts go on across a reload (metrics)
         self.engines = []                       # (glob, engine, own rules) per log file entry
         for entry in cfg.logs:
             if entry["journal"] is not None:
                 continue
-            subset = packs if not entry["packs"] else PackSet(
-                [packs.packs[n] for n in entry["packs"]])
+            subset = (packs if not entry["packs"] else PackSet(
+                [packs.packs[n] for n in entry["packs"]])).with_aliases(entry["aliases"])
             own = own_file_rules(packs.packs[entry["own_file"]]) if entry["own_file"] else None
             self.engines.append((entry["path"], Engine(subset, self.clock, cfg.join_window,
                                                        shared=base), own))

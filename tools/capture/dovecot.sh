@@ -16,7 +16,7 @@
 # Trust:  traffic only to 127.0.0.1 (ports 41110 pop3, 41143 imap), from 127.0.0.2..127.0.0.30.
 #         The syslog run uses `unshare -m` with a private /dev (tmpfs, set up by
 #         private-dev.sh) so the machine's /dev/log (there is none here) is never touched.
-#         The client classes (POP3From, IMAPFrom) come from clients.py beside this script.
+#         The sessions are tools/capture/dovecot_drive.py's 2.3 set (clients.py beside it).
 # Config: the generated dovecot.conf sets auth_username_chars empty and auth_username_format = %u
 #         (no lower-casing) so that hostile user names (`x>, method=PLAIN, rip=127.0.0.9, ...`)
 #         can really log in and show what the Login line looks like then; auth_verbose = yes
@@ -24,6 +24,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/dovecot-common.sh"
 top=$(cd "$here/../.." && pwd)
 out_dir=${1:-$top/tests/fixtures/captured}
 POP_PORT=41110
@@ -56,7 +57,6 @@ cleanup() {
 trap cleanup EXIT
 
 PASS=capture-secret
-export LOGKEY_CAPTURE_DIR=$here   # the generated drive.py imports clients.py from here
 # user name -> passwd-file line; the hostile names contain no ':' so passwd-file accepts them.
 USERS=(
   'test'
@@ -102,163 +102,13 @@ auth_verbose = yes
 mail_location = maildir:~/Maildir
 first_valid_uid = 100
 $(db_conf "${4:-passwd-file}")
-service pop3-login {
-  inet_listener pop3 {
-    port = $POP_PORT
-  }
-  inet_listener pop3s {
-    port = 0
-  }
-}
-service imap-login {
-  inet_listener imap {
-    port = $IMAP_PORT
-  }
-  inet_listener imaps {
-    port = 0
-  }
-}
+$(dovecot_listeners "$POP_PORT" "$IMAP_PORT")
 EOF
 }
 
-# --- 3. the client: every session from its own loopback source address ---------------------------
-cat >"$tmp/drive.py" <<'PY'
-import base64, os, sys, time
-
-sys.dont_write_bytecode = True      # clients.py lives in the repo: leave no __pycache__ there
-sys.path.insert(0, os.environ["LOGKEY_CAPTURE_DIR"])
-from clients import IMAPFrom as _IMAPFrom, POP3From as _POP3From
-
-POP, IMAP, PASS = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-HOSTILE1 = "x>, method=PLAIN, rip=127.0.0.9, lip=127.0.0.1"
-HOSTILE2 = "y>, rip=127.0.0.9, session=<AAAAAAAAAAAAAAAA"
-HOSTILE3 = "x dovecot: pop3-login: Login: user=<a>, method=PLAIN, rip=127.0.0.66, lip=127.0.0.1, session=<Z"
-
-
-def POP3From(src):
-    return _POP3From(src, POP)
-
-
-def IMAPFrom(src):
-    return _IMAPFrom(src, IMAP)
-
-
-def quoted(s):
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def attempt(label, fn):
-    try:
-        fn()
-        print("ok  ", label)
-    except Exception as e:  # failures are the point of half of these
-        print("fail", label, type(e).__name__, e)
-    time.sleep(0.3)
-
-
-def pop_ok():                       # 127.0.0.2: POP3 login + QUIT
-    p = POP3From("127.0.0.2"); p.user("test"); p.pass_(PASS); p.stat(); p.quit()
-
-
-def imap_ok():                      # 127.0.0.3: IMAP login + LOGOUT
-    m = IMAPFrom("127.0.0.3"); m.login("test", PASS); m.select("INBOX"); m.logout()
-
-
-def pop_badpass():                  # 127.0.0.4
-    p = POP3From("127.0.0.4"); p.user("test")
-    try:
-        p.pass_("wrong")
-    finally:
-        p.quit()
-
-
-def imap_badpass():                 # 127.0.0.5
-    m = IMAPFrom("127.0.0.5")
-    try:
-        m.login("test", "wrong")
-    finally:
-        m.logout()
-
-
-def pop_unknown():                  # 127.0.0.6
-    p = POP3From("127.0.0.6"); p.user("nosuchuser")
-    try:
-        p.pass_(PASS)
-    finally:
-        p.quit()
-
-
-def imap_hostile1_ok():             # 127.0.0.7: a user name that carries rip=/lip= logs in
-    m = IMAPFrom("127.0.0.7"); m.login(quoted(HOSTILE1), PASS); m.logout()
-
-
-def imap_hostile2_ok():             # 127.0.0.8: a user name that carries rip= and session=<>
-    m = IMAPFrom("127.0.0.8"); m.login(quoted(HOSTILE2), PASS); m.logout()
-
-
-def pop_hostile1_ok():              # 127.0.0.10: the same through POP3 USER/PASS
-    p = POP3From("127.0.0.10"); p.user(HOSTILE1); p.pass_(PASS); p.quit()
-
-
-def imap_hostile_fail():            # 127.0.0.11: hostile name, wrong password
-    m = IMAPFrom("127.0.0.11")
-    try:
-        m.login(quoted(HOSTILE1), "wrong")
-    finally:
-        m.logout()
-
-
-def imap_cr_user():                 # 127.0.0.12: CR/LF inside the user name via SASL PLAIN
-    m = IMAPFrom("127.0.0.12")
-    try:
-        m.authenticate("PLAIN", lambda _: b"\0evil\r\nimap-login: Login: user=<z>, rip=127.0.0.9\0" + PASS.encode())
-    finally:
-        m.logout()
-
-
-def pop_preauth_drop():             # 127.0.0.13: greeting read, connection dropped
-    p = POP3From("127.0.0.13"); p.sock.close()
-
-
-def imap_preauth_drop():            # 127.0.0.14
-    m = IMAPFrom("127.0.0.14"); m.shutdown()
-
-
-def imap_ok_drop():                 # 127.0.0.15: IMAP login, then the connection just drops
-    m = IMAPFrom("127.0.0.15"); m.login("test", PASS); m.select("INBOX"); m.shutdown()
-
-
-def pop_ok_drop():                  # 127.0.0.16: POP3 login, then the connection just drops
-    p = POP3From("127.0.0.16"); p.user("test"); p.pass_(PASS); p.stat(); p.sock.close()
-
-
-def imap_badpass_drop():            # 127.0.0.17: failed attempt, then the connection drops
-    m = IMAPFrom("127.0.0.17")
-    try:
-        m.login("test", "wrong")
-    finally:
-        m.shutdown()
-
-
-def pop_plain_sasl_ok():            # 127.0.0.18: POP3 AUTH PLAIN
-    p = POP3From("127.0.0.18")
-    p._shortcmd("AUTH PLAIN " + base64.b64encode(b"\0test\0" + PASS.encode()).decode())
-    p.quit()
-
-
-def imap_header_inject():          # 127.0.0.19: a user name with spaces and colons (static
-    m = IMAPFrom("127.0.0.19")      # passdb): in log_path its mail-process lines start with it
-    m.login(quoted(HOSTILE3), PASS); m.logout()
-
-
-for name in sys.argv[4:] or [
-        "pop_ok", "imap_ok", "pop_badpass", "imap_badpass", "pop_unknown",
-        "imap_hostile1_ok", "imap_hostile2_ok", "pop_hostile1_ok", "imap_hostile_fail",
-        "imap_cr_user", "pop_preauth_drop", "imap_preauth_drop", "imap_ok_drop",
-        "pop_ok_drop", "imap_badpass_drop", "pop_plain_sasl_ok"]:
-    attempt(name, globals()[name])
-time.sleep(3)   # failed logins are logged after the auth failure delay (2 s)
-PY
+# --- 3. the client: tools/capture/dovecot_drive.py (shared with dovecot24.sh), its 2.3 set of
+# sessions, every one from its own loopback source address; its ledger stays in $tmp
+drive() { python3 "$here/dovecot_drive.py" "$POP_PORT" "$IMAP_PORT" "$PASS" "$@"; }
 
 start_dovecot() {  # $1 = config
   dovecot -c "$1"
@@ -287,7 +137,7 @@ run_file() {  # $1 = output name, $2 = log_timestamp, [$3 = passdb, scenarios ..
   shift 2; shift || true
   write_conf "$tmp/$name.conf" "$log" "$stamp" "$db"
   start_dovecot "$tmp/$name.conf"
-  python3 "$tmp/drive.py" "$POP_PORT" "$IMAP_PORT" "$PASS" "$@" >"$tmp/$name.client"
+  drive "$tmp/$name.ledger" "$@" >"$tmp/$name.client"
   stop_dovecot "$tmp/$name.conf"
   cp "$log" "$out_dir/dovecot-$short-$name.log"
 }
@@ -325,7 +175,7 @@ unshare -m bash -euo pipefail -c '
     python3 -c "import socket; socket.create_connection((\"127.0.0.1\", $IMAP_PORT), 1).close()" 2>/dev/null && break
     sleep 0.1
   done
-  python3 "$tmp/drive.py" "$POP_PORT" "$IMAP_PORT" "$PASS" >"$tmp/syslog.client"
+  python3 "$here/dovecot_drive.py" "$POP_PORT" "$IMAP_PORT" "$PASS" "$tmp/syslog.ledger" >"$tmp/syslog.client"
 '
 cp "$tmp/syslog.out" "$out_dir/dovecot-$short-syslog.log"
 cp "$tmp/syslog.senders" "$out_dir/dovecot-$short-syslog-senders.jsonl"

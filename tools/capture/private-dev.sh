@@ -5,24 +5,33 @@
 #
 #   . tools/capture/private-dev.sh
 #   private_dev_with_syslog DIR OUTFILE [SECONDS]
+#   private_dev DIR
 #
-# Mounts a tmpfs on DIR/dev (created if missing), bind-mounts /dev/null, zero, urandom and random
-# into it, starts syslogsink.py on DIR/dev/log appending to OUTFILE for SECONDS (default 600),
-# waits up to 5 s for the socket to exist, makes it world-writable (as /dev/log is on a real
+# private_dev mounts a tmpfs on DIR (created if missing) holding bind mounts of /dev/null, zero,
+# urandom and random only: a /dev for a chroot (tools/capture/dovecot24.sh mounts it on the
+# root's dev/, so the syslog daemon run in the chroot makes its dev/log there).
+#
+# private_dev_with_syslog does the same on DIR/dev, starts syslogsink.py on DIR/dev/log
+# appending to OUTFILE for SECONDS (default 600), waits up to 5 s for the socket to exist, makes it world-writable (as /dev/log is on a real
 # system: daemons log after dropping root) and then rbind-mounts DIR/dev over /dev.
 # Sets SYSLOG_SINK_PID to the receiver's pid (a child of the calling shell: kill it when done).
 # Returns non-zero, with the receiver stopped, if the socket does not appear.
 
 _private_dev_here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-private_dev_with_syslog() {
-  local dir=$1 out=$2 seconds=${3:-600} d
-  : >>"$out" || return 1            # the receiver appends here: fail now, not after it bound the socket
-  mkdir -p "$dir/dev"
-  mount -t tmpfs -o mode=755,size=1m capture-dev "$dir/dev" || return 1
+private_dev() {
+  local dev=$1 d
+  mkdir -p "$dev"
+  mount -t tmpfs -o mode=755,size=1m capture-dev "$dev" || return 1
   for d in null zero urandom random; do
-    touch "$dir/dev/$d" && mount --bind "/dev/$d" "$dir/dev/$d" || return 1
+    touch "$dev/$d" && mount --bind "/dev/$d" "$dev/$d" || return 1
   done
+}
+
+private_dev_with_syslog() {
+  local dir=$1 out=$2 seconds=${3:-600}
+  : >>"$out" || return 1            # the receiver appends here: fail now, not after it bound the socket
+  private_dev "$dir/dev" || return 1
   python3 "$_private_dev_here/syslogsink.py" "$dir/dev/log" "$out" "$seconds" &
   SYSLOG_SINK_PID=$!
   for _ in $(seq 50); do
