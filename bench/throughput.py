@@ -108,8 +108,8 @@ def dry_run(path: str, *packs: str) -> float:
     for p in packs:
         args += ["--pack", p]
     start = time.perf_counter()
-    subprocess.run(args + [path], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   env={**os.environ, "LOGKEY_CONFIG": os.devnull})
+    subprocess.run(args + [path], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env={**os.environ, "LOGKEY_CONFIG": os.devnull})
     return time.perf_counter() - start
 
 
