@@ -41,7 +41,8 @@ class Dispatch:
     regex (a branch per rule, marked by an empty group), so a line costs one match under one
     time limit however many rules apply; first branch that matches the whole message wins,
     exactly as trying the rules in order would."""
-    __slots__ = ("rules", "pattern", "markers", "ignore", "cut_at")
+    __slots__ = ("rules", "pattern", "markers", "ignore", "cut_at", "_names", "_marker_names",
+                 "_rule_names")
 
     def __init__(self, rules: list[Rule], ignore: list[regex.Pattern], cut_at: int | None = None):
         self.rules = rules
@@ -61,6 +62,10 @@ class Dispatch:
         self.ignore = None
         if ignore:
             self.ignore = regex.compile("(?:" + "|".join(f"(?:{p.pattern})" for p in ignore) + ")")
+        # The named groups each pattern has, read with one m.group(...) call per line.
+        self._names = _present(self.pattern) if self.pattern is not None else None
+        self._marker_names = tuple(name for name, _ in self.markers)
+        self._rule_names = [_present(r.pattern) for r in rules]
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -68,23 +73,29 @@ class Dispatch:
     def match(self, message: str, program: str | None, header_pid: str | None):
         """The first rule matching the whole message, as a Match; None when none matches.
         Raises TimeoutError when the match hits its time limit."""
+        # The time limit is passed by position (string, pos, endpos, concurrent, partial,
+        # timeout): as a keyword, regex's argument parsing costs more than most matches.
         if self.pattern is not None:
-            m = self.pattern.fullmatch(message, timeout=MATCH_TIMEOUT)
+            m = self.pattern.fullmatch(message, None, None, None, False, MATCH_TIMEOUT)
             if m is None:
                 return None
-            for name, rule in self.markers:
-                if m.group(name) is not None:
-                    return _to_match(rule, m, program, header_pid)
-            return None
-        for rule in self.rules:
-            m = rule.pattern.fullmatch(message, timeout=MATCH_TIMEOUT)
+            if len(self.markers) > 1:       # the branch that matched: its empty marker is ""
+                try:
+                    rule = self.markers[m.group(*self._marker_names).index("")][1]
+                except ValueError:
+                    return None
+            else:
+                rule = self.markers[0][1]
+            return _to_match(rule, m, self._names, program, header_pid)
+        for rule, names in zip(self.rules, self._rule_names):
+            m = rule.pattern.fullmatch(message, None, None, None, False, MATCH_TIMEOUT)
             if m is not None:
-                return _to_match(rule, m, program, header_pid)
+                return _to_match(rule, m, names, program, header_pid)
         return None
 
     def ignored(self, message: str) -> bool:
         return self.ignore is not None and \
-            self.ignore.match(message, timeout=MATCH_TIMEOUT) is not None
+            self.ignore.match(message, None, None, None, False, MATCH_TIMEOUT) is not None
 
 
 NO_RULES = Dispatch([], [])
@@ -156,13 +167,23 @@ def own_file_rules(pack: Pack) -> Dispatch:
 _WANTED = ("ip", "user", "protocol", "session", "pid", "fields", "proxy")
 
 
-def _to_match(rule: Rule, m, program: str | None, header_pid: str | None) -> Match:
-    index = m.re.groupindex
-    got = {k: (m.group(k) if k in index else None) for k in _WANTED}
+def _present(pattern) -> tuple[str, ...]:
+    """The wanted group names a pattern has, in _WANTED's order."""
+    index = pattern.groupindex
+    return tuple(k for k in _WANTED if k in index)
+
+
+def _to_match(rule: Rule, m, names: tuple[str, ...], program: str | None,
+              header_pid: str | None) -> Match:
+    if len(names) > 1:
+        got = dict(zip(names, m.group(*names)))
+    else:
+        got = {names[0]: m.group(names[0])} if names else {}
+    get = got.get
     rejected = None
     if rule.fields is not None:
-        rejected = _read_fields(rule.fields, got["fields"] or "", got)
-    protocol = got["protocol"]
+        rejected = _read_fields(rule.fields, get("fields") or "", got)
+    protocol = get("protocol")
     if rule.protocol == "program":
         protocol = program
     elif rule.protocol is not None:
@@ -170,8 +191,8 @@ def _to_match(rule: Rule, m, program: str | None, header_pid: str | None) -> Mat
     if protocol is not None:
         mapped = normalise_protocol(protocol, rule.protocols)
         protocol = None if mapped in (None, "none") else mapped
-    return Match(rule, got["ip"], got["user"], protocol, got["session"],
-                 got["pid"] or header_pid, rejected, got["proxy"])
+    return Match(rule, get("ip"), get("user"), protocol, get("session"),
+                 get("pid") or header_pid, rejected, get("proxy"))
 
 
 def _read_fields(spec: Fields, text: str, got: dict) -> str | None:
