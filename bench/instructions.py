@@ -2,13 +2,13 @@
 """Instructions per line of `logkey dry-run`, counted by valgrind (callgrind): a figure that,
 unlike the lines/s of throughput.py, does not depend on what else the machine is doing.
 
-Generates throughput.py's mixes (and one without any POP/IMAP line) of N lines each (default
-20,000), runs `logkey dry-run` on each and on an empty file under `valgrind --tool=callgrind`,
-and prints, with the start-up (the empty file's count) taken off:
+Generates throughput.py's mixes (and one without any POP/IMAP line) of N and 2N lines each
+(default N 10,000), runs `logkey dry-run` on each under `valgrind --tool=callgrind`, and prints,
+from the difference of the two counts (start-up and first compiles cancel out):
   - instructions per line of each mix, one pack (dovecot) and all packs,
   - instructions per covered line: (mix - no-login mix) / covered lines, all packs.
 
-    python bench/instructions.py [--lines N]
+    python bench/instructions.py [--lines N] [--jobs J]
 
 Needs valgrind. Slow (each run is ~50x a plain one); counts vary by well under 1% between
 runs (PYTHONHASHSEED is fixed).
@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import throughput  # noqa: E402
@@ -44,29 +45,38 @@ def count(path: str, *packs: str) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lines", type=int, default=20_000)
+    ap.add_argument("--lines", type=int, default=10_000)
+    ap.add_argument("--jobs", type=int, default=2, help="valgrind runs at once")
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("needs valgrind (apt-get install valgrind)")
     n = args.lines
+    mixes = {"no POP/IMAP": (0.0, throughput.LOGINS), **throughput.MIXES}
     with tempfile.TemporaryDirectory() as tmp:
-        empty = os.path.join(tmp, "empty.log")
-        open(empty, "w").close()
-        start = {(): count(empty), ("dovecot",): count(empty, "dovecot")}
-        plain = os.path.join(tmp, "none.log")
-        throughput.generate(plain, n, share=0.0)
-        none_all = count(plain) - start[()]
-        print(f"lines: {n} per mix; start-up {start[()]:,} instructions (all packs)")
-        print(f"mix no POP/IMAP lines: all packs {none_all / n:,.0f} instructions/line")
+        runs = {}
+        for name, (share, logins) in mixes.items():
+            for size in (n, 2 * n):
+                path = os.path.join(tmp, f"mail-{share:.2f}-{size}.log")
+                throughput.generate(path, size, share=share, logins=logins)
+                runs[(name, size, "all")] = (path,)
+                if share:
+                    runs[(name, size, "one")] = (path, "dovecot")
+        with ThreadPoolExecutor(args.jobs) as pool:
+            done = dict(zip(runs, pool.map(lambda a: count(*a), runs.values())))
+        # The first n lines of the 2n-line log are the n-line log (same seed): the difference
+        # is n lines' work, without start-up or the first compile of each tag's rules.
+        per = {(name, kind): (done[(name, 2 * n, kind)] - done[(name, n, kind)]) / n
+               for (name, size, kind) in done if size == n}
+        none = per[("no POP/IMAP", "all")]
+        print(f"instructions per line (lines {n}..{2 * n} of each log; valgrind callgrind)")
+        print(f"  mix no POP/IMAP lines:    all packs {none:9,.0f}")
         for name, (share, logins) in throughput.MIXES.items():
-            path = os.path.join(tmp, f"mail-{share:.2f}.log")
-            throughput.generate(path, n, share=share, logins=logins)
-            covered = _covered(path)
-            one = count(path, "dovecot") - start[("dovecot",)]
-            every = count(path) - start[()]
-            print(f"mix {name}: one pack {one / n:,.0f}, all packs {every / n:,.0f} "
-                  f"instructions/line; {covered} covered lines, "
-                  f"{(every - none_all) / covered:,.0f} instructions per covered line")
+            covered = (_covered(os.path.join(tmp, f"mail-{share:.2f}-{2 * n}.log"))
+                       - _covered(os.path.join(tmp, f"mail-{share:.2f}-{n}.log")))
+            every, one = per[(name, "all")], per[(name, "one")]
+            print(f"  mix {name + ':':<20} one pack {one:9,.0f}, all packs {every:9,.0f}; "
+                  f"per covered line (all packs, over the no-POP/IMAP mix) "
+                  f"{(every - none) * n / covered:9,.0f}")
     return 0
 
 
