@@ -41,7 +41,7 @@ class Dispatch:
     regex (a branch per rule, marked by an empty group), so a line costs one match under one
     time limit however many rules apply; first branch that matches the whole message wins,
     exactly as trying the rules in order would."""
-    __slots__ = ("rules", "pattern", "markers", "ignore", "cut_at", "_names", "_marker_names",
+    __slots__ = ("rules", "pattern", "markers", "ignore", "cut_at", "_names", "_marker_at",
                  "_rule_names")
 
     def __init__(self, rules: list[Rule], ignore: list[regex.Pattern], cut_at: int | None = None):
@@ -62,9 +62,11 @@ class Dispatch:
         self.ignore = None
         if ignore:
             self.ignore = regex.compile("(?:" + "|".join(f"(?:{p.pattern})" for p in ignore) + ")")
-        # The named groups each pattern has, read with one m.group(...) call per line.
+        # Where each pattern's groups are in m.groups(): one call per line reads them all (a
+        # group looked up by name costs more than all of them by position).
         self._names = _present(self.pattern) if self.pattern is not None else None
-        self._marker_names = tuple(name for name, _ in self.markers)
+        self._marker_at = ([(self.pattern.groupindex[name] - 1, rule) for name, rule in self.markers]
+                           if self.pattern is not None else None)
         self._rule_names = [_present(r.pattern) for r in rules]
 
     def __bool__(self) -> bool:
@@ -79,18 +81,15 @@ class Dispatch:
             m = self.pattern.fullmatch(message, None, None, None, False, MATCH_TIMEOUT)
             if m is None:
                 return None
-            if len(self.markers) > 1:       # the branch that matched: its empty marker is ""
-                try:
-                    rule = self.markers[m.group(*self._marker_names).index("")][1]
-                except ValueError:
-                    return None
-            else:
-                rule = self.markers[0][1]
-            return _to_match(rule, m, self._names, program, header_pid)
+            groups = m.groups()
+            for at, rule in self._marker_at:
+                if groups[at] is not None:      # the branch that matched
+                    return _to_match(rule, groups, self._names, program, header_pid)
+            return None
         for rule, names in zip(self.rules, self._rule_names):
             m = rule.pattern.fullmatch(message, None, None, None, False, MATCH_TIMEOUT)
             if m is not None:
-                return _to_match(rule, m, names, program, header_pid)
+                return _to_match(rule, m.groups(), names, program, header_pid)
         return None
 
     def ignored(self, message: str) -> bool:
@@ -167,18 +166,15 @@ def own_file_rules(pack: Pack) -> Dispatch:
 _WANTED = ("ip", "user", "protocol", "session", "pid", "fields", "proxy")
 
 
-def _present(pattern) -> tuple[str, ...]:
-    """The wanted group names a pattern has, in _WANTED's order."""
+def _present(pattern) -> tuple[tuple[str, int], ...]:
+    """(name, position in m.groups()) of the wanted groups a pattern has."""
     index = pattern.groupindex
-    return tuple(k for k in _WANTED if k in index)
+    return tuple((k, index[k] - 1) for k in _WANTED if k in index)
 
 
-def _to_match(rule: Rule, m, names: tuple[str, ...], program: str | None,
-              header_pid: str | None) -> Match:
-    if len(names) > 1:
-        got = dict(zip(names, m.group(*names)))
-    else:
-        got = {names[0]: m.group(names[0])} if names else {}
+def _to_match(rule: Rule, groups: tuple, names: tuple[tuple[str, int], ...],
+              program: str | None, header_pid: str | None) -> Match:
+    got = {k: groups[at] for k, at in names}
     get = got.get
     rejected = None
     if rule.fields is not None:
