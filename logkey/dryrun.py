@@ -148,6 +148,7 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
     # Replayed history: each event is judged at its own time; only the window applies.
     gates = GatePolicy(PolicyConfig(window=window, never_gate=[], max_ips_per_user=0))
     progress = _Progress(paths, err)
+    lineno = 0
     last_time: datetime | None = None
     write = out.write
     scanner = Scanner(packs) if own_rules is None else None
@@ -192,8 +193,8 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
         journal_stats.append((journal.label(source), jstats))
         last_time = _later(last_time, jlast)
     for e in engine.flush():        # logouts held for a login that never came: no IP
-        if json_out:
-            write(_event_json(paths[-1] if paths else "-", lineno, e) + "\n")
+        if json_out:                # (reported at the last line read)
+            write(_event_json(paths[-1] if paths else "journal", lineno, e) + "\n")
     at = at or last_time            # gates open at --now, else at the last line's time
     open_gates = [] if at is None else sorted(
         (g.record for g in gates.gates.values() if g.record.expires > at.timestamp()),

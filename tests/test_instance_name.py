@@ -2,8 +2,10 @@
 real dovecot with `instance_name = mx2` logging through its own rsyslogd (tests/servers.py's
 SyslogNamespace), one POP3 and one IMAP login. Without help logkey reads nothing of it; with
 `aliases: {mx2: dovecot}` in the file's `logs:` entry, dry-run and watch read it with the
-dovecot pack's rules, and a bad alias is one clear error line."""
+dovecot pack's rules, and a bad alias is one clear error line. (Debian 12's dovecot 2.3 here;
+in the Debian 13 suite the same test runs on 2.4.)"""
 import json
+import re
 
 from conftest import run_logkey, wait_for
 from servers import Dovecot, SyslogNamespace
@@ -35,7 +37,8 @@ def test_instance_name_is_read_through_an_alias(tmp_path, site, watch):
              and (tmp_path / "gates" / "127.0.0.3").exists(), what="the gates of mx2's logins")
     assert not (tmp_path / "gates" / "127.0.0.4").exists()
     text = log.read_text()
-    assert " mx2: pop3-login: Login: user=<test>" in text and " dovecot: " not in text, text
+    assert re.search(r" mx2: pop3-login: (?:Login|Logged in): user=<test>", text), text  # 2.3, 2.4
+    assert " dovecot: " not in text, text
     assert logins(str(log)) == []                        # the tag alone says nothing
     assert logins("--config", str(cfg), str(log)) == [("127.0.0.2", "pop3", "test"),
                                                       ("127.0.0.3", "imap", "test")]
