@@ -80,10 +80,13 @@ class Correlator:
         out = []
         if now is None:
             return out
-        for session, logout in list(self.early.items()):
+        early = self.early
+        while early:                            # oldest first; stop at the first still held
+            session = next(iter(early))
+            logout = early[session]
             if logout.time is not None and logout.time + self.hold >= now:
                 break
-            out.append(self.early.pop(session))
+            out.append(early.pop(session))
         return out
 
     def _feed(self, event: Event) -> list[Event]:

@@ -88,6 +88,8 @@ class _Gate:
     last: float = 0.0                               # time of the last login or logout
 
 
+NETWORK_ANSWERS_KEPT = 65536    # IPs whose never_gate / only_gate answer is remembered
+
 PUT_TALLY = {OPEN: "opened", LOGIN_REFRESH: "refreshed", SESSION: "extended"}
 DELETE_TALLY = {EXPIRED: "expired", LOGGED_OUT: "closed:logout", REMOVED: "closed:hand"}
 
@@ -97,6 +99,9 @@ class GatePolicy:
         self.config = config
         self.gates: dict[str, _Gate] = {}
         self.counts: Counter = Counter()            # decisions, see the module docstring
+        # never_gate / only_gate answers per canonical IP, for the config they were found with
+        self._networks_of: PolicyConfig | None = None
+        self._by_ip: dict = {}
 
     def _tally(self, actions: list) -> list:
         for action in actions:
@@ -117,6 +122,24 @@ class GatePolicy:
 
     def refused(self, ip: str, user: str | None) -> tuple[str, str | None] | None:
         """(setting, detail) when this IP/user never gets a gate, else None."""
+        config = self.config
+        if config.never_gate or config.only_gate is not None:
+            if config is not self._networks_of:     # a reload brings a new config: new answers
+                self._networks_of, self._by_ip = config, {}
+            try:
+                found = self._by_ip[ip]
+            except KeyError:
+                found = self._networks_refusal(ip)
+                if len(self._by_ip) >= NETWORK_ANSWERS_KEPT:
+                    self._by_ip.clear()
+                self._by_ip[ip] = found
+            if found is not None:
+                return found
+        if user is not None and user in config.never_gate_users:
+            return NEVER_GATE_USERS, None
+        return None
+
+    def _networks_refusal(self, ip: str) -> tuple[str, str | None] | None:
         addr = ipaddress.ip_address(ip)
         for net in self.config.never_gate:
             if addr.version == net.version and addr in net:
@@ -124,8 +147,6 @@ class GatePolicy:
         if self.config.only_gate is not None and not any(
                 addr.version == net.version and addr in net for net in self.config.only_gate):
             return ONLY_GATE, None
-        if user is not None and user in self.config.never_gate_users:
-            return NEVER_GATE_USERS, None
         return None
 
     # --- events ---------------------------------------------------------------------------

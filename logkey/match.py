@@ -41,7 +41,8 @@ class Dispatch:
     regex (a branch per rule, marked by an empty group), so a line costs one match under one
     time limit however many rules apply; first branch that matches the whole message wins,
     exactly as trying the rules in order would."""
-    __slots__ = ("rules", "pattern", "markers", "ignore", "cut_at", "packs")
+    __slots__ = ("rules", "pattern", "markers", "ignore", "cut_at", "packs", "_names",
+                 "_marker_at", "_rule_names")
 
     def __init__(self, rules: list[Rule], ignore: list[regex.Pattern], cut_at: int | None = None,
                  packs: tuple[str, ...] = ()):
@@ -63,6 +64,12 @@ class Dispatch:
         self.ignore = None
         if ignore:
             self.ignore = regex.compile("(?:" + "|".join(f"(?:{p.pattern})" for p in ignore) + ")")
+        # Where each pattern's groups are in m.groups(): one call per line reads them all (a
+        # group looked up by name costs more than all of them by position).
+        self._names = _present(self.pattern) if self.pattern is not None else None
+        self._marker_at = ([(self.pattern.groupindex[name] - 1, rule) for name, rule in self.markers]
+                           if self.pattern is not None else None)
+        self._rule_names = [_present(r.pattern) for r in rules]
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -70,23 +77,26 @@ class Dispatch:
     def match(self, message: str, program: str | None, header_pid: str | None):
         """The first rule matching the whole message, as a Match; None when none matches.
         Raises TimeoutError when the match hits its time limit."""
+        # The time limit is passed by position (string, pos, endpos, concurrent, partial,
+        # timeout): as a keyword, regex's argument parsing costs more than most matches.
         if self.pattern is not None:
-            m = self.pattern.fullmatch(message, timeout=MATCH_TIMEOUT)
+            m = self.pattern.fullmatch(message, None, None, None, False, MATCH_TIMEOUT)
             if m is None:
                 return None
-            for name, rule in self.markers:
-                if m.group(name) is not None:
-                    return _to_match(rule, m, program, header_pid)
+            groups = m.groups()
+            for at, rule in self._marker_at:
+                if groups[at] is not None:      # the branch that matched
+                    return _to_match(rule, groups, self._names, program, header_pid)
             return None
-        for rule in self.rules:
-            m = rule.pattern.fullmatch(message, timeout=MATCH_TIMEOUT)
+        for rule, names in zip(self.rules, self._rule_names):
+            m = rule.pattern.fullmatch(message, None, None, None, False, MATCH_TIMEOUT)
             if m is not None:
-                return _to_match(rule, m, program, header_pid)
+                return _to_match(rule, m.groups(), names, program, header_pid)
         return None
 
     def ignored(self, message: str) -> bool:
         return self.ignore is not None and \
-            self.ignore.match(message, timeout=MATCH_TIMEOUT) is not None
+            self.ignore.match(message, None, None, None, False, MATCH_TIMEOUT) is not None
 
 
 NO_RULES = Dispatch([], [])
@@ -160,13 +170,20 @@ def own_file_rules(pack: Pack) -> Dispatch:
 _WANTED = ("ip", "user", "protocol", "session", "pid", "fields", "proxy")
 
 
-def _to_match(rule: Rule, m, program: str | None, header_pid: str | None) -> Match:
-    index = m.re.groupindex
-    got = {k: (m.group(k) if k in index else None) for k in _WANTED}
+def _present(pattern) -> tuple[tuple[str, int], ...]:
+    """(name, position in m.groups()) of the wanted groups a pattern has."""
+    index = pattern.groupindex
+    return tuple((k, index[k] - 1) for k in _WANTED if k in index)
+
+
+def _to_match(rule: Rule, groups: tuple, names: tuple[tuple[str, int], ...],
+              program: str | None, header_pid: str | None) -> Match:
+    got = {k: groups[at] for k, at in names}
+    get = got.get
     rejected = None
     if rule.fields is not None:
-        rejected = _read_fields(rule.fields, got["fields"] or "", got)
-    protocol = got["protocol"]
+        rejected = _read_fields(rule.fields, get("fields") or "", got)
+    protocol = get("protocol")
     if rule.protocol == "program":
         protocol = program
     elif rule.protocol is not None:
@@ -174,8 +191,8 @@ def _to_match(rule: Rule, m, program: str | None, header_pid: str | None) -> Mat
     if protocol is not None:
         mapped = normalise_protocol(protocol, rule.protocols)
         protocol = None if mapped in (None, "none") else mapped
-    return Match(rule, got["ip"], got["user"], protocol, got["session"],
-                 got["pid"] or header_pid, rejected, got["proxy"])
+    return Match(rule, get("ip"), get("user"), protocol, get("session"),
+                 get("pid") or header_pid, rejected, get("proxy"))
 
 
 def _read_fields(spec: Fields, text: str, got: dict) -> str | None:
@@ -184,17 +201,18 @@ def _read_fields(spec: Fields, text: str, got: dict) -> str | None:
     (someone put "rip=" in a user name) refuses the line, and so does a missing ip key."""
     sep = spec.separator
     padded = sep + text
+    find = padded.find
     for key, target in spec.keys.items():
         probe = sep + key + "="
-        n = padded.count(probe)
-        if n > 1:
-            return f"field {key}= appears more than once"
-        if n == 0:
+        start = find(probe)
+        if start < 0:
             if target == "ip":
                 return f"field {key}= missing"
             continue
-        start = padded.find(probe) + len(probe)
-        end = padded.find(sep, start)
+        start += len(probe)
+        if find(probe, start) >= 0:         # (what count() > 1 finds, without a second scan)
+            return f"field {key}= appears more than once"
+        end = find(sep, start)
         value = padded[start:end] if end >= 0 else padded[start:]
         if spec.strip and len(value) >= 2 and value[0] == spec.strip[0]:
             if value[-1] == spec.strip[1]:
