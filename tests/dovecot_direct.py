@@ -108,7 +108,8 @@ class DirectDovecot(servers.Dovecot):
     (the page's snippets, paths already substituted) appended to its configuration."""
 
     def __init__(self, release: str, root: str):
-        super().__init__(name=f"dovecot{release.replace('.', '')}")
+        super().__init__(name=f"dovecot{release.replace('.', '')}",
+                         version=tuple(int(n) for n in release.split(".")))
         self.release, self.root = release, root
         self.ov = Path(tempfile.mkdtemp(prefix="lk-ov-")) if root else None
         (self.dir / "lk").mkdir(mode=0o755)
