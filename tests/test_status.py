@@ -127,11 +127,14 @@ def test_status_redis_reachable_then_stopped(tmp_path, watch, redis_server):
     # the watcher's side of the outage, in its metrics: a login it cannot write yet
     append(tmp_path / "mail.log", login("198.51.100.41"))
     wait_for(lambda: "store unavailable" in w.log(), what="the watcher's outage")
+    # the gauges are set at the watcher's pass after the failed write: wait for it (.41; and
+    # .40 once a retry has queued every gate again: the watcher may notice the outage before
+    # .41's write)
+    wait_for(lambda: scrape(port)["logkey_watch_gates_pending"][()] in (1, 2),
+             what="the pending gate in the metrics")
     metrics = scrape(port)
     assert metrics["logkey_watch_store_up"][(("type", "redis"),)] == 0
     assert metrics["logkey_watch_store_errors_total"][()] >= 1
-    assert metrics["logkey_watch_gates_pending"][()] in (1, 2)  # .41; and .40 once a retry
-    # has queued every gate again (the watcher may notice the outage before .41's write)
     redis_server.start()
     wait_for(lambda: scrape(port)["logkey_watch_store_up"][(("type", "redis"),)] == 1,
              timeout=40, what="the store back in the metrics")
