@@ -34,7 +34,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from logkey.policy.protocol import encode  # noqa: E402
+from logkey.smtp.policy.protocol import encode  # noqa: E402
 
 
 def request(ip: str) -> bytes:
@@ -216,7 +216,7 @@ def main() -> None:
         servers = {
             "responder": (start([sys.executable, __file__, "--responder", responder_sock],
                                 responder_sock), responder_sock),
-            "logkey": (start([sys.executable, "-m", "logkey.policy", "--config", config,
+            "logkey": (start([sys.executable, "-m", "logkey", "policy", "--config", config,
                               "--listen", f"unix:{logkey_sock}"], logkey_sock), logkey_sock),
         }
         if args.with_metrics:
@@ -230,7 +230,7 @@ def main() -> None:
                         f"metrics: {{policy: '127.0.0.1:{port}'}}\n")
             metrics_sock = f"{tmp}/metrics.sock"
             servers["logkey+metrics"] = (start(
-                [sys.executable, "-m", "logkey.policy", "--config", metrics_config, "--listen",
+                [sys.executable, "-m", "logkey", "policy", "--config", metrics_config, "--listen",
                  f"unix:{metrics_sock}"], metrics_sock), metrics_sock)
         runs = {name: [] for name in servers}
         try:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """pygtail 0.14's defects (issue 3), each reproduced in a temp dir, next to the same scenario
-through logkey's own follower (logkey.follow.Follower). One line per defect.
+through logkey's own follower (logkey.sources.follow.Follower). One line per defect.
 
 Installs nothing: with pygtail importable (`pip install pygtail==0.14.0`, by hand) both sides
 run; without it only logkey's side does.
@@ -20,7 +20,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from logkey.follow import Follower  # noqa: E402
+from logkey.sources.follow import Follower  # noqa: E402
 
 try:
     import pygtail
@@ -127,7 +127,7 @@ if which == "pygtail":
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))    # the disk is full from now on
     p.update_offset_file()
 else:
-    from logkey.follow import Follower
+    from logkey.sources.follow import Follower
     f = Follower([path], path + ".state", line_time=lambda line: 4e9)
     f.read()
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))

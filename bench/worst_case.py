@@ -30,10 +30,10 @@ from datetime import datetime, timezone
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from logkey import headers, match  # noqa: E402
+from logkey.parse import headers, match  # noqa: E402
 from logkey.config import KEYS  # noqa: E402
-from logkey.engine import Engine  # noqa: E402
-from logkey.packs import load_packs  # noqa: E402
+from logkey.parse.engine import Engine  # noqa: E402
+from logkey.parse.packfiles import load_packs  # noqa: E402
 
 NOW = datetime(2026, 11, 28, tzinfo=timezone.utc)
 TOKEN = re.compile(rb"[A-Za-z]+|[0-9]+|[^A-Za-z0-9]")

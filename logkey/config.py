@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import LogkeyError
+from .hostport import parse_hostport
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when present: 10x faster
 
@@ -146,7 +147,7 @@ def _logs(v):
                 raise ValueError(f"[{i}].{sorted(set(entry) - {'journal'})[0]}: a journal "
                                  "entry has its keys inside journal: (match, program, packs, "
                                  "directory, files)")
-            from .journal import parse_source
+            from .sources.journal import parse_source
             out.append({"path": None, "packs": None, "own_file": None, "sender_verified": True,
                         "aliases": {},
                         "journal": parse_source(entry["journal"], f"[{i}].journal")})
@@ -284,26 +285,6 @@ def _dovecot_policy(v):
     return out
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
-    """("127.0.0.1", 9469) from "127.0.0.1:9469", ("::1", 9469) from "[::1]:9469"; the host
-    must be a literal IP address (no name lookups at start). ValueError otherwise."""
-    if not isinstance(text, str):
-        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9469 or [::1]:9469")
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
-        if ":" in host:
-            sep = ""                                    # bare IPv6 needs brackets
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        sep = ""
-    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ValueError(f"{text!r} is not IP:PORT (e.g. 127.0.0.1:9469 or [::1]:9469)")
-    return host, int(port)
-
-
 def _metrics(v):
     if not isinstance(v, dict):
         raise ValueError("must be a mapping: {watch: 127.0.0.1:9469, policy: 127.0.0.1:9470}")
@@ -366,7 +347,7 @@ def _store(v):
 
 
 def _services(v):
-    from .packs import check_services
+    from .parse.packs import check_services
     return check_services(v)
 
 

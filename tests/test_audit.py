@@ -1,4 +1,4 @@
-"""The audit lines (logkey/audit.py, docs/log-lines.md): one line per gate decision, with ip,
+"""The audit lines (logkey/gates/audit.py, docs/log-lines.md): one line per gate decision, with ip,
 user, pack and source file:line, in a key=value form no user name can break; and a real
 `logkey watch` writing them for every kind of decision: open, refresh, refuse (never_gate,
 only_gate, max_ips_per_user), close (expired, removed by `logkey close`)."""
@@ -12,9 +12,9 @@ import time
 from datetime import datetime, timezone
 
 from conftest import ROOT, run_logkey, stop_process, wait_for
-from logkey import audit
+from logkey.gates import audit
 from logkey.events import Event
-from logkey.gates import Delete, Put, Refuse
+from logkey.gates.policy import Delete, Put, Refuse
 from logkey.stores.base import GateRecord
 
 LINE = re.compile(r"<(?P<pri>\d)>(?P<word>gate|would) (?P<what>open|refresh|refuse|close)"

@@ -11,9 +11,9 @@ import urllib.request
 import pytest
 
 from conftest import ROOT, free_port, run_logkey, wait_for
-from logkey.authpolicy import NEUTRAL, POLICY_PACK, decide
-from logkey.gates import GatePolicy, PolicyConfig
-from logkey.popsocket import POPWRAP_PACK, POSTLOGIN_PACK, popwrap_event
+from logkey.sources.authpolicy import NEUTRAL, POLICY_PACK, decide
+from logkey.gates.policy import GatePolicy, PolicyConfig
+from logkey.sources.popsocket import POPWRAP_PACK, POSTLOGIN_PACK, popwrap_event
 
 KEY = "k" * 32
 HEADERS = {"x-api-key": KEY, "content-type": "application/json"}

@@ -44,7 +44,7 @@ def test_default_file_is_optional_for_dry_run(monkeypatch, tmp_path):
 
 
 def test_readme_has_a_section_per_pack():
-    from logkey.packs import load_packs
+    from logkey.parse.packfiles import load_packs
     readme = (ROOT / "README.md").read_text()
     for name in load_packs().packs:
         assert f"\n### {name}\n" in readme, f"README has no section for pack {name}"

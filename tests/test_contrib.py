@@ -20,7 +20,7 @@ from conftest import ROOT
 from conftest import wait_for as _wait_for
 
 wait_for = functools.partial(_wait_for, timeout=30.0)     # supervise and multilog take time
-from logkey.cli import build_parser
+from logkey.commands.cli import build_parser
 
 CONTRIB = ROOT / "contrib"
 RUN_SCRIPTS = sorted(CONTRIB.glob("*/*/run")) + sorted(CONTRIB.glob("*/*/log/run"))

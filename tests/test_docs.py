@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from conftest import ROOT, run_logkey
-from logkey.packs import load_packs
+from logkey.parse.packfiles import load_packs
 
 DOCS = ROOT / "docs"
 MARKED = re.compile(r"<!-- (dry-run|packs-test): (.*?) -->\n```text\n(.*?)```", re.S)

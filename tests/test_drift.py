@@ -1,4 +1,4 @@
-"""The format drift alarm (logkey/drift.py): lines of a pack's programs that look like logins
+"""The format drift alarm (logkey/daemon/drift.py): lines of a pack's programs that look like logins
 while the pack reads none. Pure rules first; then real Dovecot 2.4 captures replayed into a
 real `logkey watch` against the 2.3-only rules (tests/fixtures/packs-dovecot-2.3-only, a local
 pack overriding the shipped one): the watcher's warning, the metric, `logkey status` and
@@ -12,11 +12,11 @@ import time
 import pytest
 
 from conftest import ROOT, free_port, run_logkey, wait_for
-from logkey import drift
-from logkey.drift import DriftAlarm
-from logkey.engine import Engine
-from logkey.headers import Clock
-from logkey.packs import load_packs
+from logkey.daemon import drift
+from logkey.daemon.drift import DriftAlarm
+from logkey.parse.engine import Engine
+from logkey.parse.headers import Clock
+from logkey.parse.packfiles import load_packs
 from test_journal import DOVECOT, Journal, config
 from test_metrics import scrape
 from test_status import status, watch_status

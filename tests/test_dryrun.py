@@ -163,9 +163,10 @@ def test_parallel_and_serial_reading_agree(tmp_path, monkeypatch):
     import io
     from datetime import datetime, timezone
 
-    from logkey import bulk, dryrun
-    from logkey.headers import Clock
-    from logkey.packs import load_packs
+    from logkey.sources import bulk
+    from logkey.commands import dryrun
+    from logkey.parse.headers import Clock
+    from logkey.parse.packfiles import load_packs
 
     log = tmp_path / "big.log"
     src = (ROOT / "tests" / "logs" / "mail.log").read_bytes() + \

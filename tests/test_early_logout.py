@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from conftest import ROOT, run_logkey, wait_for
-from logkey.correlate import Correlator
+from logkey.parse.correlate import Correlator
 from logkey.events import LOGIN, LOGOUT, Event
 
 CAPTURED = ROOT / "tests" / "fixtures" / "captured"

@@ -1,4 +1,4 @@
-"""Exported maps (logkey/exports.py): every format's exact content, atomic replacement, the real
+"""Exported maps (logkey/smtp/exports.py): every format's exact content, atomic replacement, the real
 postmap for lmdb, the real tcprules + tcpserver -x for the cdb, a running `logkey watch`
 dropping an expired gate from every export on time with no log traffic, and `logkey export` on
 demand. Every wait is bounded; every server started here is killed at the end."""
@@ -15,8 +15,8 @@ import time
 import pytest
 
 from conftest import ROOT, free_port, wait_for
-from logkey.exports import Exporter
-from logkey.mapformats import render, sorted_keys
+from logkey.smtp.exports import Exporter
+from logkey.smtp.mapformats import render, sorted_keys
 from logkey.stores.base import GateRecord
 from logkey.stores.dirstore import DirStore
 
@@ -362,7 +362,7 @@ def test_running_watch_drops_an_expired_gate_from_every_export_on_time(tmp_path,
 # --- `logkey export` on demand ------------------------------------------------------------
 
 def run_export(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "logkey.exports", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "logkey.smtp.exports", *args], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=120)
 
 
@@ -405,7 +405,7 @@ def test_logkey_export_on_demand(tmp_path):
 
 def test_watcher_exports_at_start_and_rebuilds_them_on_reload(tmp_path):
     from logkey import config as config_mod
-    from logkey.watch import Watcher
+    from logkey.daemon.watch import Watcher
     store = DirStore(str(tmp_path / "gates"))
     store.put(gate("198.51.100.7", now=time.time()))        # adopted at start
     cfg = tmp_path / "logkey.yaml"
@@ -428,7 +428,7 @@ def test_watcher_exports_at_start_and_rebuilds_them_on_reload(tmp_path):
 
 def test_a_gate_closed_by_hand_leaves_the_exports(tmp_path):
     from logkey import config as config_mod
-    from logkey.watch import RECONCILE_EVERY, Watcher
+    from logkey.daemon.watch import RECONCILE_EVERY, Watcher
     store = DirStore(str(tmp_path / "gates"))
     now = time.time()
     store.put(gate("198.51.100.7", now=now))

@@ -1,4 +1,4 @@
-"""logkey.follow on real files and real processes: rotation under load, kill -9, hostile bytes,
+"""logkey.sources.follow on real files and real processes: rotation under load, kill -9, hostile bytes,
 first attach by time, files that appear later, corrupt state. Every test stops by itself."""
 import json
 import logging
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from logkey.follow import Follower
+from logkey.sources.follow import Follower
 
 ROOT = Path(__file__).resolve().parent.parent
 ALWAYS_RECENT = lambda line: 4e9      # noqa: E731 -- first attach starts at the first line
@@ -60,7 +60,7 @@ os.close(fd)
 # A follower that prints each line ("L <data>"), commits, then prints "C"; killed with -9.
 FOLLOWER = r"""
 import sys
-from logkey.follow import Follower
+from logkey.sources.follow import Follower
 path, state, out = sys.argv[1:4]
 f = Follower([path], state, line_time=lambda line: 4e9)
 with open(out, "ab", buffering=0) as w:
@@ -248,7 +248,7 @@ def test_first_attach_seeks_by_time_in_a_large_file(tmp_path):
     first_recent = next(i for i in range(n) if i % 50 != 7 and start + (now - start) * i / n >= now - 600)
     calls = []
 
-    from logkey.follow import header_time
+    from logkey.sources.follow import header_time
     timer = header_time(now)
 
     def line_time(line):
@@ -268,7 +268,7 @@ def test_first_attach_seeks_by_time_in_a_large_file(tmp_path):
     f.close()
 
     # far into a large file, going live beats counting: line numbers are reported as 0
-    import logkey.seek as seek
+    import logkey.sources.seek as seek
     old, seek.COUNT_MAX = seek.COUNT_MAX, 1 << 20
     try:
         f = Follower([str(log)], str(tmp_path / "state3"), now=lambda: now)
@@ -346,7 +346,7 @@ def test_corrupt_state_file_means_no_saved_offset(tmp_path, caplog, content):
 
 COMMIT_ON_FULL_DISK = r"""
 import resource, signal, sys
-from logkey.follow import Follower
+from logkey.sources.follow import Follower
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 f = Follower([sys.argv[1]], sys.argv[2], line_time=lambda line: 4e9)
 f.read()
@@ -485,7 +485,7 @@ def test_wait_wakes_on_append_and_polls_without_inotify(tmp_path, monkeypatch):
     log.write_bytes(b"")
     for inotify in (True, False):
         if not inotify:
-            monkeypatch.setattr("logkey.inotify.INotify", _no_inotify)    # inotify_init1 fails: polling
+            monkeypatch.setattr("logkey.sources.inotify.INotify", _no_inotify)    # inotify_init1 fails: polling
         f = Follower([str(log)], str(tmp_path / "state"), line_time=ALWAYS_RECENT, poll_interval=0.05)
         assert (f.fileno() is not None) == inotify
         f.read()

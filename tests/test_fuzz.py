@@ -15,14 +15,14 @@ from datetime import datetime, timezone
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from logkey import headers, match
-from logkey.engine import Engine
+from logkey.parse import headers, match
+from logkey.parse.engine import Engine
 from logkey.events import GATE_PROTOCOLS, canonical_ip
-from logkey.headers import Clock
-from logkey.match import own_file_rules
-from logkey.packs import load_packs
-from logkey.packtest import SAMPLE_NOW
-from logkey.scan import Scanner
+from logkey.parse.headers import Clock
+from logkey.parse.match import own_file_rules
+from logkey.parse.packfiles import load_packs
+from logkey.parse.packtest import SAMPLE_NOW
+from logkey.parse.scan import Scanner
 from test_properties import real_lines, written_addresses
 
 PACKS = load_packs()

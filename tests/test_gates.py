@@ -3,7 +3,7 @@ import ipaddress
 from datetime import datetime, timezone
 
 from logkey.events import Event
-from logkey.gates import Delete, GatePolicy, PolicyConfig, Put, Refuse
+from logkey.gates.policy import Delete, GatePolicy, PolicyConfig, Put, Refuse
 
 T0 = 1_800_000_000.0
 

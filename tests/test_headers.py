@@ -3,7 +3,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from logkey.headers import Clock, parse
+from logkey.parse.headers import Clock, parse
 
 UTC = timezone.utc
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

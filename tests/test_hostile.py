@@ -5,10 +5,10 @@ from datetime import timezone
 import pytest
 
 from conftest import NOW, run_logkey
-from logkey.engine import Engine
-from logkey.headers import Clock
-from logkey.packs import load_packs
-from logkey.packtest import SAMPLE_NOW
+from logkey.parse.engine import Engine
+from logkey.parse.headers import Clock
+from logkey.parse.packfiles import load_packs
+from logkey.parse.packtest import SAMPLE_NOW
 
 PACKS = load_packs()
 

@@ -15,9 +15,9 @@ import uuid
 import pytest
 
 from conftest import ROOT, run_logkey
-from logkey import journal, journalread
-from logkey.match import PackSet
-from logkey.packs import load_packs
+from logkey.sources import journal, journalread
+from logkey.parse.match import PackSet
+from logkey.parse.packfiles import load_packs
 from test_watch import gate_file, wait_for
 
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"

@@ -15,8 +15,8 @@ import time
 import pytest
 
 from conftest import ROOT, run_logkey, wait_for
-from logkey import journal
-from logkey.packs import load_packs
+from logkey.sources import journal
+from logkey.parse.packfiles import load_packs
 from servers import Dovecot, kill_group
 
 SCRIPT = ROOT / "tools" / "capture" / "journald-ns.sh"

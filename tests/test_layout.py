@@ -15,7 +15,8 @@ import time
 import pytest
 
 from conftest import ROOT, run_logkey, stop_process
-from logkey import config, relayclient
+from logkey import config
+from logkey.smtp import relayclient
 
 LAYOUT = {
     "config": "/etc/logkey/config.yaml",

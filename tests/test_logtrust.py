@@ -1,5 +1,5 @@
 """The warnings of `logkey dry-run` and `logkey watch` about who can write a followed log
-(logkey/logtrust.py, SECURITY.md "Who writes the logs" and "Forged syslog lines"): one line per
+(logkey/sources/logtrust.py, SECURITY.md "Who writes the logs" and "Forged syslog lines"): one line per
 file and problem, on real files with real owners and modes (the suite runs as root)."""
 import os
 import shutil
@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from conftest import NOW, ROOT, run_logkey
-from logkey.logtrust import who_else_writes
+from logkey.sources.logtrust import who_else_writes
 
 CAPTURED = ROOT / "tests" / "fixtures" / "captured"
 LOGS = ROOT / "tests" / "logs"

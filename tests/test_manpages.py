@@ -1,5 +1,5 @@
 """The man pages in docs/man/ are current with the CLI (tools/manpages.py --check renders them
-again from logkey.cli with argparse-manpage and compares), and man(1) renders every one."""
+again from logkey.commands.cli with argparse-manpage and compares), and man(1) renders every one."""
 import os
 import re
 import shutil
@@ -30,7 +30,7 @@ def test_pages_are_current_with_the_cli():
 
 
 def test_every_command_has_a_page():
-    from logkey.cli import build_parser
+    from logkey.commands.cli import build_parser
     import argparse
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     names = {p.name for p in PAGES}

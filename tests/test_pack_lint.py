@@ -3,8 +3,8 @@ import textwrap
 
 import pytest
 
-from logkey.lint import check
-from logkey.packs import PackError, load_pack
+from logkey.parse.lint import check
+from logkey.parse.packs import PackError, load_pack
 
 GOOD = textwrap.dedent("""\
     description: test
@@ -89,7 +89,7 @@ def test_bad_pack_is_refused_with_one_line(tmp_path, text, where, reason):
 
 
 def test_local_pack_overrides_shipped_one_by_name(tmp_path):
-    from logkey.packs import load_packs
+    from logkey.parse.packfiles import load_packs
     regex = r"^local (?P<ip>[0-9.]{7,15})$"
     write(tmp_path, GOOD.format(regex=regex), name="qmail.yaml")
     packs = load_packs(["qmail"], tmp_path)
@@ -97,7 +97,7 @@ def test_local_pack_overrides_shipped_one_by_name(tmp_path):
 
 
 def test_rule_programs_limit_a_rule_to_some_tags(tmp_path):
-    from logkey.packs import load_packs
+    from logkey.parse.packfiles import load_packs
     (tmp_path / "two.yaml").write_text(
         "programs: [aaa, bbb]\n"
         "events:\n"

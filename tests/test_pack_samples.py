@@ -4,10 +4,10 @@ from datetime import timezone
 
 import pytest
 
-from logkey.engine import Engine
-from logkey.headers import Clock
-from logkey.packs import load_packs, shipped_dir
-from logkey.packtest import SAMPLE_NOW, run_sample
+from logkey.parse.engine import Engine
+from logkey.parse.headers import Clock
+from logkey.parse.packfiles import load_packs, shipped_dir
+from logkey.parse.packtest import SAMPLE_NOW, run_sample
 
 PACKS = load_packs(local_dir=None)
 NAMES = sorted(PACKS.packs)

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT
 from logkey import __version__
-from logkey.packs import shipped_dir
+from logkey.parse.packfiles import shipped_dir
 
 IGNORE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
                                 ".hypothesis", ".pytest_cache", ".quickstart", "*.pyc",

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from conftest import NOW, ROOT, run_logkey
-from logkey.packs import load_packs
-from logkey.packscmd import source_kind
+from logkey.parse.packfiles import load_packs
+from logkey.commands.packs import source_kind
 
 SITE_PACK = ROOT / "examples" / "patterns.d" / "qpopper-site.yaml"
 

@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-from logkey.policy.decide import DUNNO, OK, decide
-from logkey.policy.protocol import Decoder, ProtocolError, encode, parse, reply
-from logkey.policy.server import KEEP, PolicyError, PolicyServer, parse_listen
+from logkey.smtp.policy.decide import DUNNO, OK, decide
+from logkey.smtp.policy.protocol import Decoder, ProtocolError, encode, parse, reply
+from logkey.smtp.policy.server import KEEP, PolicyError, PolicyServer, parse_listen
 from logkey.stores.base import GateRecord
 from logkey.stores.dirstore import DirStore
 
@@ -183,11 +183,11 @@ def test_parse_listen():
 
 def policy_command():
     """`logkey policy` once the CLI has it, else the package's own entry point."""
-    from logkey.cli import build_parser
+    from logkey.commands.cli import build_parser
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     if "policy" in sub.choices:
         return [sys.executable, "-m", "logkey", "policy"]
-    return [sys.executable, "-m", "logkey.policy"]
+    return [sys.executable, "-m", "logkey", "policy"]
 
 
 class Server:

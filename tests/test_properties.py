@@ -21,12 +21,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import ROOT
-from logkey import headers
-from logkey.engine import Engine
+from logkey.parse import headers
+from logkey.parse.engine import Engine
 from logkey.events import canonical_ip
-from logkey.headers import Clock
-from logkey.packs import load_packs
-from logkey.packtest import SAMPLE_NOW
+from logkey.parse.headers import Clock
+from logkey.parse.packfiles import load_packs
+from logkey.parse.packtest import SAMPLE_NOW
 
 PACKS = load_packs()
 TEMPLATES = yaml.safe_load((ROOT / "tests" / "fixtures" / "login_templates.yaml").read_text())

@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from logkey.headers import parse
-from logkey.packs import load_packs
-from logkey.scan import Scanner
+from logkey.parse.headers import parse
+from logkey.parse.packfiles import load_packs
+from logkey.parse.scan import Scanner
 
 PACKS = load_packs()
 SCANNER = Scanner(PACKS)

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from logkey.packs import load_packs  # noqa: E402
+from logkey.parse.packfiles import load_packs  # noqa: E402
 
 for pack in load_packs().packs.values():
     print(f"### {pack.name}\n")

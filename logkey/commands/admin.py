@@ -10,11 +10,11 @@ import sys
 import time
 from datetime import datetime
 
-from .errors import LogkeyError
-from .events import canonical_ip
-from .gates import GatePolicy, PolicyConfig
-from .stores import GateRecord, StoreError, open_store
-from .stores.base import keys_for
+from ..errors import LogkeyError
+from ..events import canonical_ip
+from ..gates.policy import GatePolicy, PolicyConfig
+from ..stores import GateRecord, StoreError, open_store
+from ..stores.base import keys_for
 
 
 class AdminError(LogkeyError):
@@ -103,7 +103,7 @@ def _exports_now(cfg) -> int:
     store change stands; the error is logged)."""
     if not cfg.exports:
         return 0
-    from .exports import sync_configured
+    from ..smtp.exports import sync_configured
     store = _store(cfg)
     try:
         return 0 if sync_configured(cfg, store) else 2
@@ -145,7 +145,7 @@ def cmd_purge(cfg) -> int:
 
 
 def cmd_config_check(cfg) -> int:
-    from .watch import build
+    from ..daemon.watch import build
     packs, _ = build(cfg)
     print(f"{cfg.path}: ok ({len(cfg.logs)} log(s), {len(packs.packs)} pack(s), "
           f"{cfg.store['type']} store)")

@@ -9,12 +9,13 @@ import os
 import sys
 from datetime import datetime, timezone
 
-from . import __version__
-from . import config as config_mod
-from .errors import LogkeyError
-from .headers import Clock
-from .match import own_file_rules
-from .packs import load_packs
+from .. import __version__
+from .. import config as config_mod
+from ..errors import LogkeyError
+from ..ownlog import configure as configure_log, to_stderr
+from ..parse.headers import Clock
+from ..parse.match import own_file_rules
+from ..parse.packfiles import load_packs
 
 
 class UsageError(Exception):
@@ -59,7 +60,7 @@ def cmd_dry_run(args) -> int:
     journals = _journal_sources(cfg, packs) if args.journal else []
     # "now" is read once, so every worker infers RFC 3164 years from the same instant.
     clock = Clock(now or datetime.now(timezone.utc), cfg.timezone)
-    from .logtrust import LogWarnings
+    from ..sources.logtrust import LogWarnings
     run(args.files, packs, clock, at=now, window=cfg.window,
         join_window=cfg.join_window, logout_hold=cfg.logout_hold, json_out=args.json, out=sys.stdout,
         line_max=cfg.line_max, own_rules=own_rules, journals=journals,
@@ -70,8 +71,8 @@ def cmd_dry_run(args) -> int:
 def _journal_sources(cfg, packs):
     """dry-run --journal: the configuration's journal entries, else the system journal checked
     against the loaded packs' own expectations."""
-    from . import journal, journalread
-    from .match import PackSet
+    from ..sources import journal, journalread
+    from ..parse.match import PackSet
     entries = [(f"logs[{i}].journal", e["journal"]) for i, e in enumerate(cfg.logs)
                if e["journal"] is not None]
     if not entries:
@@ -97,23 +98,15 @@ def _load_required(args):
 
 
 def cmd_watch(args) -> int:
-    from .watch import Watcher
-    setup_logging(args.verbose)
+    from ..daemon.watch import Watcher
+    to_stderr(args.verbose)
     cfg = _load_required(args)
-    from .ownlog import configure as configure_log
     configure_log(cfg.log, args.verbose, args.log)
     shift = 0.0
     if args.as_of:
         shift = datetime.now(timezone.utc).timestamp() - _parse_now(args.as_of).timestamp()
     watcher = Watcher(cfg, observe=args.observe, shift=shift)
     return watcher.run(once=args.once, load_config=lambda: config_mod.load(cfg.path))
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """logkey's own log on stderr, with the <N> priority prefix journald reads (ownlog.py);
-    `ownlog.configure` moves it to syslog once the configuration is read."""
-    from .ownlog import to_stderr
-    to_stderr(verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", metavar="FILE")
     p.set_defaults(func=cmd_dry_run)
 
-    from .packscmd import add_parser as add_packs_parser
+    from .packs import add_parser as add_packs_parser
     add_packs_parser(sub, add_config, _load_config, UsageError)
 
     p = sub.add_parser("watch", help="follow the mail logs into the gate store",
@@ -206,11 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the gate record as JSON")
     p.set_defaults(func=lambda a: _admin().cmd_check(_load_required(a), a.ip, a.json))
 
-    from . import exports                       # argparse only at import; tools load lazily
+    from ..smtp import exports  # argparse only at import; tools load lazily
     exports.add_parser(sub)
     from .policy import add_parser as add_policy_parser
     add_policy_parser(sub)
-    from .popwrap import add_parser as add_popwrap_parser
+    from ..pop.popwrap import add_parser as add_popwrap_parser
     add_popwrap_parser(sub)
     from .status import add_parser as add_status_parser
     add_status_parser(sub)
@@ -229,7 +222,7 @@ def cmd_close(args) -> int:
 
 
 def _admin():
-    from . import admin                         # store code only for the commands that use it
+    from . import admin  # store code only for the commands that use it
     return admin
 
 

@@ -13,17 +13,17 @@ import sys
 import time
 from datetime import datetime
 
-from . import journal, journalread
-from .correlate import LOGOUT_HOLD
-from .engine import Engine, Stats
-from .errors import LogkeyError
-from .events import LOGIN, LOGOUT
-from .gates import GatePolicy, PolicyConfig
-from .headers import Clock
-from .bulk import matched_blocks
-from .lines import open_log, read_lines
-from .scan import Scanner
-from .match import PackSet
+from ..sources import journal, journalread
+from ..parse.correlate import LOGOUT_HOLD
+from ..parse.engine import Engine, Stats
+from ..errors import LogkeyError
+from ..events import LOGIN, LOGOUT
+from ..gates.policy import GatePolicy, PolicyConfig
+from ..parse.headers import Clock
+from ..sources.bulk import matched_blocks
+from ..sources.lines import open_log, read_lines
+from ..parse.scan import Scanner
+from ..parse.match import PackSet
 
 PROGRESS_MIN_BYTES = 16 << 20
 

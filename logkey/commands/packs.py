@@ -15,7 +15,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .packs import load_packs, shipped_dir
+from ..parse.packfiles import load_packs, shipped_dir
 
 SOURCE_KINDS = ("captured", "published", "constructed", "other")
 
@@ -99,7 +99,7 @@ def cmd_list(args, cfg) -> int:
 
 
 def cmd_test(args, cfg) -> int:
-    from .packtest import check_pack
+    from ..parse.packtest import check_pack
     packs, names = _load(args, cfg, args.names)
     missing = [n for n in names if n not in packs.packs]
     if missing:
@@ -122,7 +122,7 @@ def cmd_test(args, cfg) -> int:
 
 
 def add_parser(sub, add_config, load_config, usage_error):
-    """Register `packs list|test` on logkey.cli's subparsers. `load_config(args)` loads the
+    """Register `packs list|test` on logkey.commands.cli's subparsers. `load_config(args)` loads the
     (optional) configuration; `usage_error` is the exception cli.main prints as one line."""
 
     def run(fn):

@@ -1,11 +1,10 @@
 """`logkey policy`: Postfix SMTP access policy delegation (SMTPD_POLICY_README).
 
-protocol.py  the sans-I/O codec: bytes -> request dicts, action -> reply bytes
-decide.py    the pure decision: OK for a client with an open gate, else DUNNO
-server.py    asyncio listeners (unix:PATH, inet:HOST:PORT), limits, timeouts, signals
+The service itself is logkey/smtp/policy/ (codec, decision, asyncio server); this module
+reads the configuration, sets up logkey's own log and the metrics, and runs it.
 
 Config: `policy:` (listen, socket_mode, socket_group, max_request, idle_timeout, miss_wait),
-`store:`, `ipv6_prefix:`, `metrics.policy` (Prometheus metrics address; metrics.py, imported
+`store:`, `ipv6_prefix:`, `metrics.policy` (Prometheus metrics address; daemon/metrics.py, imported
 only then). `add_parser(sub)` registers the subcommand; `main(args)` runs it.
 """
 from __future__ import annotations
@@ -39,13 +38,12 @@ def main(args) -> int:
     import asyncio
 
     from .. import config as config_mod
-    from ..cli import setup_logging                 # here: logkey.cli imports this module
+    from ..ownlog import configure as configure_log, to_stderr
     from ..stores import open_store
-    from .server import PolicyServer, parse_listen
+    from ..smtp.policy.server import PolicyServer, parse_listen
 
-    setup_logging(getattr(args, "verbose", False))
+    to_stderr(getattr(args, "verbose", False))
     cfg = config_mod.load(args.config)
-    from ..ownlog import configure as configure_log
     configure_log(cfg.log, getattr(args, "verbose", False), getattr(args, "log", None))
     policy = cfg.policy
     listen = args.listen or policy["listen"]
@@ -60,7 +58,7 @@ def main(args) -> int:
                               idle_timeout=policy["idle_timeout"],
                               miss_wait=policy["miss_wait"])
         if cfg.metrics["policy"]:
-            from ..metrics import PolicyMetrics, serve_policy
+            from ..daemon.metrics import PolicyMetrics, serve_policy
             metrics = PolicyMetrics(server)
             server.measure(metrics)
             http = serve_policy(metrics, cfg.metrics["policy"])

@@ -11,7 +11,7 @@ import ipaddress
 import os
 import stat
 
-from .config import parse_hostport
+from ..hostport import parse_hostport
 
 
 def writable_by_others(path: str) -> list[str]:

@@ -1,7 +1,7 @@
 """`logkey status`: one screen telling an administrator whether logkey works.
 
 Reads: the configuration; in `state_dir` the follower's offsets (one JSON file per followed
-log) and the watcher's watch.status (watchstatus.py); the followed logs' sizes; the gate store
+log) and the watcher's watch.status (daemon/statusfile.py); the followed logs' sizes; the gate store
 (one scan: is it reachable, how many gates are open); the exports' files' times.
 Writes: nothing (a dir store that does not exist is reported, not created).
 Trust: everything read is the site's own; nothing here opens or closes a gate.
@@ -23,8 +23,8 @@ import sys
 import time
 
 from . import security
-from .journal import printable
-from .watchstatus import STATUS_EVERY, STATUS_NAME, lag, read_status
+from ..sources.journal import printable
+from ..daemon.statusfile import STATUS_EVERY, STATUS_NAME, lag, read_status
 
 STALE_AFTER = 4 * STATUS_EVERY      # seconds: a watcher's status older than this is stale
 LAG_WARN = 1 << 20                  # bytes behind a log's end worth a warning
@@ -217,7 +217,7 @@ def _files(cfg, paths: list[str], status: dict | None, report: Report) -> None:
 
 
 def _store(cfg, report: Report, now: float) -> None:
-    from .stores import StoreError, open_store
+    from ..stores import StoreError, open_store
     spec = cfg.store
     info = {"type": spec["type"], "where": spec.get("path", ""), "reachable": False,
             "open_gates": None}
@@ -305,7 +305,7 @@ def render(data: dict) -> str:
 
 
 def main(args) -> int:
-    from . import config as config_mod
+    from .. import config as config_mod
     cfg = config_mod.load(args.config)
     data = check(cfg)
     if args.json:

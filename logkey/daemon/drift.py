@@ -5,7 +5,7 @@ Reads: the engine's near-misses (engine.py `_no_match`: a line of a program the 
 with a login-like word, that matched no rule and no known non-event; the same lines
 `logkey dry-run` lists as near-misses) and the logins of each pack, with the watcher's time.
 Writes: one warning per pack at most once an hour (DriftAlarm.tick, to the watcher's log;
-docs/log-lines.md), and the alarms in the watcher's status (watchstatus.py: `drift`), which
+docs/log-lines.md), and the alarms in the watcher's status (statusfile.py: `drift`), which
 `logkey status` shows as a warning and the metrics count (metrics.py).
 Trust: advisory: nothing here opens or closes a gate. The example line is a log line, which
 holds a user name and an address (the status file is the watcher's own, 0640): it is kept
@@ -23,8 +23,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from .audit import value
-from .journal import printable
+from ..gates.audit import value
+from ..sources.journal import printable
 
 log = logging.getLogger("logkey")
 

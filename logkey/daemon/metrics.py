@@ -4,7 +4,7 @@ Served over HTTP (text format, any path) on `metrics.watch` / `metrics.policy` (
 by default) from a daemon thread of the library's own server. Imported only when one is
 configured, so no other command (relayclient least of all) pays for prometheus_client.
 
-Reads: the watcher's snapshot (watchstatus.snapshot), computed at each scrape from the counts
+Reads: the watcher's snapshot (statusfile.snapshot), computed at each scrape from the counts
 the watcher keeps anyway (engine Stats, GatePolicy.counts, lines per file, store errors): no
 second set of counters in the reading loop. The policy service has no counts of its own, so it
 updates the library's Counter and Histogram objects (thread-safe) on each request.
@@ -23,10 +23,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
-from . import __version__
-from .config import parse_hostport
-from .errors import LogkeyError
-from .watchstatus import STATS_FIELDS, snapshot
+from .. import __version__
+from ..hostport import parse_hostport
+from ..errors import LogkeyError
+from .statusfile import STATS_FIELDS, snapshot
 
 log = logging.getLogger("logkey")
 

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 
-from .atomic import write_atomic
+from ..atomic import write_atomic
 
 log = logging.getLogger("logkey")
 

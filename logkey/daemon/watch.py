@@ -19,7 +19,7 @@ window). dovecot_policy: with `dovecot_policy.listen` set, the watcher is Doveco
 policy server (authpolicyserver.py, its own thread): reported successful POP3/IMAP
 authentications are logins of the pack "dovecot-policy" (gate: window).
 Status and metrics: every few seconds the offsets are committed and `state_dir/watch.status`
-(JSON) written (watchstatus.py; `logkey status` reads both); with `metrics.watch` set,
+(JSON) written (statusfile.py; `logkey status` reads both); with `metrics.watch` set,
 Prometheus metrics are served over HTTP on that address (metrics.py, imported only then).
 Audit: every gate decision (opened, refreshed, refused, closed) is one line of its own log
 (audit.py; all lines in docs/log-lines.md); a followed file that others can write, or logins
@@ -44,22 +44,23 @@ import time
 from collections import Counter
 from datetime import timedelta
 
-from . import audit, journal, journalread
+from ..gates import audit
+from ..sources import journal, journalread
 from .drift import DriftAlarm
-from .engine import Engine
-from .errors import LogkeyError
-from .events import LOGIN
-from .follow import Follower
-from .gates import EXPIRED, Delete, GatePolicy, PolicyConfig, Put
-from .headers import Clock, parse
-from .logtrust import LogWarnings
-from .match import PackSet, own_file_rules
-from .packs import load_packs
-from .stores import Store, StoreError, open_store
-from .authpolicyserver import AuthPolicyListener, PolicyListenError
-from .popsocket import POPWRAP_PACK, PopwrapListener
-from .unixsock import SocketSetupError
-from .watchstatus import StatusWriter
+from ..parse.engine import Engine
+from ..errors import LogkeyError
+from ..events import LOGIN
+from ..sources.follow import Follower
+from ..gates.policy import EXPIRED, Delete, GatePolicy, PolicyConfig, Put
+from ..parse.headers import Clock, parse
+from ..sources.logtrust import LogWarnings
+from ..parse.match import PackSet, own_file_rules
+from ..parse.packfiles import load_packs
+from ..stores import Store, StoreError, open_store
+from ..sources.authpolicyserver import AuthPolicyListener, PolicyListenError
+from ..sources.popsocket import POPWRAP_PACK, PopwrapListener
+from ..unixsock import SocketSetupError
+from .statusfile import StatusWriter
 
 log = logging.getLogger("logkey")
 
@@ -242,7 +243,7 @@ class Watcher:
         # Exports: rebuilt with the configuration; the first tick writes them all.
         self.exporter = None
         if cfg.exports and not self.observe:
-            from .exports import Exporter
+            from ..smtp.exports import Exporter
             self.exporter = Exporter(cfg.exports)
         self.exports_dirty = True
 

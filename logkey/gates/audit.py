@@ -25,7 +25,7 @@ import logging
 import re
 from datetime import datetime
 
-from .gates import MAX_IPS, Delete, Put, Refuse
+from .policy import MAX_IPS, Delete, Put, Refuse
 
 _BARE = re.compile(r"[!#-\[\]-~]+")        # printable ASCII but space, '"' and '\'
 

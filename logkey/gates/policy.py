@@ -30,8 +30,8 @@ import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .events import GATE_PROTOCOLS, LOGIN, LOGOUT, Event
-from .stores.base import GateRecord
+from ..events import GATE_PROTOCOLS, LOGIN, LOGOUT, Event
+from ..stores.base import GateRecord
 
 
 @dataclass

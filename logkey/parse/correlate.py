@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from .events import CONNECT, LOGIN, LOGOUT, Event
+from ..events import CONNECT, LOGIN, LOGOUT, Event
 
 SKEW = timedelta(seconds=1)
 LOGOUT_HOLD = 10.0          # seconds of log time an early logout waits for its login

@@ -15,7 +15,7 @@ import regex
 
 from . import headers
 from .correlate import LOGOUT_HOLD, Correlator
-from .events import CONNECT, GATE_PROTOCOLS, LOGIN, Event, canonical_ip
+from ..events import CONNECT, GATE_PROTOCOLS, LOGIN, Event, canonical_ip
 from .match import PackSet
 
 NEAR_MISS_WORDS = regex.compile(r"(?i)log(?:ged |\s?)in|logout|auth|user|pass|session")

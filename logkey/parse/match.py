@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import regex
 
-from .events import normalise_protocol
+from ..events import normalise_protocol
 
 if TYPE_CHECKING:
     from .packs import Fields, Pack, Rule

@@ -6,7 +6,6 @@ Trust: a pack is refused whole, with "FILE: entry: reason", when any rule fails 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +15,8 @@ import yaml
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when present: 10x faster
 
 from . import lint
-from .errors import LogkeyError
-from .events import CONNECT, KINDS, LOGIN, LOGOUT
-from .match import PackSet
+from ..errors import LogkeyError
+from ..events import CONNECT, KINDS, LOGIN, LOGOUT
 
 GROUPS = frozenset(("ip", "user", "protocol", "session", "pid", "fields", "proxy"))
 FIELD_TARGETS = frozenset(("ip", "user", "session", "protocol", "pid"))
@@ -70,14 +68,6 @@ class Pack:
     cut_at: int | None = None     # messages this long may be cut by the logger (see Dispatch)
     journal: dict | None = None   # program -> {trusted journal field: accepted values} (journal.py)
     proxies: list = field(default_factory=list)   # trusted_proxies, shared with its rules
-
-
-def shipped_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "patterns", here.parent / "patterns"):
-        if candidate.is_dir():
-            return candidate
-    return here / "patterns"
 
 
 def _fail(path, where, reason):
@@ -223,7 +213,7 @@ def load_pack(path: Path) -> Pack:
         cut_at = cut["min"]
     journal = None
     if data.get("journal") is not None:
-        from .journal import parse_pack_journal
+        from .journalmatch import parse_pack_journal
         try:
             journal = parse_pack_journal(data["journal"], list(programs))
         except ValueError as exc:
@@ -300,40 +290,3 @@ def apply_services(packs: dict[str, "Pack"], services: dict[str, dict[str, str]]
                 for tag in (service, "*/" + service):
                     if proto != "none" and tag not in pack.programs:
                         pack.programs.append(tag)
-
-
-def pack_files(local_dir: str | os.PathLike | None = None, extra=()) -> dict[str, Path]:
-    """name -> file: shipped packs, overridden by name by packs in `local_dir`, then by the
-    `extra` files (a pack file named on the command line)."""
-    paths: dict[str, Path] = {}
-    for directory in (shipped_dir(), Path(local_dir) if local_dir else None):
-        if directory is None or not directory.is_dir():
-            continue
-        for p in sorted(directory.glob("*.yaml")):
-            paths[p.stem] = p
-    for p in extra:
-        paths[Path(p).stem] = Path(p)
-    return paths
-
-
-def load_packs(names: list[str] | None = None, local_dir: str | os.PathLike | None = None,
-               extra=(), services: dict | None = None, proxies=None) -> PackSet:
-    """Shipped packs, overridden by name by packs in `local_dir` and by the `extra` files;
-    only `names` if given; `services` (the setting) adds a site's service names; `proxies`
-    (trusted_proxies, ip_network objects) are the peers whose word on a client's address
-    (a rule's `proxy` group) is believed."""
-    paths = pack_files(local_dir, extra)
-    unknown = sorted(set(services or ()) - set(paths))
-    if unknown:
-        raise PackError(f"services: no pack named {unknown[0]!r} (have: {', '.join(sorted(paths))})")
-    if names:
-        missing = [n for n in names if n not in paths]
-        if missing:
-            raise PackError(f"no pack named {missing[0]!r} (have: {', '.join(sorted(paths))})")
-        paths = {n: paths[n] for n in names}
-    loaded = {name: load_pack(p) for name, p in paths.items()}
-    if services:
-        apply_services(loaded, services)
-    for pack in loaded.values():
-        pack.proxies[:] = proxies or []
-    return PackSet(list(loaded.values()))

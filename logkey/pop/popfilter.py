@@ -4,8 +4,8 @@ the login the server accepts (see popwrap.py for the whole story and the trust i
 """
 import os
 
-from .popwrap import CHUNK, MAX_LINE, Reporter, _forward_signals, _say, _spawn, _wait
-from .relayclient import _why
+from .session import CHUNK, MAX_LINE, Reporter, forward_signals, say, spawn, wait_exit
+from ..smtp.relayclient import _why
 
 
 def _sasl_user(mech: str, data: list) -> str | None:
@@ -205,10 +205,10 @@ def _write_all(fd: int, data: bytes) -> None:
 def run_filter(argv, reporter: Reporter) -> int:
     """Copy stdin -> PROG -> stdout unchanged, watching the dialogue; PROG's status."""
     to_child, from_child = os.pipe(), os.pipe()
-    pid = _spawn(argv, to_child, from_child)
+    pid = spawn(argv, to_child, from_child)
     os.close(to_child[0])
     os.close(from_child[1])
-    _forward_signals(pid)
+    forward_signals(pid)
     import select
     dialogue = Dialogue(reporter)
     child_in, child_out = to_child[1], from_child[0]
@@ -242,7 +242,7 @@ def run_filter(argv, reporter: Reporter) -> int:
                         child_in = -1
                 dialogue.from_server(data)
     except OSError as e:
-        _say(f"copying: {_why(e)}")
+        say(f"copying: {_why(e)}")
     finally:
         for fd in (child_in, child_out):
             if fd >= 0:
@@ -250,6 +250,6 @@ def run_filter(argv, reporter: Reporter) -> int:
                     os.close(fd)
                 except OSError:
                     pass
-    status = _wait(pid)
+    status = wait_exit(pid)
     reporter.logout()
     return status

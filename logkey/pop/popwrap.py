@@ -41,144 +41,12 @@ no $LOGKEY_CONFIG).
 import os
 import sys
 
-from .relayclient import _say as say, _why, canonical_ip, load_settings, locate_config
+from ..smtp.relayclient import _why, canonical_ip, load_settings, locate_config
+from .session import (EXIT_TEMPFAIL, Reporter, clean_user, forward_signals, say, send, spawn,
+                      wait_exit)
 
-EXIT_TEMPFAIL = 111
 USAGE = ("usage: logkey popwrap [--config FILE | --socket PATH] [--imap] "
          "[--filter | --dovecot] PROG [ARGS...]")
-MAX_USER = 256
-MAX_LINE = 8192                 # longer dialogue lines are copied but not interpreted
-CHUNK = 65536
-
-
-def _say(text: str) -> None:
-    say(text, "popwrap")
-
-
-def clean_user(user) -> str:
-    """A user name fit for a datagram field, or "-" (unknown)."""
-    if not user or len(user) > MAX_USER or not user.isprintable() or \
-            user != "".join(user.split()):
-        return "-"
-    return user
-
-
-class Reporter:
-    """Sends login/logout for one client address to the watcher; failures are one line."""
-
-    def __init__(self, config, socket_path=None):
-        self.ip = canonical_ip(os.environ.get("TCPREMOTEIP")) or _peer_ip()
-        self.path = socket_path
-        self.protocol = self.user = None
-        self.logged_in = False
-        if self.ip is None:
-            _say("no client address (TCPREMOTEIP); no gate")
-            return
-        if socket_path:
-            return
-        config_path = os.path.abspath(locate_config(config))
-        try:
-            self.path = load_settings(config_path).get("popwrap_socket")
-        except Exception as e:
-            _say(f"{config_path}: {_why(e)}; no gate for {self.ip}")
-            return
-        if not self.path:
-            _say(f"{config_path}: popwrap.socket is not set; no gate for {self.ip}")
-
-    def send(self, kind: str) -> None:
-        if self.ip is None or not self.path:
-            return
-        line = f"{kind} {self.ip} {clean_user(self.user)} {self.protocol} {os.getpid()}"
-        send(self.path, line, 2.0)
-
-    def login(self, protocol: str, user) -> None:
-        if self.logged_in:
-            return
-        self.protocol, self.user, self.logged_in = protocol, user, True
-        self.send("login")
-
-    def logout(self) -> None:
-        if self.logged_in:
-            self.logged_in = False
-            self.send("logout")
-
-
-def send(path: str, line: str, timeout: float) -> None:
-    """One datagram to the watcher at path (timeout 0: never wait); a failure is one line."""
-    import _socket
-    try:
-        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-        try:
-            s.settimeout(timeout)
-            s.sendto((line + "\n").encode("utf-8", "replace"), path)
-        finally:
-            s.close()
-    except Exception as e:
-        kind, ip = line.split(" ", 2)[:2]
-        _say(f"cannot reach the watcher at {path}: {_why(e)}; no {kind} for {ip}")
-
-
-def _peer_ip():
-    """inetd sets no TCPREMOTEIP: the address of the peer on stdin, if it is a TCP socket."""
-    try:
-        import _socket
-        s = _socket.socket(fileno=os.dup(0))
-    except Exception:
-        return None
-    try:
-        peer = s.getpeername()
-        return canonical_ip(peer[0]) if isinstance(peer, tuple) else None
-    except Exception:
-        return None
-    finally:
-        s.close()
-
-
-# -- the child ----------------------------------------------------------------------------------
-
-def _spawn(argv, stdin=None, stdout=None) -> int:
-    """Fork and exec PROG; the pid. In the child, stdin/stdout become the given fds."""
-    pid = os.fork()
-    if pid:
-        return pid
-    try:
-        import _signal
-        for name in ("SIGPIPE", "SIGXFSZ", "SIGTERM", "SIGHUP"):
-            if hasattr(_signal, name):
-                _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
-        if stdin is not None:
-            os.dup2(stdin[0], 0)
-            os.dup2(stdout[1], 1)
-            for fd in set(stdin + stdout):
-                if fd > 2:
-                    os.close(fd)
-        os.execvp(argv[0], argv)
-    except Exception as e:
-        _say(f"cannot run {argv[0]!r}: {_why(e)}")
-    os._exit(EXIT_TEMPFAIL)
-
-
-def _forward_signals(pid: int) -> None:
-    import _signal
-
-    def forward(signum, frame):
-        try:
-            os.kill(pid, signum)
-        except OSError:
-            pass
-    for name in ("SIGTERM", "SIGHUP"):
-        _signal.signal(getattr(_signal, name), forward)
-
-
-def _wait(pid: int) -> int:
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except ChildProcessError:
-            return EXIT_TEMPFAIL
-    code = os.waitstatus_to_exitcode(status)
-    return code if code >= 0 else 128 - code
 
 
 # -- Dovecot's post-login script ---------------------------------------------------------------
@@ -188,7 +56,7 @@ def postlogin(argv, config, socket_path, protocol) -> int:
     the chain, ending with script-login itself) whatever happened."""
     ip = canonical_ip(os.environ.get("IP"))
     if ip is None:
-        _say(f"no client address ($IP={os.environ.get('IP', '')[:64]!r}); no gate")
+        say(f"no client address ($IP={os.environ.get('IP', '')[:64]!r}); no gate")
     else:
         path = socket_path
         if not path:
@@ -196,10 +64,10 @@ def postlogin(argv, config, socket_path, protocol) -> int:
             try:
                 path = load_settings(config_path).get("popwrap_socket")
             except Exception as e:
-                _say(f"{config_path}: {_why(e)}; no gate for {ip}")
+                say(f"{config_path}: {_why(e)}; no gate for {ip}")
             else:
                 if not path:
-                    _say(f"{config_path}: popwrap.socket is not set; no gate for {ip}")
+                    say(f"{config_path}: popwrap.socket is not set; no gate for {ip}")
         if path:
             send(path, f"postlogin {ip} {clean_user(os.environ.get('USER'))} {protocol} "
                        f"{os.getpid()}", 0.0)
@@ -210,7 +78,7 @@ def postlogin(argv, config, socket_path, protocol) -> int:
     try:
         os.execvpe(argv[0], argv, _first_environ())
     except Exception as e:
-        _say(f"cannot run {argv[0]!r}: {_why(e)}")
+        say(f"cannot run {argv[0]!r}: {_why(e)}")
     return EXIT_TEMPFAIL
 
 
@@ -259,10 +127,10 @@ def main(argv: list) -> int:
             print(USAGE)
             return 0
         else:
-            _say(f"unknown option {argv[0]}; {USAGE}")
+            say(f"unknown option {argv[0]}; {USAGE}")
             return EXIT_TEMPFAIL
     if not argv or not argv[0]:
-        _say(USAGE)
+        say(USAGE)
         return EXIT_TEMPFAIL
     if mode == "--dovecot":
         return postlogin(argv, config, socket_path, protocol)
@@ -275,15 +143,15 @@ def main(argv: list) -> int:
         sys.stderr.flush()
     except Exception:
         pass
-    pid = _spawn(argv)
-    _forward_signals(pid)
-    status = _wait(pid)
+    pid = spawn(argv)
+    forward_signals(pid)
+    status = wait_exit(pid)
     reporter.logout()
     return status
 
 
 def add_parser(sub):
-    """Register `popwrap` on logkey.cli's subparsers (listed by `logkey --help`; the console
+    """Register `popwrap` on logkey.commands.cli's subparsers (listed by `logkey --help`; the console
     script itself reaches main() through logkey.entry, without argparse)."""
     p = sub.add_parser(
         "popwrap", help="POP-side wrapper/filter: tell the watcher about logins and logouts",

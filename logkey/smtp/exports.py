@@ -53,8 +53,8 @@ import subprocess
 import sys
 import time
 
-from . import atomic
-from .errors import LogkeyError
+from .. import atomic
+from ..errors import LogkeyError
 from .mapformats import FORMATS, lmdb_keys, render, sorted_keys
 
 log = logging.getLogger("logkey")
@@ -491,8 +491,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def main(args) -> int:
     """`logkey export`: 0 written, 2 on any error (one line on stderr)."""
-    from . import config as config_mod
-    from .stores import StoreError, open_store
+    from .. import config as config_mod
+    from ..stores import StoreError, open_store
 
     if args.format is None and args.output:
         print("logkey: export: --output needs --format", file=sys.stderr)

@@ -202,7 +202,7 @@ def write_cache(paths, data: dict, config_st) -> str | None:
     """Write the cache atomically to the first of `paths` that takes it; the path written, or
     None (and why, on stderr) when none did."""
     import json
-    from .atomic import write_atomic
+    from ..atomic import write_atomic
     text = json.dumps(data, sort_keys=True, indent=1) + "\n"
     mode = (config_st.st_mode & 0o644) | 0o600  # no wider than the configuration, never writable
     problems = []
@@ -232,7 +232,7 @@ def load_settings(config_path: str) -> dict:
         data = read_cache(path, config_path, signature)
         if data is not None:
             return data
-    from .config import load                   # the slow path: YAML
+    from ..config import load                   # the slow path: YAML
     cfg = load(config_path)
     data = {"version": CACHE_VERSION, "config": config_path, "config_stat": signature,
             "store": cfg.store, "ipv6_prefix": cfg.ipv6_prefix,
@@ -308,7 +308,7 @@ def gate_open(ip: str, settings: dict) -> bool:
             if gate_file_open(os.path.join(store["path"], name), name.replace("_", "/"), now):
                 return True
         return False
-    from .stores.base import open_store        # redis: the client library is the cost
+    from ..stores import open_store             # redis: the client library is the cost
     gates = open_store(store)
     try:
         return gates.is_open(ip, prefix)

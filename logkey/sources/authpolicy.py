@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from .events import GATE_PROTOCOLS, LOGIN, Event, canonical_ip
+from ..events import GATE_PROTOCOLS, LOGIN, Event, canonical_ip
 
 POLICY_PACK = "dovecot-policy"
 NEUTRAL = b'{"status":0,"msg":""}'      # "go on": Dovecot's answer for "no opinion"

@@ -24,8 +24,8 @@ import threading
 import time
 
 from .authpolicy import Answer, bad, decide
-from .config import parse_hostport
-from .errors import LogkeyError
+from ..hostport import parse_hostport
+from ..errors import LogkeyError
 
 log = logging.getLogger("logkey")
 

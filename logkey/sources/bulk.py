@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 
-from .engine import Engine, Stats
+from ..parse.engine import Engine, Stats
 from .lines import BLOCK, open_log, read_blocks
-from .scan import Scanner
+from ..parse.scan import Scanner
 
 PARALLEL_MIN_BYTES = 32 << 20
 CHUNK_MIN_BYTES = 8 << 20

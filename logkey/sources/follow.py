@@ -41,7 +41,7 @@ import select
 import time
 from dataclasses import dataclass
 
-from .atomic import write_atomic
+from ..atomic import write_atomic
 from .rotated import COMPRESSED, FP_LEN, Generation, count_rest, open_candidate, resolve
 from .seek import attach_point, header_time
 
@@ -108,7 +108,7 @@ class Follower:
         self._ino = None
         self._wds: dict[int, str] = {}
         try:
-            from . import inotify as inotify_simple    # its interface, from the stdlib (inotify.py)
+            from . import inotify as inotify_simple  # its interface, from the stdlib (inotify.py)
             self._ino = inotify_simple.INotify(nonblocking=True)
             self._fl = inotify_simple.flags
             self._mask = 0

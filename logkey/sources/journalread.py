@@ -18,9 +18,10 @@ import signal
 import subprocess
 import time
 
-from .atomic import write_atomic
-from .errors import LogkeyError
-from .journal import CURSOR, REQUIRED_FIELD, label
+from ..atomic import write_atomic
+from ..errors import LogkeyError
+from ..parse.journalmatch import REQUIRED_FIELD
+from .journal import CURSOR, label
 
 log = logging.getLogger("logkey.journal")
 

@@ -31,7 +31,7 @@ import os
 import pwd
 import stat
 
-from .events import LOGIN
+from ..events import LOGIN
 
 ORDINARY_UID = 1000                     # first uid of an account a person logs in with
 SYSLOG_FORMATS = frozenset(("rfc3164", "rfc3339", "bsd-verbose"))

@@ -15,8 +15,8 @@ import logging
 import socket
 from datetime import datetime, timezone
 
-from .events import GATE_PROTOCOLS, LOGIN, LOGOUT, Event, canonical_ip
-from .unixsock import SocketSetupError, bind_unix, group_id, identity, remove_if_ours
+from ..events import GATE_PROTOCOLS, LOGIN, LOGOUT, Event, canonical_ip
+from ..unixsock import SocketSetupError, bind_unix, group_id, identity, remove_if_ours
 
 log = logging.getLogger("logkey")
 

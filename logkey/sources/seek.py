@@ -19,7 +19,7 @@ COUNT_MAX = 256 << 20      # first attach further in than this: line numbers are
 
 def header_time(now: float):
     """The default line_time: the time stamp of a line's header (headers.parse), as epoch."""
-    from .headers import Clock, parse
+    from ..parse.headers import Clock, parse
     clock = Clock(datetime.fromtimestamp(now, timezone.utc))
 
     def line_time(line: bytes) -> float | None:

@@ -132,18 +132,5 @@ class Store(ABC):
         pass
 
 
-def open_store(spec: dict) -> Store:
-    """A store from the configuration's `store:` mapping (already validated)."""
-    kind = spec.get("type", "dir")
-    if kind == "dir":
-        from .dirstore import DirStore
-        return DirStore(spec["path"], group=spec.get("group"))
-    if kind == "redis":
-        from .redisstore import RedisStore
-        return RedisStore(spec["url"], prefix=spec.get("prefix", "logkey:gate:"),
-                          sentinel=spec.get("sentinel"))
-    raise StoreError(f"unknown store type {kind!r}")
-
-
 def now_or(now: float | None) -> float:
     return time.time() if now is None else now

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..events import canonical_ip
+from ...events import canonical_ip
 
 OK = "OK"
 DUNNO = "DUNNO"

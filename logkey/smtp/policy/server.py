@@ -35,9 +35,9 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from ..errors import LogkeyError
-from ..unixsock import SocketSetupError, bind_unix, group_id
-from ..events import canonical_ip
+from ...errors import LogkeyError
+from ...unixsock import SocketSetupError, bind_unix, group_id
+from ...events import canonical_ip
 from .decide import DUNNO, OK, decide
 from .protocol import Decoder, ProtocolError, reply
 
@@ -212,7 +212,7 @@ class PolicyServer:
     def __init__(self, store, *, listen, ipv6_prefix=None, socket_mode="0660",
                  socket_group=None, max_request=65536, idle_timeout=300.0,
                  max_connections=None, threaded=None, miss_wait=0.0):
-        from ..stores.dirstore import DirStore
+        from ...stores.dirstore import DirStore
         self.store, self.ipv6_prefix = store, ipv6_prefix
         self.listen = [(spec, parse_listen(spec)) for spec in listen]
         self.socket_mode = int(socket_mode, 8)
