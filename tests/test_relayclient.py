@@ -396,7 +396,7 @@ def test_relayclient_fast_path_imports(site):
     env = base_env(site / "config.yaml", TCPREMOTEIP=OPEN)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=60)
-    assert proc.stdout.strip() == "['logkey.entry', 'logkey.smtp.relayclient']", proc.stderr
+    assert proc.stdout.strip() == "['logkey.entry', 'logkey.smtp', 'logkey.smtp.relayclient']", proc.stderr
 
 
 def test_relayclient_stale_cache_refreshed(site):
