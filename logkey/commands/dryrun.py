@@ -1,5 +1,8 @@
 """`logkey dry-run`: read logs, report what logkey would see, change nothing.
 
+One module, as each command in commands/ is one: reading the files through the engine and the
+summary it prints (human, or JSON Lines) are one report, and the engine it drives is parse/'s.
+
 Reads: the files named (plain, .gz, or '-' for stdin). Writes: the report on `out` (human or
 JSON Lines), a progress line on a terminal's stderr, and on stderr one warning per file that
 others can write or whose logins come from forgeable syslog lines (logtrust.py). Trust: events

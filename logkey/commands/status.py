@@ -1,5 +1,9 @@
 """`logkey status`: one screen telling an administrator whether logkey works.
 
+One module, as each command in commands/ is one: the checks of `logkey status` and the screen
+they print are read together (each check adds its problems and warnings to the Report that
+render() prints); SECURITY.md's warnings are security.py's.
+
 Reads: the configuration; in `state_dir` the follower's offsets (one JSON file per followed
 log) and the watcher's watch.status (daemon/statusfile.py); the followed logs' sizes; the gate store
 (one scan: is it reachable, how many gates are open); the exports' files' times.

@@ -1,5 +1,9 @@
 """`logkey relayclient [--config FILE] PROG [ARGS...]`: the SMTP-side wrapper of the 1999 design.
 
+One module on purpose: it runs once per SMTP connection, and its start-up time is the point
+(see below): each module it imported more would be paid on every connection, so the cache, the
+check of each store and the exec stay in this one file.
+
 Runs once per SMTP connection under tcpserver (`tcpserver ... logkey relayclient qmail-smtpd`):
 reads TCPREMOTEIP, sets RELAYCLIENT="" when a gate is open for it, and execs PROG with the
 environment otherwise untouched (a RELAYCLIENT already set, e.g. by tcprules, is kept as

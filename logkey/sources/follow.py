@@ -1,17 +1,18 @@
 """Follow log files: every complete new line once, in order, across rotation, restarts and crashes.
 
+Takes: the paths or globs to follow and the state directory. Gives: Follower, whose read()
+returns Line records (followread.py) and whose commit() saves the position after them. This
+module ties the parts: followread.py reads one generation's bytes into lines, followstate.py
+keeps the saved positions, followwait.py waits for growth (inotify or polling), rotated.py
+finds where rotated generations went and seek.py where a first attach begins.
+
 Reads: the followed logs (paths or globs) and their rotated siblings (PATH.N, PATH.N.gz,
   PATH-DATE...; .gz, .bz2 and .xz read, .zst with a zstd module: rotated.py); the state files
   in `state_dir`.
-Writes: one small JSON state file per followed log in `state_dir`: the newest generation's
-  record (dev, inode, offset, line number, fingerprint of the first bytes, first-seen mtime)
-  and, in "chain", every generation still being read and the last ones finished; named by a
-  hash of the path; temp file, fsync, rename, fsync of the directory, so a crash leaves the old
-  state or the new one, never none.
-Trust: log content is hostile and stays bytes (invalid UTF-8, NUL, CR, megabyte lines); only
-  b"\\n" ends a line, one CR before it is dropped, a line over `line_max` is skipped whole and
-  reported as data=None (the semantics of lines.read_lines). A partial last line is held back
-  until it is completed (or its generation is left); the committed offset never passes it.
+Writes: one small JSON state file per followed log in `state_dir` (followstate.py: temp file,
+  fsync, rename, fsync of the directory, so a crash leaves the old state or the new one).
+Trust: log content is hostile and stays bytes (followread.py); a partial last line is held
+  back until it is completed (or its generation is left); the committed offset never passes it.
 Config: line_max (bytes), attach_window (seconds that can still matter: max(window,
   max_session)), rotate_wait (seconds a renamed file is still read after it last grew),
   poll_interval (seconds, when inotify is not available).
@@ -29,39 +30,21 @@ that appears later is read from its start.
 """
 from __future__ import annotations
 
-import fnmatch
 import glob
-import hashlib
-import json
 import logging
-import lzma
 import os
-import re
-import select
 import time
-from dataclasses import dataclass
 
-from ..atomic import write_atomic
-from .rotated import COMPRESSED, FP_LEN, Generation, count_rest, open_candidate, resolve
-from .seek import attach_point, header_time
+from .followread import Line, flush_last_line, read_generation
+from .followstate import CHAIN_MAX, StateFiles, position, state_key
+from .followwait import ChangeWatch
+from .rotated import COMPRESSED, Generation, count_rest, open_candidate, resolve
+from .seek import first_generations, header_time
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("logkey.follow")
 
-BLOCK = 1 << 20            # bytes per read
 READ_MAX = 16 << 20        # bytes per file per read() call; wait() returns at once if more is left
-RESCAN = 5.0               # seconds between glob rescans with no inotify event
 ROTATE_WAIT = 5.0          # seconds a renamed-away file is still read after it last grew
-CHAIN_MAX = 48             # finished generations remembered (so none is read twice)
-STATE_MAX = 1 << 17        # bytes of a state file read at most
-_STATE_TEMP = re.compile(r"\.[0-9a-f]{32}\.json\.[0-9a-f]{12}\.tmp")   # write_atomic's
-_WATCH_FLAGS = ("MODIFY", "CREATE", "MOVED_TO", "MOVED_FROM", "DELETE", "CLOSE_WRITE", "ATTRIB")
-
-
-@dataclass(slots=True)
-class Line:
-    path: str               # the path as followed (the live name, even when read from a rotated copy)
-    lineno: int             # 1-based line number in that file generation; 0 if unknown
-    data: bytes | None      # the line without newline; None for a line over line_max (skipped)
 
 
 class _Stream:
@@ -71,7 +54,7 @@ class _Stream:
 
     def __init__(self, path: str, seek: bool):
         self.path = path
-        self.key = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        self.key = state_key(path)
         self.gens: list[Generation] = []
         self.done: list[dict] = []  # records of finished generations (resolve skips them)
         self.saved: list[dict] | None = None   # state from the last run, used at the first read
@@ -81,11 +64,6 @@ class _Stream:
         self.last: dict | None = None       # the position after everything read() returned
         self.committed: dict | None = None
         self.warned = False
-
-
-def _position(chain: list[dict]) -> dict:
-    """A stream's position: the newest generation's record, with every known one in "chain"."""
-    return {**chain[-1], "chain": chain}
 
 
 class Follower:
@@ -100,30 +78,18 @@ class Follower:
         self.now = now
         self.poll_interval = poll_interval
         self.rotate_wait = rotate_wait
-        os.makedirs(state_dir, mode=0o750, exist_ok=True)
-        self._remove_stale_temps()
+        self._states = StateFiles(state_dir)
         self._streams: dict[str, _Stream] = {}
         self._more = False
-        self._rescan_at = 0.0
-        self._ino = None
-        self._wds: dict[int, str] = {}
-        try:
-            from . import inotify as inotify_simple  # its interface, from the stdlib (inotify.py)
-            self._ino = inotify_simple.INotify(nonblocking=True)
-            self._fl = inotify_simple.flags
-            self._mask = 0
-            for name in _WATCH_FLAGS:
-                self._mask |= getattr(self._fl, name)
-        except (ImportError, OSError) as e:
-            log.warning("inotify unavailable (%s); polling every %gs", e, poll_interval)
+        self._changes = ChangeWatch(self.patterns, self._streams, poll_interval)
         self._scan(first=True)
 
     # --- the public API ------------------------------------------------------------------
     def read(self) -> list[Line]:
         """Every complete new line of every followed file, in file order (at most READ_MAX
         bytes per file per call). Never raises for missing files."""
-        self._events(0)
-        if self._ino is None or time.monotonic() >= self._rescan_at:
+        self._changes.events(0)
+        if self._changes.rescan_due():
             self._scan()
         self._more = False
         out: list[Line] = []
@@ -136,7 +102,7 @@ class Follower:
                     log.warning("%s: %s", s.path, e)
                     s.warned = True
             if s.gens or s.done:
-                s.last = _position(self._recs(s))
+                s.last = position(self._recs(s))
         return out
 
     def commit(self) -> None:
@@ -145,45 +111,18 @@ class Follower:
         changed = False
         for s in self._streams.values():
             if s.last is not None and s.last != s.committed:
-                rec = {"path": os.path.abspath(s.path), **s.last}
-                self._write_state(s.key, json.dumps(rec, sort_keys=True).encode())
+                self._states.save(s.path, s.key, s.last)
                 s.committed = s.last
                 changed = True
         if changed:
-            fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._states.sync()
 
     def wait(self, timeout: float, wake: int | list[int] | None = None) -> None:
         """Block until a followed file or directory changes, or `timeout` seconds pass, or
         (when given) a file descriptor in `wake` becomes readable."""
         if self._more or timeout <= 0:
             return
-        wakes = [] if wake is None else [wake] if isinstance(wake, int) else list(wake)
-        if self._ino is None:
-            timeout = min(timeout, self.poll_interval)
-            if not wakes:
-                time.sleep(timeout)
-            else:
-                select.select(wakes, [], [], timeout)
-            return
-        if self._unwatched():
-            timeout = min(timeout, self.poll_interval)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            if not wakes:
-                if self._events(max(1, int(left * 1000))):
-                    return
-                continue
-            ino = self._ino.fileno()
-            ready = select.select(wakes + [ino], [], [], left)[0]
-            if any(fd != ino for fd in ready) or (ready and self._events(0)):
-                return
+        self._changes.wait(timeout, wake)
 
     def positions(self) -> dict[str, dict | None]:
         """Each followed path and its position after everything read() returned (the record a
@@ -192,126 +131,29 @@ class Follower:
         return {s.path: s.last for s in list(self._streams.values())}
 
     def fileno(self) -> int | None:
-        return self._ino.fileno() if self._ino is not None else None
+        return self._changes.fileno()
 
     def close(self) -> None:
         for s in self._streams.values():
             for g in s.gens:
                 g.close()
             s.gens = []
-        if self._ino is not None:
-            self._ino.close()
-            self._ino = None
+        self._changes.close()
 
-    # --- files and watches -----------------------------------------------------------------
+    # --- files -----------------------------------------------------------------------------
     def _scan(self, first: bool = False) -> None:
         """Add a stream for each path named or matched by a glob (new matches read from 0)."""
-        self._rescan_at = time.monotonic() + RESCAN
+        self._changes.scanning()
         for pattern in self.patterns:
             paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
             for path in paths:
                 if path not in self._streams and not path.endswith(COMPRESSED):
                     s = _Stream(path, seek=first and os.path.exists(path))
-                    s.saved = self._load_state(s)
+                    s.saved = self._states.load(s.path, s.key)
                     if s.saved:
-                        s.last = s.committed = _position(s.saved)
+                        s.last = s.committed = position(s.saved)
                     self._streams[path] = s
-        self._watch()
-
-    def _dirs(self) -> set[str]:
-        dirs = {os.path.dirname(os.path.abspath(p)) for p in self._streams}
-        for pattern in self.patterns:
-            d = os.path.dirname(os.path.abspath(pattern))
-            if not glob.has_magic(d):
-                dirs.add(d)
-        return dirs
-
-    def _watch(self) -> None:
-        if self._ino is None:
-            return
-        for d in self._dirs() - set(self._wds.values()):
-            try:
-                self._wds[self._ino.add_watch(d, self._mask)] = d
-            except OSError:
-                pass                    # not there yet: wait() polls until it is
-
-    def _unwatched(self) -> bool:
-        self._watch()
-        return bool(self._dirs() - set(self._wds.values()))
-
-    def _events(self, timeout_ms: int) -> bool:
-        """Read inotify events; True if one concerns a followed file or a new match."""
-        if self._ino is None:
-            return False
-        fl = self._fl
-        relevant = False
-        try:
-            events = self._ino.read(timeout=timeout_ms)
-        except OSError:
-            return False
-        for ev in events:
-            if ev.mask & fl.Q_OVERFLOW:
-                relevant = True
-                self._rescan_at = 0.0
-                continue
-            if ev.mask & fl.IGNORED:
-                self._wds.pop(ev.wd, None)
-                continue
-            d = self._wds.get(ev.wd)
-            if d is None:
-                continue
-            full = os.path.join(d, ev.name)
-            if ev.mask & (fl.CREATE | fl.MOVED_TO):
-                self._rescan_at = 0.0
-            for s in self._streams.values():
-                if full.startswith(os.path.abspath(s.path)):
-                    relevant = True     # the file itself or a rotated sibling
-                    break
-            else:
-                if any(fnmatch.fnmatch(full, os.path.abspath(p)) for p in self.patterns):
-                    relevant = True
-        return relevant
-
-    # --- state files -------------------------------------------------------------------------
-    def _load_state(self, s: _Stream) -> list[dict] | None:
-        """The saved generations of a stream (oldest first), None when there is no state."""
-        name = os.path.join(self.state_dir, s.key + ".json")
-        try:
-            with open(name, "rb") as f:
-                rec = json.loads(f.read(STATE_MAX))
-            if not isinstance(rec, dict) or rec.get("path") != os.path.abspath(s.path):
-                raise ValueError("another file's state")
-            chain = rec.get("chain", [rec])
-            if not isinstance(chain, list) or not chain or len(chain) > CHAIN_MAX * 2:
-                raise ValueError("bad chain")
-            return [_checked(r) for r in chain]
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-            log.warning("state file %s for %s unreadable (%s): treated as no saved offset",
-                        name, s.path, e)
-            return None
-
-    def _remove_stale_temps(self) -> None:
-        """State temp files of a follower killed while writing one (.KEY.json.HEX.tmp): only
-        that name pattern, the name itself (a symlink is never followed)."""
-        try:
-            names = [n for n in os.listdir(self.state_dir) if _STATE_TEMP.fullmatch(n)]
-        except OSError:
-            return
-        for name in names:
-            try:
-                os.unlink(os.path.join(self.state_dir, name))
-            except OSError:
-                pass
-        if names:
-            log.info("%s: %d stale temp file(s) of a state write that died removed",
-                     self.state_dir, len(names))
-
-    def _write_state(self, key: str, data: bytes) -> None:
-        # (commit() syncs the directory once for all the files it wrote)
-        write_atomic(os.path.join(self.state_dir, key + ".json"), data, mode=0o640,
-                     sync_dir=False)
+        self._changes.watch()
 
     # --- reading ---------------------------------------------------------------------------
     def _read_stream(self, s: _Stream, out: list[Line]) -> None:
@@ -324,7 +166,7 @@ class Follower:
             for g in list(s.gens):
                 if not g.rotated and self._truncated(g):    # before reading the new content
                     break
-                budget -= self._read_gen(s, g, out, budget)
+                budget -= read_generation(g, s.path, self.line_max, out, budget)
                 if budget <= 0:
                     self._more = True
                     return
@@ -332,57 +174,9 @@ class Follower:
             if not self._rotation(s):
                 return
 
-    def _read_gen(self, s: _Stream, g: Generation, out: list[Line], budget: int) -> int:
-        """Complete lines from g.scan to the end of the file (or `budget` bytes) into `out`."""
-        cap, path, used = self.line_max, s.path, 0
-        while used < budget:
-            try:
-                chunk = g.chunk(BLOCK)
-            except (EOFError, ValueError, lzma.LZMAError) as e:     # a damaged compressed file
-                log.warning("%s: %s ends early (%s): read up to there", s.path, g.name, e)
-                g.eof = True
-                break
-            if not chunk:
-                break
-            g.scan += len(chunk)
-            used += len(chunk)
-            if g.skipping:              # inside a line over the cap: find its end
-                i = chunk.find(b"\n")
-                if i < 0:
-                    continue
-                g.skipping = False
-                g.lineno += 1
-                out.append(Line(path, g.number(g.lineno), None))
-                g.pos = g.scan - len(chunk) + i + 1
-                chunk = chunk[i + 1:]
-            data = g.buf + chunk if g.buf else chunk
-            end = data.rfind(b"\n")
-            if end >= 0:
-                n = g.lineno
-                for line in data[:end].split(b"\n"):
-                    n += 1
-                    if len(line) > cap:
-                        out.append(Line(path, g.number(n), None))
-                    else:
-                        out.append(Line(path, g.number(n),
-                                        line[:-1] if line[-1:] == b"\r" else line))
-                g.lineno = n
-                g.pos += end + 1
-                data = data[end + 1:]
-            g.buf = data
-            if len(data) > cap:
-                g.buf, g.skipping = b"", True
-        if used and g.rotated:
-            g.grew = time.monotonic()
-        return used
-
     def _finish(self, s: _Stream, g: Generation, out: list[Line]) -> None:
         """Leave a generation for good: its unterminated last line, if any, is a line too."""
-        if g.skipping or g.buf:
-            g.lineno += 1
-            line = None if g.skipping else (g.buf[:-1] if g.buf[-1:] == b"\r" else g.buf)
-            out.append(Line(s.path, g.number(g.lineno), line))
-            g.pos, g.buf, g.skipping = g.scan, b"", False
+        flush_last_line(g, s.path, out)
         s.done.append(g.record("done"))
         del s.done[:-CHAIN_MAX]
         g.close()
@@ -497,44 +291,7 @@ class Follower:
         s.started = True
         st = os.fstat(fd)
         now = self.now()
-        fn, cutoff = self.line_time or header_time(now), now - self.attach_window
-        # Rotated files may hold lines not read yet: on a first attach, those the window
-        # covers; for a file that appeared later, those written since logkey began to wait
-        # for it (written, then copied and truncated or renamed, before logkey looked). Oldest
-        # first, never a copy of the live file's start (a copytruncate under way).
-        head = os.pread(fd, FP_LEN, 0)
-        for c, _ in resolve(s.path, [], cutoff)[0]:
-            if c.live or (head and c.head and (head.startswith(c.head) or
-                                               c.head.startswith(head))):
-                continue
-            if not s.seek and c.st.st_mtime < s.created:
-                continue
-            if (g := open_candidate(c, None, None)) is None:
-                continue
-            if s.seek and g.stream is None:
-                pos, lineno = attach_point(g.fd, c.st.st_size, fn, cutoff, self.line_max)
-                g.pos = g.scan = pos
-                g.lineno, g.numbered = lineno or 0, lineno is not None
-            g.grew = time.monotonic()
-            s.gens.append(g)
-        if s.seek and not s.gens:
-            pos, lineno = attach_point(fd, st.st_size, fn, cutoff, self.line_max)
-            s.gens.append(Generation(fd, st, pos, lineno or 0, numbered=lineno is not None,
-                                     name=s.path))
-        else:
-            s.gens.append(Generation(fd, st, 0, 0, name=s.path))
+        first_generations(s.gens, s.path, fd, st, seek=s.seek, created=s.created,
+                          line_time=self.line_time or header_time(now),
+                          cutoff=now - self.attach_window, line_max=self.line_max)
         s.seek = False
-
-
-def _checked(r) -> dict:
-    """One saved generation record, checked (ValueError if not one of ours)."""
-    state = {k: r[k] for k in ("dev", "ino", "offset", "lineno", "fp_len")}
-    if not all(type(v) is int and v >= 0 for v in state.values()):
-        raise ValueError("a field is not a non-negative integer")
-    if not isinstance(r["fp"], (str, type(None))) or (r["fp"] is None and r["fp_len"]):
-        raise ValueError("bad fingerprint")
-    since = r.get("since")
-    if since is not None and not isinstance(since, (int, float)):
-        raise ValueError("bad since")
-    return {**state, "fp": r["fp"], "numbered": r.get("numbered", True) is not False,
-            "since": since, "state": "done" if r.get("state") == "done" else "resume"}

@@ -1,5 +1,9 @@
 """A followed file's generations and where the rotated ones went (follow.py's helpers).
 
+One module because a generation and the search for it are one model: Generation, Candidate and
+resolve() share the fingerprint, the decompressors and the rotated names, and the follower uses
+them together.
+
 Reads: the rotated siblings of a followed path, in the names logrotate and savelog give them
   (PATH.N, PATH.N.gz, PATH-DATE, PATH-DATE.gz, PATH.0 ...), compressed ones decompressed with
   the standard library (.gz, .bz2, .xz; .zst when a zstd module is importable: Python 3.14's

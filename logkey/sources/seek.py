@@ -1,13 +1,17 @@
 """First attach to a log with no saved offset: find, by the lines' own time stamps, where the
 lines that can still matter begin, without reading a large file from the start (a binary
-search on byte offsets, then lines in order over the last SEEK_SPAN bytes). Reads: the file
-through pread; pure otherwise.
+search on byte offsets, then lines in order over the last SEEK_SPAN bytes); and which rotated
+generations to read before the live file (first_generations). Reads: the file through pread,
+and the rotated siblings' listing and first bytes (rotated.py); pure otherwise.
 """
 from __future__ import annotations
 
 import logging
 import os
+import time
 from datetime import datetime, timezone
+
+from .rotated import FP_LEN, Generation, open_candidate, resolve
 
 log = logging.getLogger("logkey.follow")
 
@@ -132,3 +136,34 @@ def count_lines(fd: int, end: int) -> int:
         count += (buf if n == len(buf) else buf[:n]).count(b"\n")
         pos += n
     return count
+
+
+def first_generations(gens: list[Generation], path: str, fd: int, st, *, seek: bool,
+                      created: float, line_time, cutoff: float, line_max: int) -> None:
+    """The first look at a followed path with no saved state: append to `gens`, oldest first,
+    the rotated generations that may hold lines not read yet, then the live file (open as `fd`,
+    stat `st`). With `seek` (a first attach), those the window covers, each from the first line
+    whose time is >= cutoff; else (a file that appeared later) those written since logkey began
+    to wait for it (`created`: written, then copied and truncated or renamed, before logkey
+    looked), from 0. Never a copy of the live file's start (a copytruncate under way)."""
+    head = os.pread(fd, FP_LEN, 0)
+    for c, _ in resolve(path, [], cutoff)[0]:
+        if c.live or (head and c.head and (head.startswith(c.head) or
+                                           c.head.startswith(head))):
+            continue
+        if not seek and c.st.st_mtime < created:
+            continue
+        if (g := open_candidate(c, None, None)) is None:
+            continue
+        if seek and g.stream is None:
+            pos, lineno = attach_point(g.fd, c.st.st_size, line_time, cutoff, line_max)
+            g.pos = g.scan = pos
+            g.lineno, g.numbered = lineno or 0, lineno is not None
+        g.grew = time.monotonic()
+        gens.append(g)
+    if seek and not gens:
+        pos, lineno = attach_point(fd, st.st_size, line_time, cutoff, line_max)
+        gens.append(Generation(fd, st, pos, lineno or 0, numbered=lineno is not None,
+                               name=path))
+    else:
+        gens.append(Generation(fd, st, 0, 0, name=path))

@@ -1,5 +1,9 @@
 """The `dir` gate store: one file per open gate, its mtime the expiry (the 1999 design).
 
+One module because it is one store backend: the layout, the atomic write, the read that checks
+a file's record and the purge share the same rules for names and files (key_to_name, the temp
+names, lstat and O_NOFOLLOW); split, they could drift apart.
+
 Reads/Writes: files directly in `path` only, never below it and never through a symlink.
 Trust: the file names come only from `check_key`-validated keys; everything found in the
 directory is treated as untrusted (checked with lstat/O_NOFOLLOW, size-limited, parsed
