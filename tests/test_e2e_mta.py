@@ -6,11 +6,11 @@ decides from the page's snippets. Only port numbers are substituted; the MTAs' o
 configuration is Debian's (tests/mtas.py says what the suite changes in it, and why).
 
 Each run checks: a gated client relays and an ungated one is refused, local mail is
-unaffected, `logkey open`/`close` and expiry take effect (open/close: Exim at the next RCPT,
-OpenSMTPD and sendmail within PATH_UNIT_LAG seconds, through their root path units; expiry:
-within EXPIRY_BOUND seconds), IPv4 and IPv6 (the exact address and, with ipv6_prefix: 64, the
-/64), the MTA restarted while no gate is open starts and serves, and (narrow) port 25 never
-relays for a gate."""
+unaffected, `logkey open`/`close` and expiry take effect (open/close: Exim and sendmail's
+narrow set-up at the next RCPT, OpenSMTPD and sendmail's global set-up within PATH_UNIT_LAG
+seconds, through their root path units; expiry: within EXPIRY_BOUND seconds), IPv4 and IPv6
+(the exact address and, with ipv6_prefix: 64, the /64), the MTA restarted while no gate is open
+starts and serves, and (narrow) port 25 never relays for a gate."""
 from __future__ import annotations
 
 import os
@@ -26,8 +26,9 @@ from servers import PASSWORD, logkey_cmd, port_open  # noqa: F401
 from test_e2e_docs import snippet
 
 EXPIRY_BOUND = 3.0          # seconds after a gate's expiry by which relay is refused
-PATH_UNIT_LAG = 2.0         # seconds for `logkey open`/`close` to reach OpenSMTPD and sendmail
-                            # (the path unit's reload; Exim sees them at the next RCPT)
+PATH_UNIT_LAG = 2.0         # seconds for `logkey open`/`close` to reach OpenSMTPD and sendmail's
+                            # access db (the path unit's reload; Exim and sendmail's text map see
+                            # them at the next RCPT)
 
 
 def logkey_setup(ns: mtas.Namespace, dovecot, extra: str, ipv6_prefix=None):
