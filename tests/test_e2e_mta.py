@@ -325,6 +325,11 @@ def test_sendmail_page(site, scope):
     exercise(sendmail, dovecot, ns, watcher, gated_port(scope), sendmail.start, lag=lag)
     if scope == "narrow":
         assert ns.path("/etc/mail/access.db").read_bytes() == access_db
+        check = snippet("sendmail.md", "sendmail-narrow-check").replace(
+            "sendmail -bt", f"{sendmail.argv[0]} -bt")      # Debian's alternatives: not here
+        for key, answer in (("IPv6:2001:db8:0:0", "returns RELAY"), ("127.0.0.3", "no match")):
+            out = ns.run(["sh", "-c", check.replace("192.0.2.10", key)]).stdout
+            assert f"map_lookup: logkey (Connect:{key}) {answer}" in out, out
 
 
 @pytest.mark.parametrize("name", ["logkey-smtpd-table", "logkey-sendmail-access"])
