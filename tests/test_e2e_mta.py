@@ -85,12 +85,12 @@ def admin(ns, *args):
     return out
 
 
-def page_namespace(site, mta: str, page: str, logkey_snippet: str, ipv6_prefix=None):
+def page_namespace(site, mta: str, page: str, logkey_snippet: str):
     """A namespace for `mta` with dovecot running in it and /etc/logkey/config.yaml holding
     the page's `exports:` (or other) snippet: (ns, dovecot)."""
     ns = site.add(mtas.Namespace(mta))
     dovecot = ns.dovecot(site.add(servers.Dovecot()))
-    logkey_setup(ns, dovecot, snippet(page, logkey_snippet), ipv6_prefix)
+    logkey_setup(ns, dovecot, snippet(page, logkey_snippet))
     return ns, dovecot
 
 
