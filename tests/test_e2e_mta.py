@@ -330,6 +330,10 @@ def test_sendmail_page(site, scope):
         for key, answer in (("IPv6:2001:db8:0:0", "returns RELAY"), ("127.0.0.3", "no match")):
             out = ns.run(["sh", "-c", check.replace("192.0.2.10", key)]).stdout
             assert f"map_lookup: logkey (Connect:{key}) {answer}" in out, out
+        # Not answering (not the logkey listener), the rules give back the recipient unchanged.
+        out = ns.run(["sh", "-c", f"echo 'Local_check_rcpt <{mtas.OUTSIDE}>' | "
+                                  f"{sendmail.argv[0]} -bt"]).stdout
+        assert "Local_check_rcpt returns: < someone @ outside . example >" in out, out
 
 
 @pytest.mark.parametrize("name", ["logkey-smtpd-table", "logkey-sendmail-access"])
