@@ -415,20 +415,23 @@ class OpenSMTPD(MtaServer):
 
 class Sendmail(MtaServer):
     """Debian's sendmail (8.17.1.9) with Debian's own sendmail.mc (cf/debian/sendmail.mc, as
-    sendmailconfig installs it), built with m4 into /etc/mail/sendmail.cf; its DAEMON_OPTIONS
-    become 127.0.0.1 and ::1 on the test's port, its dialup/provider includes (made by
-    sendmailconfig) and greet_pause (1 s per connection) are left out, and host names come
-    from /etc/hosts only (Debian's service.switch-nodns). `access_local` is
-    /etc/mail/access.local, the site's own entries. Queue only (-odq)."""
+    sendmailconfig installs it) and `mc` (the page's lines) at its end, built with m4 into
+    /etc/mail/sendmail.cf. Debian's DAEMON_OPTIONS become 127.0.0.1 and ::1 on ports[25]; the
+    page's own listeners keep their lines, with each `Port=N` in `mc` given ports[N]. Its
+    dialup/provider includes (made by sendmailconfig) and greet_pause (1 s per connection) are
+    left out, and host names come from /etc/hosts only (Debian's service.switch-nodns).
+    `access` is the text of /etc/mail/access, built into access.db. Queue only (-odq)."""
 
     argv = ["/usr/libexec/sendmail/sendmail", "-bD", "-odq"]
     refused = "Relaying denied"
 
-    def __init__(self, ns: Namespace, access_local: str, ports: dict):
+    def __init__(self, ns: Namespace, access: str, ports: dict, mc: str = ""):
         super().__init__(ns, ports)
-        mc = (ns.root / "usr/share/sendmail/cf/debian/sendmail.mc").read_text()
+        base = (ns.root / "usr/share/sendmail/cf/debian/sendmail.mc").read_text()
+        for page_port, port in ports.items():
+            mc = mc.replace(f"Port={page_port}'", f"Port={port}'")
         keep = []
-        for line in mc.splitlines():
+        for line in base.splitlines():
             if line.startswith(("DAEMON_OPTIONS(", "include(`/etc/mail/m4/", "FEATURE(`greet_pause'")):
                 continue
             if line.startswith("MAILER_DEFINITIONS"):
@@ -436,15 +439,15 @@ class Sendmail(MtaServer):
                 # no DNS here (Debian's file for a host without it): a PTR lookup fails at once
                 keep.append("define(`confSERVICE_SWITCH_FILE', "
                             "`/etc/mail/service.switch-nodns')dnl")
-                for port in ports.values():
-                    keep.append(f"DAEMON_OPTIONS(`Family=inet, Name=MTA-v4-{port}, Port={port}, "
-                                "Addr=127.0.0.1')dnl")
-                    keep.append(f"DAEMON_OPTIONS(`Family=inet6, Name=MTA-v6-{port}, Port={port}, "
-                                "Addr=::1')dnl")
+                port = ports[25]
+                keep.append(f"DAEMON_OPTIONS(`Family=inet, Name=MTA-v4-{port}, Port={port}, "
+                            "Addr=127.0.0.1')dnl")
+                keep.append(f"DAEMON_OPTIONS(`Family=inet6, Name=MTA-v6-{port}, Port={port}, "
+                            "Addr=::1')dnl")
             keep.append(line)
-        ns.write("/etc/mail/sendmail.mc", "\n".join(keep) + "\n")
+        ns.write("/etc/mail/sendmail.mc", "\n".join(keep) + "\n" + mc)
         ns.write("/etc/mail/local-host-names", "mx.logkey.test\n")
-        ns.write("/etc/mail/access.local", access_local)
+        ns.write("/etc/mail/access", access)
         ns.write("/etc/mail/aliases", "postmaster: root\n")
         ns.mkdir("/var/spool/mqueue", 0o700)
         ns.mkdir("/var/spool/mqueue-client", 0o770, "smmsp:smmsp")
@@ -454,5 +457,5 @@ class Sendmail(MtaServer):
         hosts = ns.path("/etc/hosts")
         hosts.write_text(hosts.read_text() + f"127.0.1.1 mx.logkey.test {hostname}\n")
         ns.run(["sh", "-c", "m4 /etc/mail/sendmail.mc > /etc/mail/sendmail.cf"])
-        ns.run(["sh", "-c", "makemap hash /etc/mail/access < /etc/mail/access.local"])
+        ns.run(["sh", "-c", "makemap hash /etc/mail/access < /etc/mail/access"])
         ns.run(["/usr/libexec/sendmail/sendmail", "-bi"], check=False)

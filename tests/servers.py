@@ -109,18 +109,23 @@ def release() -> str:
             + f", Python {platform.python_version()}")
 
 
+def _first_line(cmd) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        text = (out.stdout or out.stderr).strip().splitlines()
+        return text[0].strip() if text else "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+
+
+def deb_version(pkg: str) -> str:
+    """The installed Debian package's version (`1:0.88-7`), as dpkg-query says it."""
+    return _first_line(["dpkg-query", "-W", "-f=${Version}", pkg])
+
+
 def versions() -> list[str]:
     """One line per server the suite runs against (pytest's report header)."""
-    def first(cmd):
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-            text = (out.stdout or out.stderr).strip().splitlines()
-            return text[0].strip() if text else "?"
-        except (OSError, subprocess.TimeoutExpired):
-            return "not installed"
-
-    def deb(pkg):
-        return first(["dpkg-query", "-W", "-f=${Version}", pkg])
+    first, deb = _first_line, deb_version
     return [f"dovecot {first(['dovecot', '--version'])} (Debian {deb('dovecot-core')})",
             f"postfix {first(['postconf', '-d', '-h', 'mail_version'])} (Debian {deb('postfix')})",
             f"{first(['redis-server', '--version'])}",

@@ -25,6 +25,46 @@ def snippet(page: str, name: str) -> str:
     return m.group(1)
 
 
+# Each page of docs/mta/: the test module that runs it, and the Debian package whose version
+# the page must name (the one this run has: installed, or unpacked by .ci/mta-roots).
+PAGES_RUN = {
+    "postfix.md": ("test_e2e_docs.py", "postfix", None),
+    "qmail.md": ("test_e2e_docs.py", "ucspi-tcp", None),
+    "exim.md": ("test_e2e_mta.py", "exim4-daemon-light", "exim"),
+    "opensmtpd.md": ("test_e2e_mta.py", "opensmtpd", "opensmtpd"),
+    "sendmail.md": ("test_e2e_mta.py", "sendmail-bin", "sendmail"),
+}
+
+
+def test_every_mta_page_is_run():
+    pages = {p.name for p in DOCS.glob("*.md")} - {"README.md"}
+    assert pages == set(PAGES_RUN)
+
+
+@pytest.mark.parametrize("page", sorted(PAGES_RUN))
+def test_mta_page_says_which_versions_it_was_run_against(page):
+    """As pytest's header does: "Run by the end-to-end suite (tests/MODULE) ... against ...",
+    naming the Debian version of the package this run has (for an MTA in a private root, when
+    .ci/mta-roots has unpacked it: the Debian 13 run has none)."""
+    module, package, root = PAGES_RUN[page]
+    m = re.search(rf"^Run by the end-to-end suite \(tests/{re.escape(module)}\)(.*?)\n\n",
+                  (DOCS / page).read_text(), re.S | re.M)
+    assert m, f"docs/mta/{page}: no paragraph 'Run by the end-to-end suite (tests/{module})'"
+    said = " ".join(m.group(1).split())
+    assert re.search(r"\bagainst\b.*Debian 1\d's", said), f"docs/mta/{page}: {said}"
+    if root is None:
+        version = servers.deb_version(package)
+    else:
+        from mtas import ROOTS
+        try:
+            unpacked = (ROOTS / f"{root}.versions").read_text().split()
+        except FileNotFoundError:
+            return
+        version = dict(word.split("=", 1) for word in unpacked)[package]
+    assert f"{package} {version}" in said, \
+        f"docs/mta/{page} does not say it was run against {package} {version}: {said}"
+
+
 def postfix_site(site, how: str, scope: str):
     """dovecot -> logkey watch (+ policy or lmdb export) -> postfix configured from the page."""
     dovecot = site.dovecot()

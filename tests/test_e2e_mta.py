@@ -6,11 +6,11 @@ decides from the page's snippets. Only port numbers are substituted; the MTAs' o
 configuration is Debian's (tests/mtas.py says what the suite changes in it, and why).
 
 Each run checks: a gated client relays and an ungated one is refused, local mail is
-unaffected, `logkey open`/`close` and expiry take effect (open/close: Exim at the next RCPT,
-OpenSMTPD and sendmail within PATH_UNIT_LAG seconds, through their root path units; expiry:
-within EXPIRY_BOUND seconds), IPv4 and IPv6 (the exact address and, with ipv6_prefix: 64, the
-/64), the MTA restarted while no gate is open starts and serves, and (narrow) port 25 never
-relays for a gate."""
+unaffected, `logkey open`/`close` and expiry take effect (open/close: Exim and sendmail's
+narrow set-up at the next RCPT, OpenSMTPD and sendmail's global set-up within PATH_UNIT_LAG
+seconds, through their root path units; expiry: within EXPIRY_BOUND seconds), IPv4 and IPv6
+(the exact address and, with ipv6_prefix: 64, the /64), the MTA restarted while no gate is open
+starts and serves, and (narrow) port 25 never relays for a gate."""
 from __future__ import annotations
 
 import os
@@ -26,8 +26,9 @@ from servers import PASSWORD, logkey_cmd, port_open  # noqa: F401
 from test_e2e_docs import snippet
 
 EXPIRY_BOUND = 3.0          # seconds after a gate's expiry by which relay is refused
-PATH_UNIT_LAG = 2.0         # seconds for `logkey open`/`close` to reach OpenSMTPD and sendmail
-                            # (the path unit's reload; Exim sees them at the next RCPT)
+PATH_UNIT_LAG = 2.0         # seconds for `logkey open`/`close` to reach OpenSMTPD and sendmail's
+                            # access db (the path unit's reload; Exim and sendmail's text map see
+                            # them at the next RCPT)
 
 
 def logkey_setup(ns: mtas.Namespace, dovecot, extra: str, ipv6_prefix=None):
@@ -82,6 +83,37 @@ def admin(ns, *args):
     out = ns.run([*logkey_cmd(), *args, "--config", "/etc/logkey/config.yaml"])
     print(time.time(), args, out.stdout, out.stderr)
     return out
+
+
+def page_namespace(site, mta: str, page: str, logkey_snippet: str):
+    """A namespace for `mta` with dovecot running in it and /etc/logkey/config.yaml holding
+    the page's `exports:` (or other) snippet: (ns, dovecot)."""
+    ns = site.add(mtas.Namespace(mta))
+    dovecot = ns.dovecot(site.add(servers.Dovecot()))
+    logkey_setup(ns, dovecot, snippet(page, logkey_snippet))
+    return ns, dovecot
+
+
+def page_ports(scope: str) -> dict:
+    """The page's port numbers to free ones here: 25, and the narrow set-up's 2525."""
+    return {25: free_port()} if scope == "global" else {25: free_port(), 2525: free_port()}
+
+
+def gated_port(scope: str) -> int:
+    """The page's port on which gated clients relay."""
+    return 25 if scope == "global" else 2525
+
+
+def run_page_command(ns, page: str, name: str):
+    """A `logkey ...` snippet of the page, run as root in the namespace with its config."""
+    argv = snippet(page, name).split()
+    assert argv[0] == "logkey", (page, name, argv)
+    return ns.run([*logkey_cmd(), *argv[1:], "--config", "/etc/logkey/config.yaml"])
+
+
+def start_watcher(site, ns):
+    """`logkey watch`, as its unit runs it, until the test ends."""
+    return site.add(Watcher(ns)).start()
 
 
 def exercise(mta, dovecot, ns, watcher, gated_port, restart, lag=0.0):
@@ -149,10 +181,8 @@ EXIM_FILE = {True: "/etc/exim4/conf.d/main/000_logkey", False: "/etc/exim4/exim4
 def test_exim_page(site, split, scope):
     """Debian's split and unsplit configuration take the same macro in their own file; the
     narrow macro is the same line with a port condition (run with the split one)."""
-    ns = site.add(mtas.Namespace("exim"))
-    dovecot = ns.dovecot(site.add(servers.Dovecot()))
-    logkey_setup(ns, dovecot, snippet("exim.md", "exim-logkey"))
-    ports = {25: free_port()} if scope == "global" else {25: free_port(), 2525: free_port()}
+    ns, dovecot = page_namespace(site, "exim", "exim.md", "exim-logkey")
+    ports = page_ports(scope)
     macros = snippet("exim.md", f"exim-debian-{scope}").replace("{2525}", "{%d}" % ports.get(2525, 0))
     exim = mtas.Exim(ns, {EXIM_FILE[split]: macros}, split=split, ports=ports)
     site.add(exim).start()
@@ -161,11 +191,9 @@ def test_exim_page(site, split, scope):
         assert exim.answer("127.0.0.3", 25, mtas.LOCAL)[0] == 250
     code, text = exim.answer("127.0.0.3", max(ports), mtas.LOCAL)
     assert code == 421 and "Unexpected failure" in text, (code, text)
-    create = snippet("exim.md", "exim-create").split()
-    ns.run([*logkey_cmd(), *create[1:], "--config", "/etc/logkey/config.yaml"])
-    watcher = site.add(Watcher(ns))
-    watcher.start()
-    exercise(exim, dovecot, ns, watcher, 25 if scope == "global" else 2525, exim.start)
+    run_page_command(ns, "exim.md", "exim-create")
+    watcher = start_watcher(site, ns)
+    exercise(exim, dovecot, ns, watcher, gated_port(scope), exim.start)
 
 
 # -- OpenSMTPD ---------------------------------------------------------------------------------
@@ -211,33 +239,26 @@ OPENSMTPD_LISTEN = "listen on 127.0.0.1 port {port}\nlisten on ::1 port {port}"
 
 @pytest.mark.parametrize("scope", ["global", "narrow"])
 def test_opensmtpd_page(site, scope):
-    ns = site.add(mtas.Namespace("opensmtpd"))
-    dovecot = ns.dovecot(site.add(servers.Dovecot()))
-    logkey_setup(ns, dovecot, snippet("opensmtpd.md", "opensmtpd-logkey"))
-    ports = {25: free_port()} if scope == "global" else {25: free_port(), 2525: free_port()}
+    ns, dovecot = page_namespace(site, "opensmtpd", "opensmtpd.md", "opensmtpd-logkey")
+    ports = page_ports(scope)
     page = snippet("opensmtpd.md", f"opensmtpd-{scope}").replace(" 2525 ", f" {ports.get(2525)} ")
     smtpd = site.add(mtas.OpenSMTPD(ns, page, OPENSMTPD_LISTEN.format(port=ports[25]), ports))
-    create = snippet("opensmtpd.md", "opensmtpd-create").split()
-    ns.run([*logkey_cmd(), *create[1:], "--config", "/etc/logkey/config.yaml"])
+    run_page_command(ns, "opensmtpd.md", "opensmtpd-create")
     smtpd.start()                                   # no gate open: it starts
     site.add(PathUnit(ns, "logkey-smtpd-table"))
-    watcher = site.add(Watcher(ns))
-    watcher.start()
-    exercise(smtpd, dovecot, ns, watcher, 25 if scope == "global" else 2525, smtpd.start,
-             lag=PATH_UNIT_LAG)
+    watcher = start_watcher(site, ns)
+    exercise(smtpd, dovecot, ns, watcher, gated_port(scope), smtpd.start, lag=PATH_UNIT_LAG)
 
 
 def test_exim_page_readsocket(site):
     """Exim asks `logkey policy` (as its unit runs it) with ${readsocket}: no file, no process
     per RCPT; logkey down or hung: no relay, local mail unaffected, the wait bounded."""
     import signal
-    ns = site.add(mtas.Namespace("exim"))
-    dovecot = ns.dovecot(site.add(servers.Dovecot()))
-    logkey_setup(ns, dovecot, snippet("postfix.md", "policy-logkey"))
-    ports = {25: free_port(), 2525: free_port()}
+    ns, dovecot = page_namespace(site, "exim", "postfix.md", "policy-logkey")
+    ports = page_ports("narrow")
     macros = snippet("exim.md", "exim-debian-readsocket").replace("{2525}", "{%d}" % ports[2525])
     exim = site.add(mtas.Exim(ns, {EXIM_FILE[True]: macros}, ports=ports)).start()
-    watcher = site.add(Watcher(ns)).start()
+    start_watcher(site, ns)
     err = ns.dir / "policy.err"
     policy = ns.spawn(ns.as_unit("logkey-policy.service", [*logkey_cmd(), "policy", "--config",
                                                             "/etc/logkey/config.yaml"]),
@@ -274,19 +295,45 @@ def test_exim_page_readsocket(site):
 
 # -- sendmail ----------------------------------------------------------------------------------
 
-def test_sendmail_page(site):
-    ns = site.add(mtas.Namespace("sendmail"))
-    dovecot = ns.dovecot(site.add(servers.Dovecot()))
-    logkey_setup(ns, dovecot, snippet("sendmail.md", "sendmail-logkey"))
-    ports = {25: free_port()}
-    sendmail = site.add(mtas.Sendmail(ns, snippet("sendmail.md", "sendmail-access-local"), ports))
-    create = snippet("sendmail.md", "sendmail-create").split()
-    ns.run([*logkey_cmd(), *create[1:], "--config", "/etc/logkey/config.yaml"])
-    sendmail.start()
-    site.add(PathUnit(ns, "logkey-sendmail-access"))
-    watcher = site.add(Watcher(ns))
-    watcher.start()
-    exercise(sendmail, dovecot, ns, watcher, 25, sendmail.start, lag=PATH_UNIT_LAG)
+@pytest.mark.parametrize("scope", ["global", "narrow"])
+def test_sendmail_page(site, scope):
+    """Global: the access db rebuilt by the root path unit from access.local and the gates.
+    Narrow: the access db holds the site's entries only and stays so; the page's text map and
+    rules, on a listener of their own, see a change at the next RCPT."""
+    site_entries = snippet("sendmail.md", "sendmail-access-local")
+    if scope == "global":
+        ns, dovecot = page_namespace(site, "sendmail", "sendmail.md", "sendmail-logkey")
+        ns.write("/etc/mail/access.local", site_entries)
+        sendmail = site.add(mtas.Sendmail(ns, site_entries, page_ports(scope)))
+        run_page_command(ns, "sendmail.md", "sendmail-create")
+        sendmail.start()
+        site.add(PathUnit(ns, "logkey-sendmail-access"))
+        lag = PATH_UNIT_LAG
+    else:
+        ns, dovecot = page_namespace(site, "sendmail", "sendmail.md", "sendmail-narrow-logkey")
+        sendmail = site.add(mtas.Sendmail(ns, site_entries, page_ports(scope),
+                                          mc=snippet("sendmail.md", "sendmail-narrow-mc")))
+        access_db = ns.path("/etc/mail/access.db").read_bytes()
+        # What the page says of a missing file (-o): no gated client relays, nothing else changes.
+        sendmail.start()
+        assert sendmail.answer("127.0.0.3", 2525, mtas.LOCAL)[0] == 250
+        assert sendmail.answer("127.0.0.3", 25, mtas.LOCAL)[0] == 250
+        assert not sendmail.relays("127.0.0.3", 2525)
+        run_page_command(ns, "sendmail.md", "sendmail-narrow-create")
+        lag = 0.0
+    watcher = start_watcher(site, ns)
+    exercise(sendmail, dovecot, ns, watcher, gated_port(scope), sendmail.start, lag=lag)
+    if scope == "narrow":
+        assert ns.path("/etc/mail/access.db").read_bytes() == access_db
+        check = snippet("sendmail.md", "sendmail-narrow-check").replace(
+            "sendmail -bt", f"{sendmail.argv[0]} -bt")      # Debian's alternatives: not here
+        for key, answer in (("IPv6:2001:db8:0:0", "returns RELAY"), ("127.0.0.3", "no match")):
+            out = ns.run(["sh", "-c", check.replace("192.0.2.10", key)]).stdout
+            assert f"map_lookup: logkey (Connect:{key}) {answer}" in out, out
+        # Not answering (not the logkey listener), the rules give back the recipient unchanged.
+        out = ns.run(["sh", "-c", f"echo 'Local_check_rcpt <{mtas.OUTSIDE}>' | "
+                                  f"{sendmail.argv[0]} -bt"]).stdout
+        assert "Local_check_rcpt returns: < someone @ outside . example >" in out, out
 
 
 @pytest.mark.parametrize("name", ["logkey-smtpd-table", "logkey-sendmail-access"])

@@ -1,7 +1,8 @@
-"""Exported maps (logkey/smtp/exports.py): every format's exact content, atomic replacement, the real
-postmap for lmdb, the real tcprules + tcpserver -x for the cdb, a running `logkey watch`
-dropping an expired gate from every export on time with no log traffic, and `logkey export` on
-demand. Every wait is bounded; every server started here is killed at the end."""
+"""Exported maps (logkey/smtp/exports.py, exporter.py, exporttargets.py, exportio.py): every
+format's exact content, atomic replacement, the real postmap for lmdb, the real tcprules +
+tcpserver -x for the cdb, a running `logkey watch` dropping an expired gate from every export
+on time with no log traffic, and `logkey export` on demand. Every wait is bounded; every server
+started here is killed at the end."""
 import logging
 import os
 import shutil
@@ -15,7 +16,7 @@ import time
 import pytest
 
 from conftest import ROOT, free_port, wait_for
-from logkey.smtp.exports import Exporter
+from logkey.smtp.exporter import Exporter
 from logkey.smtp.mapformats import render, sorted_keys
 from logkey.stores.base import GateRecord
 from logkey.stores.dirstore import DirStore

@@ -4,7 +4,7 @@ Reads: the configured logs (follow.py), the systemd journal for `journal:` entri
 (journal.py: one journalctl each; only entries whose trusted fields match reach the packs,
 the others are counted and logged), the store at start (to adopt its open gates).
 Writes: gates to the store, read offsets and journal cursors to state_dir, its own log to
-stderr, and the configured `exports:` (exports.py): brought to the open gates after every
+stderr, and the configured `exports:` (smtp/exporter.py): brought to the open gates after every
 flush that changed gates and on every tick where a gate expired or was closed, so an expired
 gate leaves them within a tick (a second), with no log line.
 Trust: events come from the engine (packs linted, IPs canonical); the policy decides; the
@@ -243,7 +243,7 @@ class Watcher:
         # Exports: rebuilt with the configuration; the first tick writes them all.
         self.exporter = None
         if cfg.exports and not self.observe:
-            from ..smtp.exports import Exporter
+            from ..smtp.exporter import Exporter
             self.exporter = Exporter(cfg.exports)
         self.exports_dirty = True
 

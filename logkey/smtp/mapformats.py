@@ -1,5 +1,5 @@
 """The export formats: sorted gate keys in, the text of a map out. Pure (no files, no tools;
-exports.py writes and runs them). See exports.py for what each format is for.
+exporttargets.py writes them and runs the tools). See exporttargets.py for what each format is for.
 
 Trust: keys are re-parsed with `ipaddress`; anything else is left out (with a debug line), so
 no map gets anything but addresses and networks.
