@@ -300,3 +300,29 @@ def test_reload_with_another_log_follows_it(tmp_path):
         assert DirStore(str(tmp_path / "gates")).is_open("192.0.2.8")
     finally:
         w.close()
+
+
+def test_a_reload_during_a_store_outage_keeps_the_offsets_before_the_pending_login(tmp_path):
+    """The offsets are saved only once every gate the lines opened is stored, a reload that
+    attaches the logs again included: else a crash before the store is back loses the login."""
+    cfg = load(tmp_path)
+    (tmp_path / "mail.log").write_text("")
+    (tmp_path / "other.log").write_text("")
+    w = Watcher(cfg)
+    try:
+        w.step()                                            # attached, offsets saved
+        os.rmdir(tmp_path / "gates")
+        (tmp_path / "gates").write_text("")                 # the store breaks
+        append(tmp_path / "mail.log", login("192.0.2.7"))
+        w.step()
+        assert w.applier.pending and w.applier.outage_since is not None
+        assert reload(w, load(tmp_path, logs=("mail.log", "other.log")))
+    finally:
+        w.close()                                           # as a crash: nothing more saved
+    os.unlink(tmp_path / "gates")
+    again = Watcher(cfg)
+    try:
+        again.step()
+        assert DirStore(str(tmp_path / "gates")).is_open("192.0.2.7")
+    finally:
+        again.close()

@@ -5,7 +5,8 @@ Takes: the running Watcher (watch.py) and a loaded configuration, or the functio
 one (config.load of the file the watcher started with).
 Gives: the new packs, engines, gate policy settings and exports installed (the open gates,
 the counts and the store stay); when the logs or state_dir changed, the read offsets saved
-and the logs attached again; the sockets bound again when their settings changed. A file that
+(only when every gate is stored, as always: else the lines since are read again, and judged
+by their own time) and the logs attached again; the sockets bound again when their settings changed. A file that
 does not load, a pack that does not compile or a check of build.py that fails refuses the
 reload with one error line; nothing of the running configuration changes then. metrics.watch
 takes effect only at the next start (warned).
@@ -35,7 +36,7 @@ def reload(watcher, cfg) -> bool:
     watcher.policy.config = pconf
     if cfg.logs != old.logs or cfg.state_dir != old.state_dir or \
             old_exps != watcher.engines.journal_expectations():
-        watcher.sources.commit()
+        watcher.applier.commit_read(watcher.sources)    # not past a gate not stored yet
         watcher.sources.close_files()
         watcher.attach_logs()
     watcher.sources.rebind(cfg)
