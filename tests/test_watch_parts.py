@@ -326,3 +326,24 @@ def test_a_reload_during_a_store_outage_keeps_the_offsets_before_the_pending_log
         assert DirStore(str(tmp_path / "gates")).is_open("192.0.2.7")
     finally:
         again.close()
+
+
+class CountedDirStore(DirStore):
+    """A real dir store that counts its closes."""
+    closed = 0
+
+    def close(self):
+        self.closed += 1
+        super().close()
+
+
+def test_a_watcher_that_cannot_start_closes_its_store(tmp_path):
+    store = CountedDirStore(str(tmp_path / "gates"))
+    bad = load(tmp_path, "logs:\n  - {path: %s/mail.log, packs: [nope]}\n" % tmp_path)
+    with pytest.raises(WatchError, match="no pack named 'nope'"):
+        Watcher(bad, store=store)
+    assert store.closed == 1
+    (tmp_path / "file").write_text("")
+    with pytest.raises(WatchError, match="^state_dir: "):
+        Watcher(load(tmp_path, f"state_dir: {tmp_path}/file/state\n"), store=store)
+    assert store.closed == 2

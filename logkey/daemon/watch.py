@@ -78,13 +78,18 @@ class Watcher:
         self.feeder = Feeder(shift, now)
         self.sources = Sources()
         store = None if observe else (store or open_store(cfg.store))
-        packs, pconf = build(cfg)
-        self.policy = GatePolicy(pconf)
-        self.applier = Applier(store, self.policy, observe=observe, now=now)
-        self.reconciler = Reconciler(self.applier, self.policy)
-        self.install(cfg, packs, pconf)
-        self.attach_logs()
-        self.sources.bind(cfg)
+        try:
+            packs, pconf = build(cfg)
+            self.policy = GatePolicy(pconf)
+            self.applier = Applier(store, self.policy, observe=observe, now=now)
+            self.reconciler = Reconciler(self.applier, self.policy)
+            self.install(cfg, packs, pconf)
+            self.attach_logs()
+            self.sources.bind(cfg)
+        except BaseException:
+            if store is not None:               # the watcher's store, as close() says
+                store.close()
+            raise
         self.applier.adopt(now())
         for entry in cfg.logs:                  # files there now; later ones when first read
             for path in sorted(glob.glob(entry["path"])) if entry["journal"] is None else ():
