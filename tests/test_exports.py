@@ -429,7 +429,8 @@ def test_watcher_exports_at_start_and_rebuilds_them_on_reload(tmp_path):
 
 def test_a_gate_closed_by_hand_leaves_the_exports(tmp_path):
     from logkey import config as config_mod
-    from logkey.daemon.watch import RECONCILE_EVERY, Watcher
+    from logkey.daemon.reconciling import RECONCILE_EVERY
+    from logkey.daemon.watch import Watcher
     store = DirStore(str(tmp_path / "gates"))
     now = time.time()
     store.put(gate("198.51.100.7", now=now))

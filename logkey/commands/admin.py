@@ -145,7 +145,7 @@ def cmd_purge(cfg) -> int:
 
 
 def cmd_config_check(cfg) -> int:
-    from ..daemon.watch import build
+    from ..daemon.build import build
     packs, _ = build(cfg)
     print(f"{cfg.path}: ok ({len(cfg.logs)} log(s), {len(packs.packs)} pack(s), "
           f"{cfg.store['type']} store)")

@@ -56,41 +56,42 @@ def export_file(target) -> str:
 def snapshot(w, wall: float | None = None) -> dict:
     """The state of Watcher `w` as plain JSON-able data."""
     wall = time.time() if wall is None else wall
-    stats = w.base.stats
+    stats = w.engines.base.stats
     events: dict = {}
     for (pack, kind), n in dict(stats.events).items():
         events.setdefault(pack, {})[kind] = n
     now = w.now()
     gates = list(w.policy.gates.values())
     files = {}
-    lines = dict(w.lines_read)
-    for path, record in w.follower.positions().items():
+    lines = dict(w.sources.lines_read)
+    for path, record in w.sources.follower.positions().items():
         entry = {"lines": lines.get(path, 0), "readable": os.access(path, os.R_OK)}
         try:
             entry.update(lag(path, record))
         except OSError:
             entry.update(size=None, offset=None, behind=None, readable=False)
         files[path] = entry
-    exporter = w.exporter
+    exporter = w.reconciler.exporter
+    applier = w.applier
     return {
         "version": VERSION, "pid": os.getpid(), "started": w.started, "updated": wall,
         "stopped": None, "observe": w.observe,
-        "store": {"type": w.cfg.store["type"], "up": w.outage_since is None,
-                  "outage_since": w.outage_since, "errors": w.store_errors,
-                  "retries": w.store_retries, "pending": len(w.pending)},
+        "store": {"type": w.cfg.store["type"], "up": applier.outage_since is None,
+                  "outage_since": applier.outage_since, "errors": applier.store_errors,
+                  "retries": applier.store_retries, "pending": len(applier.pending)},
         "gates_open": sum(1 for g in gates if g.record.expires > now),
         "gates": dict(w.policy.counts),
         "lines": stats.lines,
         "counts": {name: getattr(stats, name) for name in STATS_FIELDS},
         "events": events,
-        "last_event": dict(w.last_events),
-        "drift": w.drift.snapshot(),
+        "last_event": dict(w.feeder.last_events),
+        "drift": w.feeder.drift.snapshot(),
         "files": files,
         "exports": [{"format": t.format, "path": t.path, "file": export_file(t),
                      "failing": t.failing} for t in (exporter.targets if exporter else [])],
         "exports_changed": w.status.keys_changed if w.status else None,
-        "dovecot_policy": dict(w.authpolicy.counts) if w.authpolicy.settings
-        and w.authpolicy.settings["listen"] else None,
+        "dovecot_policy": dict(w.sources.authpolicy.counts) if w.sources.authpolicy.settings
+        and w.sources.authpolicy.settings["listen"] else None,
     }
 
 
@@ -111,7 +112,7 @@ class StatusWriter:
     def tick(self) -> None:
         """From every watcher tick: note export changes; write the file every STATUS_EVERY
         seconds, and within a second when the exported gates changed."""
-        exporter = self.w.exporter
+        exporter = self.w.reconciler.exporter
         mono = time.monotonic()
         if exporter is not None and exporter.keys is not self.keys:
             if self.keys is not None and exporter.keys != self.keys:
@@ -121,9 +122,9 @@ class StatusWriter:
             self.keys = exporter.keys
         if mono >= self.next_write:
             self.last_write, self.next_write = mono, mono + STATUS_EVERY
-            if not self.w.pending:      # offsets first (never past a gate not yet stored)
+            if not self.w.applier.pending:      # offsets first (never past a gate not yet stored)
                 try:
-                    self.w.follower.commit()
+                    self.w.sources.follower.commit()
                 except OSError as exc:
                     log.warning("state_dir %s: %s", self.w.cfg.state_dir, exc.strerror or exc)
             self.write()
