@@ -23,14 +23,29 @@ DOVECOT_POLICY_DEFAULTS = {"listen": None, "api_key_file": None, "header": "X-AP
 METRICS_DEFAULTS = {"watch": None, "policy": None}
 
 
-def policy(v):
+def with_defaults(v, defaults: dict, shape: str, known: str | None = None) -> dict:
+    """A section's mapping over `defaults`' keys, the defaults filled in; `shape` says what
+    it must be, `known` lists the keys in the unknown-key error (default: sorted)."""
     if not isinstance(v, dict):
-        raise ValueError("must be a mapping (listen, socket_mode, socket_group, ...)")
-    known = {"listen", "socket_mode", "socket_group", "max_request", "idle_timeout", "miss_wait"}
-    bad = set(v) - known
+        raise ValueError(f"must be a mapping{shape}")
+    bad = set(v) - set(defaults)
     if bad:
-        raise ValueError(f".{sorted(bad)[0]}: unknown key (known: {', '.join(sorted(known))})")
-    out = dict(POLICY_DEFAULTS, **v)
+        raise ValueError(f".{sorted(bad)[0]}: unknown key "
+                         f"(known: {known or ', '.join(sorted(defaults))})")
+    return dict(defaults, **v)
+
+
+def check_socket_access(out: dict) -> None:
+    """socket_mode and socket_group, as `policy:` and `popwrap:` both have them."""
+    mode = out["socket_mode"]
+    if not isinstance(mode, str) or not re.fullmatch(r"0?[0-7]{3}", mode):
+        raise ValueError(".socket_mode: must be an octal mode such as \"0660\"")
+    if out["socket_group"] is not None and not isinstance(out["socket_group"], str):
+        raise ValueError(".socket_group: must be a group name")
+
+
+def policy(v):
+    out = with_defaults(v, POLICY_DEFAULTS, " (listen, socket_mode, socket_group, ...)")
     listen = out["listen"]
     if isinstance(listen, str):
         listen = [listen]
@@ -38,11 +53,7 @@ def policy(v):
             isinstance(x, str) and (x.startswith("unix:") or x.startswith("inet:")) for x in listen):
         raise ValueError(".listen: must be a list of unix:PATH or inet:HOST:PORT")
     out["listen"] = listen
-    mode = out["socket_mode"]
-    if not isinstance(mode, str) or not re.fullmatch(r"0?[0-7]{3}", mode):
-        raise ValueError(".socket_mode: must be an octal mode such as \"0660\"")
-    if out["socket_group"] is not None and not isinstance(out["socket_group"], str):
-        raise ValueError(".socket_group: must be a group name")
+    check_socket_access(out)
     if isinstance(out["max_request"], bool) or not isinstance(out["max_request"], int) \
             or out["max_request"] < 256:
         raise ValueError(".max_request: must be a number of bytes, 256 or more")
@@ -57,32 +68,17 @@ def policy(v):
 
 
 def popwrap(v):
-    if not isinstance(v, dict):
-        raise ValueError("must be a mapping (socket, socket_mode, socket_group)")
-    known = {"socket", "socket_mode", "socket_group"}
-    bad = set(v) - known
-    if bad:
-        raise ValueError(f".{sorted(bad)[0]}: unknown key (known: {', '.join(sorted(known))})")
-    out = dict(POPWRAP_DEFAULTS, **v)
+    out = with_defaults(v, POPWRAP_DEFAULTS, " (socket, socket_mode, socket_group)")
     if out["socket"] is not None and (not isinstance(out["socket"], str) or not out["socket"]
                                       or "\0" in out["socket"]):
         raise ValueError(".socket: must be a path, or null (off)")
-    mode = out["socket_mode"]
-    if not isinstance(mode, str) or not re.fullmatch(r"0?[0-7]{3}", mode):
-        raise ValueError(".socket_mode: must be an octal mode such as \"0660\"")
-    if out["socket_group"] is not None and not isinstance(out["socket_group"], str):
-        raise ValueError(".socket_group: must be a group name")
+    check_socket_access(out)
     return out
 
 
 def dovecot_policy(v):
-    if not isinstance(v, dict):
-        raise ValueError("must be a mapping (listen, api_key_file, header, max_request)")
-    bad = set(v) - set(DOVECOT_POLICY_DEFAULTS)
-    if bad:
-        raise ValueError(f".{sorted(bad)[0]}: unknown key (known: "
-                         f"{', '.join(sorted(DOVECOT_POLICY_DEFAULTS))})")
-    out = dict(DOVECOT_POLICY_DEFAULTS, **v)
+    out = with_defaults(v, DOVECOT_POLICY_DEFAULTS,
+                        " (listen, api_key_file, header, max_request)")
     if out["listen"] is not None:
         try:
             host, _ = parse_hostport(out["listen"])
@@ -104,12 +100,8 @@ def dovecot_policy(v):
 
 
 def metrics(v):
-    if not isinstance(v, dict):
-        raise ValueError("must be a mapping: {watch: 127.0.0.1:9469, policy: 127.0.0.1:9470}")
-    bad = set(v) - set(METRICS_DEFAULTS)
-    if bad:
-        raise ValueError(f".{sorted(bad)[0]}: unknown key (known: watch, policy)")
-    out = dict(METRICS_DEFAULTS, **v)
+    out = with_defaults(v, METRICS_DEFAULTS, ": {watch: 127.0.0.1:9469, policy: 127.0.0.1:9470}",
+                        known="watch, policy")
     for key, value in out.items():
         if value is not None:
             try:
