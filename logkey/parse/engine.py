@@ -146,7 +146,7 @@ class Engine:
                     self._by_tag[tag] = rules
             if not rules:
                 return None
-            return self.match_header(headers.parse(line), where, own_rules)
+            return self.match_header(headers.from_fast_match(m, line), where)
         header = headers.parse(line)
         if header is None:
             self.stats.unparsed += 1

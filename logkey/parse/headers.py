@@ -99,11 +99,16 @@ def parse(line: bytes) -> Header | None:
     """Parse one line (without its newline). None when no known header is found."""
     m = SYSLOG_3339.match(line) or SYSLOG_3164.match(line)
     if m is not None:
-        fmt = "rfc3164" if m.re is SYSLOG_3164 else "rfc3339"
-        pid = m.group("pid")
-        return _tagged(fmt, m.group("stamp"), m.group("host"), m.group("tag"),
-                       pid, line[m.end():], line[m.end("stamp") + 1:])
+        return from_fast_match(m, line)
     return parse_slow(line)
+
+
+def from_fast_match(m, line: bytes) -> Header:
+    """The Header of `line`, from the match of SYSLOG_3339 or SYSLOG_3164 the caller already
+    has (so a line is not read twice)."""
+    stamp, host, tag, pid = m.group("stamp", "host", "tag", "pid")
+    return _tagged("rfc3164" if m.re is SYSLOG_3164 else "rfc3339", stamp, host, tag,
+                   pid, line[m.end():], line[m.end("stamp") + 1:])
 
 
 def parse_slow(line: bytes) -> Header | None:
@@ -137,9 +142,7 @@ def _docker_inner(stamp, inner: bytes, alone: bool = True) -> Header | None:
     `alone`: a line without a header of its own is taken with docker's stamp."""
     m = SYSLOG_3339.match(inner) or SYSLOG_3164.match(inner)
     if m is not None:
-        h = _tagged("rfc3164" if m.re is SYSLOG_3164 else "rfc3339", m.group("stamp"),
-                    m.group("host"), m.group("tag"), m.group("pid"), inner[m.end():],
-                    inner[m.end("stamp") + 1:])
+        h = from_fast_match(m, inner)
     else:
         h = _parse_slow(inner) if inner[:1] not in (b"", b" ") else None
     if h is None:
