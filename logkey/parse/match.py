@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 import regex
@@ -169,22 +170,25 @@ def own_file_rules(pack: Pack) -> Dispatch:
 
 
 _WANTED = ("ip", "user", "protocol", "session", "pid", "fields", "proxy")
+_ABSENT = (None,)           # appended to m.groups(): where a wanted group's absence is read
 
 
-def _present(pattern) -> tuple[tuple[str, int], ...]:
-    """(name, position in m.groups()) of the wanted groups a pattern has."""
+def _present(pattern) -> itemgetter:
+    """Takes, from m.groups() + _ABSENT, the wanted groups in _WANTED's order (None for a
+    group the pattern does not have): one C call for all of them."""
     index = pattern.groupindex
-    return tuple((k, index[k] - 1) for k in _WANTED if k in index)
+    return itemgetter(*(index[k] - 1 if k in index else -1 for k in _WANTED))
 
 
-def _to_match(rule: Rule, groups: tuple, names: tuple[tuple[str, int], ...],
-              program: str | None, header_pid: str | None) -> Match:
-    got = {k: groups[at] for k, at in names}
-    get = got.get
+def _to_match(rule: Rule, groups: tuple, pick: itemgetter, program: str | None,
+              header_pid: str | None) -> Match:
+    ip, user, protocol, session, pid, fields, proxy = pick(groups + _ABSENT)
     rejected = None
     if rule.fields is not None:
-        rejected = _read_fields(rule.fields, get("fields") or "", got)
-    protocol = get("protocol")
+        got = {"ip": ip, "user": user, "protocol": protocol, "session": session, "pid": pid}
+        rejected = _read_fields(rule.fields, fields or "", got)
+        ip, user, protocol, session, pid = (got["ip"], got["user"], got["protocol"],
+                                            got["session"], got["pid"])
     if rule.protocol == "program":
         protocol = program
     elif rule.protocol is not None:
@@ -192,8 +196,7 @@ def _to_match(rule: Rule, groups: tuple, names: tuple[tuple[str, int], ...],
     if protocol is not None:
         mapped = normalise_protocol(protocol, rule.protocols)
         protocol = None if mapped in (None, "none") else mapped
-    return Match(rule, get("ip"), get("user"), protocol, get("session"),
-                 get("pid") or header_pid, rejected, get("proxy"))
+    return Match(rule, ip, user, protocol, session, pid or header_pid, rejected, proxy)
 
 
 def _read_fields(spec: Fields, text: str, got: dict) -> str | None:
