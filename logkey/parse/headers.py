@@ -215,6 +215,9 @@ def _dovecot_file(stamp, service, level, message, rest, fmt="dovecot-file"):
     return Header(fmt, stamp, None, "dovecot", None, service + message, rest)
 
 
+_fromisoformat = datetime.fromisoformat
+
+
 class Clock:
     """Turns header stamps into aware datetimes.
 
@@ -236,7 +239,12 @@ class Clock:
         if key == self._cache_key:
             return self._cache_val
         try:
-            value = self._parse(header.format, header.stamp)
+            if key[0] == "rfc3339":             # nearly every line (rsyslog's file format)
+                value = _fromisoformat(key[1].decode("ascii"))     # what _parse does, inline
+                if value.tzinfo is None:
+                    value = self._local(value)
+            else:
+                value = self._parse(header.format, header.stamp)
         except (ValueError, OverflowError):
             value = None
         self._cache_key, self._cache_val = key, value
