@@ -269,7 +269,9 @@ class Clock:
         parts = text.split()
         if parts[0] in ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"):
             parts = parts[1:]
-        month = MONTHS[parts[0].encode()]
+        month = MONTHS.get(parts[0].encode())
+        if month is None:                       # "Aaa 1 10:00:00": a stamp's shape, no month
+            raise ValueError(f"no month {parts[0]!r}")
         day = int(parts[1])
         if len(parts) == 4:                     # full date: "Nov 27 10:00:00 2006" / "Nov 27 2006 10:00:00"
             year_text, clock = (parts[3], parts[2]) if ":" in parts[2] else (parts[2], parts[3])
