@@ -45,6 +45,8 @@ PRI = rb"(?:<\d{1,3}>)?"
 _TAG = rb"(?P<tag>" + TAG + rb")(?:\[(?P<pid>\d{1,10})\])?: "
 SYSLOG_3339 = re.compile(PRI + rb"(?P<stamp>" + STAMP_3339 + rb") (?P<host>" + HOST + rb") " + _TAG)
 SYSLOG_3164 = re.compile(PRI + rb"(?P<stamp>" + STAMP_3164 + rb") (?P<host>" + HOST + rb") " + _TAG)
+assert all(p.groupindex == {"stamp": 1, "host": 2, "tag": 3, "pid": 4} and p.groups == 4
+           for p in (SYSLOG_3339, SYSLOG_3164))      # from_fast_match reads them by position
 
 # --- the slow path --------------------------------------------------------------------------
 _STAMPS = (
@@ -106,9 +108,13 @@ def parse(line: bytes) -> Header | None:
 def from_fast_match(m, line: bytes) -> Header:
     """The Header of `line`, from the match of SYSLOG_3339 or SYSLOG_3164 the caller already
     has (so a line is not read twice)."""
-    stamp, host, tag, pid = m.group("stamp", "host", "tag", "pid")
-    return _tagged("rfc3164" if m.re is SYSLOG_3164 else "rfc3339", stamp, host, tag,
-                   pid, line[m.end():], line[m.end("stamp") + 1:])
+    stamp, host, tag, pid = m.groups()              # (by position: cheaper than by name)
+    message = line[m.end():]
+    if message[:4] == b"[ID ":
+        message = _SOLARIS_MSGID.sub(b"", message, count=1)
+    return Header("rfc3164" if m.re is SYSLOG_3164 else "rfc3339", stamp, host,
+                  tag.decode("ascii"), pid.decode("ascii") if pid else None, message,
+                  line[m.end(1) + 1:])
 
 
 def parse_slow(line: bytes) -> Header | None:
