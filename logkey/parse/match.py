@@ -211,7 +211,20 @@ def _read_fields(spec: Fields, text: str, got: dict) -> str | None:
         found = finder(spec.separator + text)
         values = dict(found)
         if len(values) == len(found):       # no listed key twice: the same answer, faster
-            return _take_fields(spec, values, got)
+            strip = spec.strip
+            for key, target in spec.keys.items():
+                value = values.get(key)
+                if value is None:
+                    if target == "ip":
+                        return f"field {key}= missing"
+                    continue
+                if strip and len(value) >= 2 and value[0] == strip[0]:
+                    if value[-1] == strip[1]:
+                        value = value[1:-1]
+                    elif target != "ip" and strip[1] + " " in value:
+                        value = value[1:value.index(strip[1] + " ")]
+                got[target] = value
+            return None
     return _read_fields_by_find(spec, text, got)
 
 
@@ -223,36 +236,23 @@ def _field_reader(spec: Fields) -> tuple:
     """(spec, findall of (key, value) for every listed key after a separator, or None where
     that could differ from _read_fields_by_find). The findall sees every "<sep>key=" the finds
     see when no separator can start inside another "<sep>key=": the first character of the
-    separator appears neither later in it nor in a key, and no key holds "="."""
+    separator appears neither later in it nor in a key, and no key holds "=". A value is
+    everything up to the next separator: runs of any character but the separator's first,
+    each such character taken only where the rest of the separator does not follow."""
     sep = spec.separator
     safe = all(sep[0] not in sep[1:] + key and "=" not in key for key in spec.keys)
     finder = None
     if safe and spec.keys:
+        first, rest = re.escape(sep[0]), re.escape(sep[1:])
+        other = "[^" + first + "]*"
+        value = other + ("(?:" + first + "(?!" + rest + ")" + other + ")*" if sep[1:] else "")
         finder = re.compile("(?s)" + re.escape(sep) + "("
-                            + "|".join(re.escape(k) for k in spec.keys) + ")=(.*?)(?="
-                            + re.escape(sep) + r"|\Z)").findall
+                            + "|".join(re.escape(k) for k in spec.keys) + ")=(" + value
+                            + ")").findall
     if len(_FIELD_READERS) > 4096:
         _FIELD_READERS.clear()
     reader = _FIELD_READERS[id(spec)] = (spec, finder)
     return reader
-
-
-def _take_fields(spec: Fields, values: dict, got: dict) -> str | None:
-    """_read_fields_by_find's answer from {key: value} of keys that each appear once."""
-    strip = spec.strip
-    for key, target in spec.keys.items():
-        value = values.get(key)
-        if value is None:
-            if target == "ip":
-                return f"field {key}= missing"
-            continue
-        if strip and len(value) >= 2 and value[0] == strip[0]:
-            if value[-1] == strip[1]:
-                value = value[1:-1]
-            elif target != "ip" and strip[1] + " " in value:
-                value = value[1:value.index(strip[1] + " ")]
-        got[target] = value
-    return None
 
 
 def _read_fields_by_find(spec: Fields, text: str, got: dict) -> str | None:
