@@ -6,7 +6,9 @@ Generates throughput.py's mixes (and one without any POP/IMAP line) of N and 2N 
 (default N 10,000), runs `logkey dry-run` on each under `valgrind --tool=callgrind`, and prints,
 from the difference of the two counts (start-up and first compiles cancel out):
   - instructions per line of each mix, one pack (dovecot) and all packs,
-  - instructions per covered line: (mix - no-login mix) / covered lines, all packs.
+  - instructions per covered line: (mix - no-login mix) / covered lines, all packs,
+  - the same for throughput.py's readline loop over the same logs (the baseline), and each
+    dry-run figure's ratio to it (as throughput.py's ratios: baseline / dry-run).
 
     python bench/instructions.py [--lines N] [--jobs J]
 
@@ -30,11 +32,19 @@ import throughput  # noqa: E402
 COLLECTED = re.compile(rb"Collected : (\d+)")
 
 
+READLINE = ("import sys\nwith open(sys.argv[1], 'rb') as f:\n    readline = f.readline\n"
+            "    while readline():\n        pass\n")     # throughput.readline_loop's loop
+
+
 def count(path: str, *packs: str) -> int:
-    args = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-            sys.executable, "-m", "logkey", "dry-run", "--now", "2026-11-28T00:00:00+00:00"]
-    for p in packs:
-        args += ["--pack", p]
+    """Instructions of one dry-run of `path` (packs: only these; "readline": the baseline)."""
+    args = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
+    if packs == ("readline",):
+        args += ["-c", READLINE]
+    else:
+        args += ["-m", "logkey", "dry-run", "--now", "2026-11-28T00:00:00+00:00"]
+        for p in packs:
+            args += ["--pack", p]
     done = subprocess.run(args + [path], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           env={**os.environ, "LOGKEY_CONFIG": os.devnull, "PYTHONHASHSEED": "0"})
     found = COLLECTED.findall(done.stderr)
@@ -59,6 +69,7 @@ def main() -> int:
                 path = os.path.join(tmp, f"mail-{share:.2f}-{size}.log")
                 throughput.generate(path, size, share=share, logins=logins)
                 runs[(name, size, "all")] = (path,)
+                runs[(name, size, "readline")] = (path, "readline")
                 if share:
                     runs[(name, size, "one")] = (path, "dovecot")
         with ThreadPoolExecutor(args.jobs) as pool:
@@ -68,14 +79,20 @@ def main() -> int:
         per = {(name, kind): (done[(name, 2 * n, kind)] - done[(name, n, kind)]) / n
                for (name, size, kind) in done if size == n}
         none = per[("no POP/IMAP", "all")]
-        print(f"instructions per line (lines {n}..{2 * n} of each log; valgrind callgrind)")
-        print(f"  mix no POP/IMAP lines:    all packs {none:9,.0f}")
+        print(f"instructions per line (lines {n}..{2 * n} of each log; valgrind callgrind); "
+              "ratio: readline loop / dry-run")
+        base = per[("no POP/IMAP", "readline")]
+        print(f"  mix no POP/IMAP lines:    readline {base:7,.0f}; "
+              f"all packs {none:9,.0f} (ratio {base / none:.3f})")
         for name, (share, logins) in throughput.MIXES.items():
             covered = (_covered(os.path.join(tmp, f"mail-{share:.2f}-{2 * n}.log"))
                        - _covered(os.path.join(tmp, f"mail-{share:.2f}-{n}.log")))
-            every, one = per[(name, "all")], per[(name, "one")]
-            print(f"  mix {name + ':':<20} one pack {one:9,.0f}, all packs {every:9,.0f}; "
-                  f"per covered line (all packs, over the no-POP/IMAP mix) "
+            every, one, base = per[(name, "all")], per[(name, "one")], per[(name, "readline")]
+            print(f"  mix {name + ':':<20} readline {base:7,.0f}; "
+                  f"one pack {one:9,.0f} (ratio {base / one:.3f}), "
+                  f"all packs {every:9,.0f} (ratio {base / every:.3f}); "
+                  f"all / one {every / one:.2f}")
+            print(f"      per covered line (all packs, over the no-POP/IMAP mix) "
                   f"{(every - none) * n / covered:9,.0f}")
     return 0
 

@@ -165,3 +165,21 @@ def test_log4j_file_stamp():
     h = parse(b"2015-03-26 21:51:36,505 INFO  [Pop3Server-13] [ip=172.16.0.3;] security - x")
     assert (h.format, h.program, h.message[:4]) == ("log4j-file", None, b"INFO")
     assert Clock(NOW, UTC).time(h) == datetime(2015, 3, 26, 21, 51, 36, 505000, tzinfo=UTC)
+
+
+def test_clock_rfc3339_fast_path_is_parse():
+    """Clock.time reads "rfc3339" stamps inline (issue 17): the same answer as _parse."""
+    for tz in (None, UTC, ZoneInfo("Europe/Berlin")):
+        for stamp in (b"2026-11-27T23:42:17.185890+00:00", b"2026-11-27T23:42:17Z",
+                      b"2026-03-29T02:30:00", b"2026-10-25T02:30:00.5", b"2026-02-30T10:00:00Z",
+                      b"2026-11-27T23:42:17.123456789-0530", b"9999-12-31T23:59:59",
+                      b"0001-01-01T00:00:00"):
+            h = parse(stamp + b" host prog: x")
+            assert h is not None and h.format == "rfc3339"
+            clock = Clock(NOW, tz)
+            try:
+                want = clock._parse("rfc3339", stamp)
+            except (ValueError, OverflowError):
+                want = None
+            got = clock.time(h)
+            assert got == want and (got is None or got.utcoffset() == want.utcoffset()), stamp

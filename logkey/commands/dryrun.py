@@ -21,7 +21,7 @@ from ..parse.correlate import LOGOUT_HOLD
 from ..parse.engine import Engine, Stats
 from ..errors import LogkeyError
 from ..events import LOGIN, LOGOUT
-from ..gates.policy import GatePolicy, PolicyConfig
+from ..gates.replay import WindowGates
 from ..parse.headers import Clock
 from ..sources.bulk import matched_blocks
 from ..sources.lines import open_log, read_lines
@@ -149,7 +149,7 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
     engine = Engine(packs, clock, join_window, logout_hold=logout_hold)
     stats = engine.stats
     # Replayed history: each event is judged at its own time; only the window applies.
-    gates = GatePolicy(PolicyConfig(window=window, never_gate=[], max_ips_per_user=0))
+    gates = WindowGates(window)
     progress = _Progress(paths, err)
     lineno = 0
     last_time: datetime | None = None
@@ -176,8 +176,7 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
                     if warnings is not None and event is not None:
                         _warn(err, warnings.event(path, event))
                     for e in engine.sequence(event, cut_mark):
-                        if e.time is not None:
-                            gates.on_event(e, e.time.timestamp())
+                        gates.on_event(e)
                         last_time = _later(last_time, e.time)
                         if json_out:
                             write(_event_json(path, base + index + 1, e) + "\n")
@@ -199,9 +198,7 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
         if json_out:                # (reported at the last line read)
             write(_event_json(paths[-1] if paths else "journal", lineno, e) + "\n")
     at = at or last_time            # gates open at --now, else at the last line's time
-    open_gates = [] if at is None else sorted(
-        (g.record for g in gates.gates.values() if g.record.expires > at.timestamp()),
-        key=lambda r: (r.expires, r.key))
+    open_gates = [] if at is None else gates.open_at(at.timestamp())
     summary = _summary(stats, paths, at, open_gates)
     if journals:
         summary["journal"] = {name: j.summary() for name, j in journal_stats}
@@ -227,8 +224,7 @@ def _journal(source, exps, engine, gates, line_max, write):
             engine.stats.lines += len(entries)
             for where, header, _ in journal.accepted(entries, exps, jstats, name, line_max):
                 for e in engine.feed_header(header, where):
-                    if e.time is not None:
-                        gates.on_event(e, e.time.timestamp())
+                    gates.on_event(e)
                     last = _later(last, e.time)
                     if write is not None:
                         write(_event_json(name, where[1], e) + "\n")

@@ -114,7 +114,7 @@ class Engine:
                                          or when - cut_time <= CUT_FOLLOWS_WITHIN):
                 self.stats.cut_fragments += 1
                 return _NONE
-        return self.complete(event) if event is not None else _NONE
+        return self._counted(self.correlator.feed(event)) if event is not None else _NONE
 
     def complete(self, event: Event) -> list[Event]:
         """Correlation, in log order: the events that are complete now (connects never)."""
@@ -125,9 +125,12 @@ class Engine:
         return self._counted(self.correlator.flush())
 
     def _counted(self, out: list[Event]) -> list[Event]:
+        events = self.stats.events
+        connects = False
         for e in out:
-            self.stats.events[(e.pack, e.kind)] += 1
-        return [e for e in out if e.kind != CONNECT]
+            events[(e.pack, e.kind)] += 1
+            connects = connects or e.kind == CONNECT
+        return [e for e in out if e.kind != CONNECT] if connects else out
 
     def match_line(self, line: bytes, where=None, own_rules=None) -> Event | None:
         """The event one line says happened, before correlation (stateless but for counts)."""
@@ -138,15 +141,15 @@ class Engine:
         m = headers.SYSLOG_3339.match(line) or headers.SYSLOG_3164.match(line)
         if m is not None and own_rules is None:
             stats.formats["rfc3164" if m.re is headers.SYSLOG_3164 else "rfc3339"] += 1
-            tag = m.group("tag")
+            tag = m.group(3)                # the tag (headers checks the group numbers)
             rules = self._by_tag.get(tag)
             if rules is None:
                 rules = self.packs.rules_for(tag.decode("ascii"))
                 if len(self._by_tag) < 65536:
                     self._by_tag[tag] = rules
-            if not rules:
+            if not rules.rules:             # (its list: no __bool__ call per line)
                 return None
-            return self.match_header(headers.parse(line), where, own_rules)
+            return self.match_header(headers.from_fast_match(m, line), where)
         header = headers.parse(line)
         if header is None:
             self.stats.unparsed += 1
@@ -193,7 +196,7 @@ class Engine:
             rules, text = self.packs.untagged, header.message
         else:
             rules, text = self.packs.rules_for(program), header.message
-        if not rules:
+        if not rules.rules:             # (its list: no __bool__ call per line)
             return None
         if rules.cut_at is not None:
             self.cut_mark = ((header.host, program), len(text) >= rules.cut_at,

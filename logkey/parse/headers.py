@@ -45,6 +45,8 @@ PRI = rb"(?:<\d{1,3}>)?"
 _TAG = rb"(?P<tag>" + TAG + rb")(?:\[(?P<pid>\d{1,10})\])?: "
 SYSLOG_3339 = re.compile(PRI + rb"(?P<stamp>" + STAMP_3339 + rb") (?P<host>" + HOST + rb") " + _TAG)
 SYSLOG_3164 = re.compile(PRI + rb"(?P<stamp>" + STAMP_3164 + rb") (?P<host>" + HOST + rb") " + _TAG)
+assert all(p.groupindex == {"stamp": 1, "host": 2, "tag": 3, "pid": 4} and p.groups == 4
+           for p in (SYSLOG_3339, SYSLOG_3164))      # from_fast_match reads them by position
 
 # --- the slow path --------------------------------------------------------------------------
 _STAMPS = (
@@ -99,11 +101,20 @@ def parse(line: bytes) -> Header | None:
     """Parse one line (without its newline). None when no known header is found."""
     m = SYSLOG_3339.match(line) or SYSLOG_3164.match(line)
     if m is not None:
-        fmt = "rfc3164" if m.re is SYSLOG_3164 else "rfc3339"
-        pid = m.group("pid")
-        return _tagged(fmt, m.group("stamp"), m.group("host"), m.group("tag"),
-                       pid, line[m.end():], line[m.end("stamp") + 1:])
+        return from_fast_match(m, line)
     return parse_slow(line)
+
+
+def from_fast_match(m, line: bytes) -> Header:
+    """The Header of `line`, from the match of SYSLOG_3339 or SYSLOG_3164 the caller already
+    has (so a line is not read twice)."""
+    stamp, host, tag, pid = m.groups()              # (by position: cheaper than by name)
+    message = line[m.end():]
+    if message[:4] == b"[ID ":
+        message = _SOLARIS_MSGID.sub(b"", message, count=1)
+    return Header("rfc3164" if m.re is SYSLOG_3164 else "rfc3339", stamp, host,
+                  tag.decode("ascii"), pid.decode("ascii") if pid else None, message,
+                  line[m.end(1) + 1:])
 
 
 def parse_slow(line: bytes) -> Header | None:
@@ -137,9 +148,7 @@ def _docker_inner(stamp, inner: bytes, alone: bool = True) -> Header | None:
     `alone`: a line without a header of its own is taken with docker's stamp."""
     m = SYSLOG_3339.match(inner) or SYSLOG_3164.match(inner)
     if m is not None:
-        h = _tagged("rfc3164" if m.re is SYSLOG_3164 else "rfc3339", m.group("stamp"),
-                    m.group("host"), m.group("tag"), m.group("pid"), inner[m.end():],
-                    inner[m.end("stamp") + 1:])
+        h = from_fast_match(m, inner)
     else:
         h = _parse_slow(inner) if inner[:1] not in (b"", b" ") else None
     if h is None:
@@ -212,6 +221,9 @@ def _dovecot_file(stamp, service, level, message, rest, fmt="dovecot-file"):
     return Header(fmt, stamp, None, "dovecot", None, service + message, rest)
 
 
+_fromisoformat = datetime.fromisoformat
+
+
 class Clock:
     """Turns header stamps into aware datetimes.
 
@@ -233,7 +245,12 @@ class Clock:
         if key == self._cache_key:
             return self._cache_val
         try:
-            value = self._parse(header.format, header.stamp)
+            if key[0] == "rfc3339":             # nearly every line (rsyslog's file format)
+                value = _fromisoformat(key[1].decode("ascii"))     # what _parse does, inline
+                if value.tzinfo is None:
+                    value = self._local(value)
+            else:
+                value = self._parse(header.format, header.stamp)
         except (ValueError, OverflowError):
             value = None
         self._cache_key, self._cache_val = key, value
@@ -258,7 +275,9 @@ class Clock:
         parts = text.split()
         if parts[0] in ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"):
             parts = parts[1:]
-        month = MONTHS[parts[0].encode()]
+        month = MONTHS.get(parts[0].encode())
+        if month is None:                       # "Aaa 1 10:00:00": a stamp's shape, no month
+            raise ValueError(f"no month {parts[0]!r}")
         day = int(parts[1])
         if len(parts) == 4:                     # full date: "Nov 27 10:00:00 2006" / "Nov 27 2006 10:00:00"
             year_text, clock = (parts[3], parts[2]) if ":" in parts[2] else (parts[2], parts[3])

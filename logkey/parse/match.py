@@ -7,7 +7,9 @@ limit; key=value fields are read here; the result is a Match, before IP canonica
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 import regex
@@ -168,22 +170,25 @@ def own_file_rules(pack: Pack) -> Dispatch:
 
 
 _WANTED = ("ip", "user", "protocol", "session", "pid", "fields", "proxy")
+_ABSENT = (None,)           # appended to m.groups(): where a wanted group's absence is read
 
 
-def _present(pattern) -> tuple[tuple[str, int], ...]:
-    """(name, position in m.groups()) of the wanted groups a pattern has."""
+def _present(pattern) -> itemgetter:
+    """Takes, from m.groups() + _ABSENT, the wanted groups in _WANTED's order (None for a
+    group the pattern does not have): one C call for all of them."""
     index = pattern.groupindex
-    return tuple((k, index[k] - 1) for k in _WANTED if k in index)
+    return itemgetter(*(index[k] - 1 if k in index else -1 for k in _WANTED))
 
 
-def _to_match(rule: Rule, groups: tuple, names: tuple[tuple[str, int], ...],
-              program: str | None, header_pid: str | None) -> Match:
-    got = {k: groups[at] for k, at in names}
-    get = got.get
+def _to_match(rule: Rule, groups: tuple, pick: itemgetter, program: str | None,
+              header_pid: str | None) -> Match:
+    ip, user, protocol, session, pid, fields, proxy = pick(groups + _ABSENT)
     rejected = None
     if rule.fields is not None:
-        rejected = _read_fields(rule.fields, get("fields") or "", got)
-    protocol = get("protocol")
+        got = {"ip": ip, "user": user, "protocol": protocol, "session": session, "pid": pid}
+        rejected = _read_fields(rule.fields, fields or "", got)
+        ip, user, protocol, session, pid = (got["ip"], got["user"], got["protocol"],
+                                            got["session"], got["pid"])
     if rule.protocol == "program":
         protocol = program
     elif rule.protocol is not None:
@@ -191,14 +196,67 @@ def _to_match(rule: Rule, groups: tuple, names: tuple[tuple[str, int], ...],
     if protocol is not None:
         mapped = normalise_protocol(protocol, rule.protocols)
         protocol = None if mapped in (None, "none") else mapped
-    return Match(rule, get("ip"), get("user"), protocol, get("session"),
-                 get("pid") or header_pid, rejected, get("proxy"))
+    return Match(rule, ip, user, protocol, session, pid or header_pid, rejected, proxy)
 
 
 def _read_fields(spec: Fields, text: str, got: dict) -> str | None:
     """Take the listed keys from a "k=v<sep>k=v..." list. A key counts where it starts the
     list or follows a separator; the value runs to the next separator. A listed key twice
     (someone put "rip=" in a user name) refuses the line, and so does a missing ip key."""
+    reader = _FIELD_READERS.get(id(spec))
+    if reader is None or reader[0] is not spec:
+        reader = _field_reader(spec)
+    finder = reader[1]
+    if finder is not None and len(text) <= FAST_FIELDS_MAX:
+        found = finder(spec.separator + text)
+        values = dict(found)
+        if len(values) == len(found):       # no listed key twice: the same answer, faster
+            strip = spec.strip
+            for key, target in spec.keys.items():
+                value = values.get(key)
+                if value is None:
+                    if target == "ip":
+                        return f"field {key}= missing"
+                    continue
+                if strip and len(value) >= 2 and value[0] == strip[0]:
+                    if value[-1] == strip[1]:
+                        value = value[1:-1]
+                    elif target != "ip" and strip[1] + " " in value:
+                        value = value[1:value.index(strip[1] + " ")]
+                got[target] = value
+            return None
+    return _read_fields_by_find(spec, text, got)
+
+
+FAST_FIELDS_MAX = 4096      # longer lists are read by find (a list of every hit is not built)
+_FIELD_READERS: dict[int, tuple] = {}
+
+
+def _field_reader(spec: Fields) -> tuple:
+    """(spec, findall of (key, value) for every listed key after a separator, or None where
+    that could differ from _read_fields_by_find). The findall sees every "<sep>key=" the finds
+    see when no separator can start inside another "<sep>key=": the first character of the
+    separator appears neither later in it nor in a key, and no key holds "=". A value is
+    everything up to the next separator: runs of any character but the separator's first,
+    each such character taken only where the rest of the separator does not follow."""
+    sep = spec.separator
+    safe = all(sep[0] not in sep[1:] + key and "=" not in key for key in spec.keys)
+    finder = None
+    if safe and spec.keys:
+        first, rest = re.escape(sep[0]), re.escape(sep[1:])
+        other = "[^" + first + "]*"
+        value = other + ("(?:" + first + "(?!" + rest + ")" + other + ")*" if sep[1:] else "")
+        finder = re.compile("(?s)" + re.escape(sep) + "("
+                            + "|".join(re.escape(k) for k in spec.keys) + ")=(" + value
+                            + ")").findall
+    if len(_FIELD_READERS) > 4096:
+        _FIELD_READERS.clear()
+    reader = _FIELD_READERS[id(spec)] = (spec, finder)
+    return reader
+
+
+def _read_fields_by_find(spec: Fields, text: str, got: dict) -> str | None:
+    """_read_fields by one find per key (and one more for a second occurrence)."""
     sep = spec.separator
     padded = sep + text
     find = padded.find
