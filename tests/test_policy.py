@@ -20,7 +20,9 @@ import pytest
 
 from logkey.smtp.policy.decide import DUNNO, OK, decide
 from logkey.smtp.policy.protocol import Decoder, ProtocolError, encode, parse, reply
-from logkey.smtp.policy.server import KEEP, PolicyError, PolicyServer, parse_listen
+from logkey.smtp.policy.connection import KEEP
+from logkey.smtp.policy.listeners import PolicyError, parse_listen
+from logkey.smtp.policy.server import PolicyServer
 from logkey.stores.base import GateRecord
 from logkey.stores.dirstore import DirStore
 

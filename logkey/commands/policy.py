@@ -40,7 +40,8 @@ def main(args) -> int:
     from .. import config as config_mod
     from ..ownlog import configure as configure_log, to_stderr
     from ..stores import open_store
-    from ..smtp.policy.server import PolicyServer, parse_listen
+    from ..smtp.policy.listeners import parse_listen
+    from ..smtp.policy.server import PolicyServer
 
     to_stderr(getattr(args, "verbose", False))
     cfg = config_mod.load(args.config)
