@@ -17,7 +17,7 @@ import time
 from collections import deque
 
 from .decide import DUNNO, OK
-from .protocol import Decoder, ProtocolError, reply
+from .protocol import Decoder, ProtocolError, reply, whole_request
 
 REPLIES = {OK: reply(OK), DUNNO: reply(DUNNO)}
 KEEP = ("request", "client_address")        # all decide() looks at
@@ -52,6 +52,22 @@ class Connection(asyncio.Protocol):
         return self.listener
 
     def data_received(self, data: bytes):
+        lookups = self.lookups
+        if lookups.inline and not self.busy and not self.decoder.pending:
+            fields = whole_request(data, self.limits.max_request)
+            if fields is not None:                    # one whole request: the usual case
+                self.since = time.monotonic()
+                metrics = lookups.metrics
+                started = time.perf_counter() if metrics is not None else 0.0
+                action, wait_for = lookups.answer_raw(*fields)
+                if wait_for is not None:              # a miss: wait for it in a task
+                    self.queue.append(None)           # (answered already: nothing to keep)
+                    self._serve_queue(wait_for, started)
+                    return
+                if metrics is not None:
+                    metrics.answer(action, time.perf_counter() - started)
+                self.transport.write(REPLIES[action])
+                return
         had_partial = self.decoder.pending
         try:
             requests = self.decoder.feed(data)
@@ -65,7 +81,6 @@ class Connection(asyncio.Protocol):
         if self.busy:                                 # a lookup or a miss wait is under way
             self.queue.extend(requests)
             return
-        lookups = self.lookups
         if not lookups.inline:
             self.queue.extend(requests)
             self._serve_queue(None, time.perf_counter())

@@ -17,13 +17,15 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from ...events import canonical_ip
-from .decide import DUNNO, OK, decide
+from .decide import DUNNO, OK, REQUEST_TYPE, decide
 
 log = logging.getLogger("logkey.policy")
 
 THREADS = 16                  # store lookups in flight at once (non-dir stores)
 MISS_POLL_FIRST = 0.005       # a miss is asked again after 5 ms, then 10, 20, ... 100 ms apart
 MISS_POLL_MAX = 0.1
+ADDRESSES_MAX = 4096          # client_address values whose canonical form is remembered
+_REQUEST_TYPE = REQUEST_TYPE.encode()
 
 
 class Lookups:
@@ -37,6 +39,7 @@ class Lookups:
         self.pool = None if self.inline else ThreadPoolExecutor(THREADS, "logkey-policy")
         self.outage, self.outage_answers = False, 0
         self.metrics = None
+        self._addresses: dict[bytes, str | None] = {}
 
     def lookup(self, request: dict) -> tuple[str, BaseException | None, bool]:
         """(action, error, whether the store was asked); thread-safe (the threaded path)."""
@@ -72,6 +75,30 @@ class Lookups:
         if action == DUNNO and self._consulted and self._error is None:
             return action, self._miss(request)
         return action, None
+
+    def answer_raw(self, request_type: bytes, address: bytes | None) -> tuple[str, str | None]:
+        """answer() for the raw values protocol.whole_request gives (in-loop): decide()'s
+        rules on bytes, without a dict; the same actions, misses, outage lines and counts."""
+        if request_type != _REQUEST_TYPE or address is None:
+            return DUNNO, None
+        ip = self._addresses.get(address, False)
+        if ip is False:
+            ip = canonical_ip(address.decode("utf-8", "surrogateescape"))
+            if len(self._addresses) >= ADDRESSES_MAX:
+                self._addresses.clear()
+            self._addresses[address] = ip
+        if ip is None:
+            return DUNNO, None
+        try:
+            is_open = self.is_open(ip) is True
+        except Exception as exc:                      # never OK on error (decide.py)
+            self.account(exc, True)
+            return DUNNO, None
+        if self.outage:
+            self.account(None, True)
+        if is_open:
+            return OK, None
+        return DUNNO, (None if self.miss_wait <= 0 or self.stopping else ip)
 
     async def answer_async(self, request: dict) -> tuple[str, str | None]:
         if self.inline:
