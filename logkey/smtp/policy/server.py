@@ -40,7 +40,28 @@ from .lookups import Lookups
 
 log = logging.getLogger("logkey.policy")
 
-__all__ = ["PolicyError", "PolicyServer", "parse_listen"]
+__all__ = ["PolicyError", "PolicyServer", "event_loop_factory", "parse_listen"]
+
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def event_loop_factory(kind: str = "auto"):
+    """The event loop `logkey policy` runs on: uvloop (the optional extra `fast`), asyncio's
+    own, or auto: uvloop when it is installed. PolicyError when uvloop is asked for and
+    missing."""
+    if kind not in EVENT_LOOPS:
+        raise PolicyError(f"event loop {kind!r}: expected one of {', '.join(EVENT_LOOPS)}")
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise PolicyError("event loop uvloop: uvloop is not installed "
+                                  "(pip install 'logkey[fast]', or apt install "
+                                  "python3-uvloop)") from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 class PolicyServer:
