@@ -189,7 +189,8 @@ class DirStore(Store):
         then its record read once per version of the file. `ip` must be canonical (every
         caller passes canonical_ip output); the file name is the key itself ("/" -> "_" for a
         prefix gate), nothing else."""
-        now = now_or(now)
+        if now is None:
+            now = time.time()
         for key in (keys_for(ip, ipv6_prefix) if ipv6_prefix and ":" in ip else (ip,)):
             name, path = self._paths.get(key) or self._path_of(key)
             try:

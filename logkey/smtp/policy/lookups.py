@@ -34,7 +34,8 @@ class Lookups:
         self.store, self.ipv6_prefix = store, ipv6_prefix
         self.miss_wait, self.stopping = float(miss_wait), False
         self.inline = not threaded if threaded is not None else isinstance(store, DirStore)
-        self.is_open = lambda ip: store.is_open(ip, ipv6_prefix)
+        self.is_open = (store.is_open if ipv6_prefix is None else    # one call less per lookup
+                        lambda ip: store.is_open(ip, ipv6_prefix))
         self._error, self._consulted = None, False
         self.pool = None if self.inline else ThreadPoolExecutor(THREADS, "logkey-policy")
         self.outage, self.outage_answers = False, 0
