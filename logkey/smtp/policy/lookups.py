@@ -82,18 +82,20 @@ class Lookups:
         rules on bytes, without a dict; the same actions, misses, outage lines and counts."""
         if request_type != _REQUEST_TYPE or address is None:
             return DUNNO, None
-        ip = self._addresses.get(address, False)
-        if ip is False:
-            ip = canonical_ip(address.decode("utf-8", "surrogateescape"))
-            if len(self._addresses) >= ADDRESSES_MAX:
-                self._addresses.clear()
-            self._addresses[address] = ip
-        if ip is None:
-            return DUNNO, None
+        consulted = False
         try:
+            ip = self._addresses.get(address, False)
+            if ip is False:
+                ip = canonical_ip(address.decode("utf-8", "surrogateescape"))
+                if len(self._addresses) >= ADDRESSES_MAX:
+                    self._addresses.clear()
+                self._addresses[address] = ip
+            if ip is None:
+                return DUNNO, None
+            consulted = True
             is_open = self.is_open(ip) is True
         except Exception as exc:                      # never OK on error (decide.py)
-            self.account(exc, True)
+            self.account(exc, consulted)
             return DUNNO, None
         if self.outage:
             self.account(None, True)
