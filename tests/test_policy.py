@@ -19,8 +19,12 @@ import time
 import pytest
 
 from logkey.smtp.policy.decide import DUNNO, OK, decide
-from logkey.smtp.policy.protocol import Decoder, ProtocolError, encode, parse, reply
-from logkey.smtp.policy.server import KEEP, PolicyError, PolicyServer, parse_listen
+from logkey.smtp.policy.protocol import (Decoder, ProtocolError, encode, parse, reply,
+                                         whole_request)
+from logkey.smtp.policy.connection import KEEP
+from logkey.smtp.policy.listeners import PolicyError, parse_listen
+from logkey.smtp.policy.lookups import Lookups
+from logkey.smtp.policy.server import PolicyServer
 from logkey.stores.base import GateRecord
 from logkey.stores.dirstore import DirStore
 
@@ -152,7 +156,76 @@ def test_codec_pipelined_requests_and_reply():
     assert parse(b"request=a\nb=c=d\n") == {"request": "a", "b": "c=d"}
 
 
+def decoded_as_whole_request(data: bytes, max_request: int = 65536):
+    """What Decoder.feed makes of `data`, in whole_request's terms (None: not one request)."""
+    try:
+        requests = Decoder(max_request, KEEP).feed(data)
+    except ProtocolError:
+        return None
+    if len(requests) != 1 or not data.endswith(b"\n\n"):
+        return None
+    address = requests[0].get("client_address")
+    return (requests[0]["request"].encode("utf-8", "surrogateescape"),
+            None if address is None else address.encode("utf-8", "surrogateescape"))
+
+
+def test_whole_request_fast_path_agrees_with_the_decoder():
+    """The connection's fast path (one request per write) never takes what the Decoder refuses,
+    and takes the same values: every transcript request, every refused one, and random bytes
+    flipped, dropped or doubled in a real request."""
+    import random
+    cases = [r for r, _ in transcript()]
+    cases += [b"garbage\n", b"request=smtpd_access_policy\nno equals sign\n\n", b"=value\n\n",
+              b"client_address=192.0.2.7\n\n", b"request=\nclient_address=192.0.2.7\n\n",
+              b"\n", b"\n\n", b"request=a\n\n\n", b"request=smtpd_access_policy\nsender=a\0b\n\n",
+              b"request=smtpd_access_policy\r\n\r\n", bytes(range(256)) * 4, b"request=x\n=\n\n",
+              b"client_address=1.2.3.4\nrequest=smtpd_access_policy\n\n", b"a=b\n\n",
+              encode(postfix_request(OPEN_V4)) * 2, encode(postfix_request(OPEN_V4))[:-1]]
+    rnd = random.Random(4)
+    base = encode(postfix_request(OPEN_V4))
+    for _ in range(3000):
+        data = bytearray(base)
+        for _ in range(rnd.randrange(1, 4)):
+            i = rnd.randrange(len(data))
+            what = rnd.randrange(3)
+            if what == 0:
+                data[i] = rnd.choice(b"\n=\0\r a")
+            elif what == 1:
+                del data[i]
+            else:
+                data[i:i] = data[i:i + 1]
+        cases.append(bytes(data))
+    for data in cases:
+        assert whole_request(data) == decoded_as_whole_request(data), data
+    big = b"request=smtpd_access_policy\nx=" + b"a" * 300 + b"\n\n"
+    assert whole_request(big, 300) is None and decoded_as_whole_request(big, 300) is None
+
+
 # -- decision ---------------------------------------------------------------------------------
+
+def test_answer_raw_answers_as_answer(tmp_path, caplog):
+    """The fast path's lookup (raw bytes, no dict) gives the same actions, misses to wait for
+    and outage lines as the general one, over a real dir store that then breaks."""
+    store = DirStore(tmp_path / "gates")
+    for ip in OPEN:
+        store.put(GateRecord(ip, "u", None, None, time.time(), time.time() + 600, None))
+    requests = [r for r, _ in transcript()]
+    for miss_wait in (0, 1):
+        raw, general = (Lookups(store, miss_wait=miss_wait) for _ in range(2))
+        for data in requests:
+            (request,) = Decoder(keep=KEEP).feed(data)
+            assert raw.answer_raw(*whole_request(data)) == general.answer(request), data
+    raw, general = Lookups(store), Lookups(store)
+    shutil.rmtree(tmp_path / "gates")
+    os.symlink(tmp_path / "gates", tmp_path / "gates")             # every lstat: ELOOP
+    with caplog.at_level("WARNING", "logkey.policy"):
+        for data in requests:
+            (request,) = Decoder(keep=KEEP).feed(data)
+            assert raw.answer_raw(*whole_request(data)) == general.answer(request) \
+                == (DUNNO, None)
+    assert raw.outage and general.outage and raw.outage_answers == general.outage_answers
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[0] == lines[1], lines
 
 def test_decide_never_ok_on_error():
     seen = []

@@ -5,7 +5,7 @@ reads the configuration, sets up logkey's own log and the metrics, and runs it.
 
 Config: `policy:` (listen, socket_mode, socket_group, max_request, idle_timeout, miss_wait),
 `store:`, `ipv6_prefix:`, `metrics.policy` (Prometheus metrics address; daemon/metrics.py, imported
-only then). `add_parser(sub)` registers the subcommand; `main(args)` runs it.
+only then). `--event-loop`: uvloop when installed (the optional extra `fast`), else asyncio's. `add_parser(sub)` registers the subcommand; `main(args)` runs it.
 """
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ def add_arguments(p) -> None:
     p.add_argument("--listen", action="append", metavar="ADDR",
                    help="unix:PATH, inet:HOST:PORT or inet:[IPV6]:PORT (repeatable); "
                         "replaces the configured policy.listen")
+    p.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="uvloop (pip install 'logkey[fast]') or asyncio's own; auto: uvloop "
+                        "when installed (default)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
     p.add_argument("--log", choices=("stderr", "syslog"),
                    help="where logkey's own log goes (default: log.to, else stderr)")
@@ -40,7 +43,8 @@ def main(args) -> int:
     from .. import config as config_mod
     from ..ownlog import configure as configure_log, to_stderr
     from ..stores import open_store
-    from ..smtp.policy.server import PolicyServer, parse_listen
+    from ..smtp.policy.listeners import parse_listen
+    from ..smtp.policy.server import PolicyServer, event_loop_factory
 
     to_stderr(getattr(args, "verbose", False))
     cfg = config_mod.load(args.config)
@@ -49,6 +53,7 @@ def main(args) -> int:
     listen = args.listen or policy["listen"]
     for spec in listen:
         parse_listen(spec)                          # a bad --listen is a one-line error
+    new_loop = event_loop_factory(getattr(args, "event_loop", "auto"))
     store = open_store(cfg.store)
     try:
         server = PolicyServer(store, listen=listen, ipv6_prefix=cfg.ipv6_prefix,
@@ -63,7 +68,8 @@ def main(args) -> int:
             server.measure(metrics)
             http = serve_policy(metrics, cfg.metrics["policy"])
         try:
-            asyncio.run(server.run())
+            with asyncio.Runner(loop_factory=new_loop) as runner:
+                runner.run(server.run())
         finally:
             if cfg.metrics["policy"]:
                 http.close()

@@ -67,6 +67,7 @@ TEMP_MAX_AGE = 60.0             # seconds before purge() removes a stray temp fi
 TEMP_SUFFIX = ".tmp"
 TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{12}(?:\.purge)?\.tmp")   # what put()/purge() create
 GOOD_MAX = 65536                # file versions remembered as holding a good record (is_open)
+PATHS_MAX = 65536               # keys whose file name is remembered (is_open)
 
 
 _GATE_NAME = re.compile(r"[0-9a-f.:]{2,45}(?:_[0-9]{1,3})?")
@@ -99,6 +100,7 @@ class DirStore(Store):
         self.path = os.fspath(path)
         self.gid = self._resolve_group(group)
         self._good: dict[str, tuple] = {}          # name -> identity of a version with a record
+        self._paths: dict[str, tuple] = {}         # key -> (name, path), checked (is_open)
         self.temps_removed = 0                      # stale temp files the last purge() removed
         self._make_dir()
 
@@ -187,13 +189,12 @@ class DirStore(Store):
         then its record read once per version of the file. `ip` must be canonical (every
         caller passes canonical_ip output); the file name is the key itself ("/" -> "_" for a
         prefix gate), nothing else."""
-        now = now_or(now)
+        if now is None:
+            now = time.time()
         for key in (keys_for(ip, ipv6_prefix) if ipv6_prefix and ":" in ip else (ip,)):
-            name = key.replace("/", "_")
-            if not _GATE_NAME.fullmatch(name):          # cheap; canonical_ip made the key
-                raise ValueError(f"not a gate key: {key!r}")
+            name, path = self._paths.get(key) or self._path_of(key)
             try:
-                st = os.lstat(self._file(name))
+                st = os.lstat(path)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as e:
@@ -205,6 +206,17 @@ class DirStore(Store):
                     self._read(key, name, now) is not None):
                 return True
         return False
+
+    def _path_of(self, key: str) -> tuple[str, str]:
+        """(file name, path) of a key is_open is asked about, checked once and remembered (a
+        policy lookup per SMTP transaction need not redo the check and the join)."""
+        name = key.replace("/", "_")
+        if not _GATE_NAME.fullmatch(name):              # cheap; canonical_ip made the key
+            raise ValueError(f"not a gate key: {key!r}")
+        if len(self._paths) >= PATHS_MAX:
+            self._paths.clear()
+        self._paths[key] = name, path = name, self._file(name)
+        return name, path
 
     def get(self, key: str, now: float | None = None) -> GateRecord | None:
         name = key_to_name(key)

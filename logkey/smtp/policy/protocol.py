@@ -181,6 +181,47 @@ def parse(block: bytes, keep: _Keep | None = None) -> dict[str, str]:
     return attrs
 
 
+# Deletes every byte but NUL, "\n" and "=": what is left is a request's shape.
+_NOT_NUL_EQ_NL = bytes(sorted(set(range(256)) - {0x00, 0x0A, 0x3D}))
+
+
+def whole_request(data: bytes, max_request: int = DEFAULT_MAX_REQUEST
+                  ) -> tuple[bytes, bytes | None] | None:
+    """The fast path for what Postfix sends on a persistent connection, one request per
+    write: when `data` is exactly one complete request that keeps every rule above, its
+    `request` and `client_address` values as raw bytes (the address None when absent).
+    Anything else (part of a request, several, a broken one) gives None, and the caller
+    feeds `data` to a Decoder, which answers it or raises the ProtocolError."""
+    size = len(data)
+    if size > max_request or size < 3 or data[0] in b"\n=" or not data.endswith(b"\n\n"):
+        return None
+    shape = data.translate(None, _NOT_NUL_EQ_NL)
+    # Every line holds "=" (an empty line, or one without "=", leaves "\n\n" before the end
+    # or a leading "\n": so this is also the one request in `data`), no NUL, no line starts
+    # with "=".
+    if shape[0] == 0x0A or shape.find(b"\n\n") != len(shape) - 2 or b"\0" in shape \
+            or b"\n=" in data:
+        return None
+    if data.startswith(b"request="):
+        start = 8
+    else:
+        start = data.find(b"\nrequest=")
+        if start < 0:
+            return None
+        start += 9
+    request = data[start:data.index(b"\n", start)]
+    if not request:
+        return None
+    if data.startswith(b"client_address="):
+        start = 15
+    else:
+        start = data.find(b"\nclient_address=")
+        if start < 0:
+            return request, None
+        start += 16
+    return request, data[start:data.index(b"\n", start)]
+
+
 def reply(action: str) -> bytes:
     """The reply for an action: b"action=<action>\\n\\n"."""
     if "\n" in action or "\0" in action or not action:
