@@ -124,7 +124,6 @@ def test_no_import_circles():
     assert not circles, "\n".join(circles)
 
 
-@pytest.mark.skip(reason="the splits of the long modules are on branches not merged yet (issue 12)")
 @pytest.mark.parametrize("module", [m for m, _, _ in modules()])
 def test_a_long_module_says_why_it_is_one(module):
     path = next(p for m, p, _ in modules() if m == module)
