@@ -142,6 +142,19 @@ class _Keep:
         self.names = [(name, b"\n" + name.encode() + b"=") for name in names]
 
 
+def first_value(block: bytes, needle: bytes) -> bytes | None:
+    """The value of the first line of `block` (lines each ending in "\n") that starts with
+    the attribute `needle` names (b"\nNAME="); None when no line does."""
+    if block.startswith(needle[1:]):
+        start = len(needle) - 1
+    else:
+        start = block.find(needle)
+        if start < 0:
+            return None
+        start += len(needle)
+    return block[start:block.index(b"\n", start)]
+
+
 def parse(block: bytes, keep: _Keep | None = None) -> dict[str, str]:
     """One request's lines (without the terminating empty line) as a dict; ProtocolError if
     they break the rules above. With `keep`, only those attributes are in the dict."""
@@ -166,16 +179,10 @@ def parse(block: bytes, keep: _Keep | None = None) -> dict[str, str]:
         if block[0] == 0x3D or b"\n=" in block:
             raise ProtocolError("attribute with an empty name")
         attrs = {}
-        for name, needle in keep.names:             # the first occurrence wins
-            if block.startswith(needle[1:]):
-                start = len(needle) - 1
-            else:
-                start = block.find(needle)
-                if start < 0:
-                    continue
-                start += len(needle)
-            attrs[name] = block[start:block.index(b"\n", start)].decode(
-                "utf-8", "surrogateescape")
+        for name, needle in keep.names:
+            value = first_value(block, needle)
+            if value is not None:
+                attrs[name] = value.decode("utf-8", "surrogateescape")
     if not attrs.get("request"):
         raise ProtocolError("no request= attribute")
     return attrs
@@ -202,24 +209,10 @@ def whole_request(data: bytes, max_request: int = DEFAULT_MAX_REQUEST
     if shape[0] == 0x0A or shape.find(b"\n\n") != len(shape) - 2 or b"\0" in shape \
             or b"\n=" in data:
         return None
-    if data.startswith(b"request="):
-        start = 8
-    else:
-        start = data.find(b"\nrequest=")
-        if start < 0:
-            return None
-        start += 9
-    request = data[start:data.index(b"\n", start)]
+    request = first_value(data, b"\nrequest=")
     if not request:
         return None
-    if data.startswith(b"client_address="):
-        start = 15
-    else:
-        start = data.find(b"\nclient_address=")
-        if start < 0:
-            return request, None
-        start += 16
-    return request, data[start:data.index(b"\n", start)]
+    return request, first_value(data, b"\nclient_address=")
 
 
 def reply(action: str) -> bytes:
