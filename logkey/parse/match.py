@@ -7,7 +7,6 @@ limit; key=value fields are read here; the result is a Match, before IP canonica
 from __future__ import annotations
 
 import fnmatch
-import re
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING
@@ -203,56 +202,35 @@ def _read_fields(spec: Fields, text: str, got: dict) -> str | None:
     """Take the listed keys from a "k=v<sep>k=v..." list. A key counts where it starts the
     list or follows a separator; the value runs to the next separator. A listed key twice
     (someone put "rip=" in a user name) refuses the line, and so does a missing ip key."""
-    reader = _FIELD_READERS.get(id(spec))
-    if reader is None or reader[0] is not spec:
-        reader = _field_reader(spec)
-    finder = reader[1]
+    finder = spec.finder
     if finder is not None and len(text) <= FAST_FIELDS_MAX:
         found = finder(spec.separator + text)
         values = dict(found)
         if len(values) == len(found):       # no listed key twice: the same answer, faster
-            strip = spec.strip
             for key, target in spec.keys.items():
                 value = values.get(key)
                 if value is None:
                     if target == "ip":
                         return f"field {key}= missing"
                     continue
-                if strip and len(value) >= 2 and value[0] == strip[0]:
-                    if value[-1] == strip[1]:
-                        value = value[1:-1]
-                    elif target != "ip" and strip[1] + " " in value:
-                        value = value[1:value.index(strip[1] + " ")]
-                got[target] = value
+                got[target] = _unwrapped(value, spec.strip, target)
             return None
     return _read_fields_by_find(spec, text, got)
 
 
 FAST_FIELDS_MAX = 4096      # longer lists are read by find (a list of every hit is not built)
-_FIELD_READERS: dict[int, tuple] = {}
 
 
-def _field_reader(spec: Fields) -> tuple:
-    """(spec, findall of (key, value) for every listed key after a separator, or None where
-    that could differ from _read_fields_by_find). The findall sees every "<sep>key=" the finds
-    see when no separator can start inside another "<sep>key=": the first character of the
-    separator appears neither later in it nor in a key, and no key holds "=". A value is
-    everything up to the next separator: runs of any character but the separator's first,
-    each such character taken only where the rest of the separator does not follow."""
-    sep = spec.separator
-    safe = all(sep[0] not in sep[1:] + key and "=" not in key for key in spec.keys)
-    finder = None
-    if safe and spec.keys:
-        first, rest = re.escape(sep[0]), re.escape(sep[1:])
-        other = "[^" + first + "]*"
-        value = other + ("(?:" + first + "(?!" + rest + ")" + other + ")*" if sep[1:] else "")
-        finder = re.compile("(?s)" + re.escape(sep) + "("
-                            + "|".join(re.escape(k) for k in spec.keys) + ")=(" + value
-                            + ")").findall
-    if len(_FIELD_READERS) > 4096:
-        _FIELD_READERS.clear()
-    reader = _FIELD_READERS[id(spec)] = (spec, finder)
-    return reader
+def _unwrapped(value: str, strip: tuple[str, str] | None, target: str) -> str:
+    """A field's value without the pack's `strip` pair around it ("<u1>" -> "u1")."""
+    if strip and len(value) >= 2 and value[0] == strip[0]:
+        if value[-1] == strip[1]:
+            return value[1:-1]
+        if target != "ip" and strip[1] + " " in value:
+            # "<u@d> method=LOGIN": the next key came without the separator (a site's own
+            # format); the value ends where it closes. Never for an address.
+            return value[1:value.index(strip[1] + " ")]
+    return value
 
 
 def _read_fields_by_find(spec: Fields, text: str, got: dict) -> str | None:
@@ -271,13 +249,6 @@ def _read_fields_by_find(spec: Fields, text: str, got: dict) -> str | None:
         if find(probe, start) >= 0:         # (what count() > 1 finds, without a second scan)
             return f"field {key}= appears more than once"
         end = find(sep, start)
-        value = padded[start:end] if end >= 0 else padded[start:]
-        if spec.strip and len(value) >= 2 and value[0] == spec.strip[0]:
-            if value[-1] == spec.strip[1]:
-                value = value[1:-1]
-            elif target != "ip" and spec.strip[1] + " " in value:
-                # "<u@d> method=LOGIN": the next key came without the separator (a site's
-                # own format); the value ends where it closes. Never for an address.
-                value = value[1:value.index(spec.strip[1] + " ")]
-        got[target] = value
+        got[target] = _unwrapped(padded[start:end] if end >= 0 else padded[start:],
+                                 spec.strip, target)
     return None

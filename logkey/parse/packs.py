@@ -6,8 +6,10 @@ Trust: a pack is refused whole, with "FILE: entry: reason", when any rule fails 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import regex
 import yaml
@@ -34,6 +36,27 @@ class Fields:
     separator: str
     keys: dict[str, str]
     strip: tuple[str, str] | None
+    # findall of (key, value) for every listed key after a separator, or None where that could
+    # differ from reading by one find per key (match._read_fields uses it when it is set)
+    finder: Callable | None = field(init=False, default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        self.finder = fields_finder(self.separator, self.keys)
+
+
+def fields_finder(sep: str, keys) -> Callable | None:
+    """The findall sees every "<sep>key=" one find per key sees when no separator can start
+    inside another "<sep>key=": the first character of the separator appears neither later in
+    it nor in a key, and no key holds "=". A value is everything up to the next separator: runs
+    of any character but the separator's first, each such character taken only where the rest
+    of the separator does not follow (linear: no two ways to match a value)."""
+    if not keys or not all(sep[0] not in sep[1:] + key and "=" not in key for key in keys):
+        return None
+    first, rest = re.escape(sep[0]), re.escape(sep[1:])
+    other = "[^" + first + "]*"
+    value = other + ("(?:" + first + "(?!" + rest + ")" + other + ")*" if sep[1:] else "")
+    return re.compile("(?s)" + re.escape(sep) + "(" + "|".join(re.escape(k) for k in keys)
+                      + ")=(" + value + ")").findall
 
 
 @dataclass(slots=True)
