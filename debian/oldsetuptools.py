@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-IGNORE = shutil.ignore_patterns(".git", "debian", ".venv", ".pybuild", "build", "dist",
+IGNORE = shutil.ignore_patterns(".git", "debian", "*.so", ".venv", ".pybuild", "build", "dist",
                                 "*.egg-info", "__pycache__", ".quickstart", ".hypothesis",
                                 ".pytest_cache")
 

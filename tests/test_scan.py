@@ -6,7 +6,7 @@ import pytest
 
 from logkey.parse.headers import parse
 from logkey.parse.packfiles import load_packs
-from logkey.parse.scan import Scanner
+from logkey.parse.scan import Scanner, _fastscan
 
 PACKS = load_packs()
 SCANNER = Scanner(PACKS)
@@ -61,3 +61,71 @@ def test_picked_lines_keep_log_order():
              enumerate([b"x/pop3", b"dovecot", b"x/pop3", b"dovecot", b"postfix/smtpd"])]
     n, formats, picks = SCANNER.scan(b"\n".join(lines))
     assert [i for i, _, _ in picks] == [0, 1, 2, 3]
+
+
+# -- the pre-filter in C (_fastscan.c) against the regex -----------------------------------
+REGEX_SCANNER = Scanner(PACKS, use_c=False)
+needs_c = pytest.mark.skipif(SCANNER.scan == REGEX_SCANNER.scan or _fastscan is None,
+                             reason="logkey.parse._fastscan is not built (no C compiler)")
+
+
+def hostile_headers():
+    """Lines around every edge of the standard header: each piece cut, doubled, widened past
+    its limit or replaced by a near miss, on covered and other tags, with random mutations."""
+    stamps = [b"2026-11-27T10:00:00", b"2026-11-27T10:00:00Z", b"2026-11-27T10:00:00.1+00:00",
+              b"2026-11-27T10:00:00.123456789-0530", b"2026-11-27T10:00:00.1234567890+00:00",
+              b"2026-11-27T10:00:00.+00:00", b"2026-11-27T10:00:00+00:0", b"2026-11-27T10:00:00+0:00",
+              b"2026-11-27T10:00:00+00:000", b"2026-11-27T10:00:00Zx", b"2026-11-27 10:00:00",
+              b"Nov  7 10:00:00", b"Nov 17 10:00:00", b"Nov 7 10:00:00", b"Nov 7  10:00:00",
+              b"Nov 177 10:00:00", b"nov 17 10:00:00", b"NOV 17 10:00:00", b"Nov 17 10:00:0",
+              b"Nov x7 10:00:00", b"<13>Nov 17 10:00:00", b"<1234>Nov 17 10:00:00", b"<>Nov 17 10:00:00",
+              b"<13>2026-11-27T10:00:00Z", b"<13 >Nov 17 10:00:00", b"<13>"]
+    hosts = [b"mail", b"(none)", b"(none)x", b"a" * 255, b"a" * 256, b"", b"m_x.example-1",
+             b"host:1", b"h(x)", b"192.0.2.1"]
+    tags = [b"dovecot", b"dovecotx", b"dovecot" + b"x" * 60, b"x" * 64, b"x" * 65, b"postfix/smtpd",
+            b"cyrus/imap", b"a/imap", b"/imap", b"x/pop3s", b"perdition.imaps", b"perdition",
+            b"qpopper", b"qpopperd", b"in.qpopper", b"_x", b".dovecot", b"-imapd", b"imapd",
+            b"imap d", b"dove@cot", b"pop3+", b""]
+    pids = [b"", b"[1]", b"[1234567890]", b"[12345678901]", b"[]", b"[x]", b"[1", b"[1]x"]
+    tails = [b": m", b":", b": ", b":m", b" : m", b"", b": Login: user=<u>, rip=192.0.2.9"]
+    rnd = random.Random(17)
+    lines = []
+    for _ in range(6000):
+        line = (rnd.choice(stamps) + rnd.choice([b" ", b"  ", b""]) + rnd.choice(hosts) + b" "
+                + rnd.choice(tags) + rnd.choice(pids) + rnd.choice(tails))
+        if rnd.random() < 0.3:
+            i = rnd.randrange(len(line) + 1)
+            line = line[:i] + bytes([rnd.randrange(256)]) + line[i + 1:]
+        lines.append(line.replace(b"\n", b" "))
+    return lines
+
+
+@needs_c
+@pytest.mark.parametrize("cut", [1, 7, 100, 6000])
+def test_c_pre_filter_agrees_with_the_regex(cut):
+    lines = hostile_headers()
+    for start in range(0, len(lines), cut):
+        block = b"\n".join(lines[start:start + cut])
+        assert SCANNER.scan(block) == REGEX_SCANNER.scan(block)
+
+
+@needs_c
+@pytest.mark.parametrize("block", [b"", b"\n", b"\n\n", b"x\n", b"\nx", b"\r", b"a\r\nb"])
+def test_c_pre_filter_agrees_on_empty_and_edge_blocks(block):
+    assert SCANNER.scan(block) == REGEX_SCANNER.scan(block)
+
+
+@needs_c
+def test_c_pre_filter_agrees_on_every_tag_test_and_odd_line():
+    lines = [b"Nov 27 10:00:0%d mail %s[1]: m" % (i % 10, tag.encode())
+             for i, tag in enumerate(tags())]
+    lines += [b"2026-11-27T10:00:00.1+00:00 mail " + tag.encode() + b": m" for tag in tags()]
+    block = b"\n".join(lines)
+    assert SCANNER.scan(block) == REGEX_SCANNER.scan(block)
+
+
+def test_tag_shapes_the_c_pre_filter_cannot_read_go_to_the_regex():
+    from logkey.parse.scan import _plain_tag_words
+    assert _plain_tag_words(PACKS) is not None                 # the shipped packs: all plain
+    assert _plain_tag_words(PACKS.with_aliases({"mx?": "dovecot"})) is None
+    assert _plain_tag_words(PACKS.with_aliases({"mx 2": "dovecot"})) is None

@@ -5,6 +5,11 @@ A line is passed over only when it has a standard syslog header (RFC 3339 or RFC
 same shape headers.py's fast path reads) whose program tag no loaded pack covers; every other
 line (a covered tag, any other header, no header) is handed back for the full per-line path.
 So the pre-filter can only save work, never lose a login: when in doubt, a line is picked.
+
+The same pre-filter is written in C (_fastscan.c, built when a compiler is there; setup.py):
+Scanner uses it when it is built and every covered tag is a plain word, a "PREFIX*" or a
+"*SUFFIX" glob of tag characters, and the regex below otherwise. tests/test_scan.py holds
+the two to the same answers.
 """
 from __future__ import annotations
 
@@ -15,6 +20,11 @@ from operator import itemgetter
 
 from .headers import HOST as _HOST, PRI, STAMP_3164, STAMP_3339, TAG as _TAG, TAG_CHARS as _TAG_CHARS
 from .match import PackSet
+
+try:
+    from . import _fastscan
+except ImportError:             # built without a C compiler: the regex below does the same
+    _fastscan = None
 
 _g0, _g1 = itemgetter(0), itemgetter(1)
 
@@ -107,13 +117,49 @@ def build_pattern(packs: PackSet) -> tuple[re.Pattern, int]:
     return regex, len(flag_groups)
 
 
+def _plain_tag_words(packs: PackSet) -> tuple[tuple, tuple, tuple] | None:
+    """(exact tags, "PREFIX*" prefixes, "*SUFFIX" suffixes) when every covered tag is one of
+    those shapes made of tag characters (what _fastscan reads); None otherwise."""
+    plain = re.compile(_TAG_CHARS + rb"*")
+    exact, prefixes, suffixes = set(packs.aliases), set(), set()
+    for pack in packs.packs.values():
+        for prog in pack.programs:
+            head, tail = prog[:-1], prog[1:]
+            if not any(c in prog for c in "*?"):
+                exact.add(prog)
+            elif prog.endswith("*") and not any(c in head for c in "*?"):
+                prefixes.add(head)
+            elif prog.startswith("*") and not any(c in tail for c in "*?"):
+                suffixes.add(tail)
+            else:
+                return None
+    words = [tuple(sorted(w.encode() for w in group)) for group in (exact, prefixes, suffixes)]
+    if not all(plain.fullmatch(w) for group in words for w in group):
+        return None
+    return words[0], words[1], words[2]
+
+
 class Scanner:
-    def __init__(self, packs: PackSet):
+    def __init__(self, packs: PackSet, use_c: bool = True):
+        """`use_c`: take _fastscan where it can answer (False: always the regex; the tests
+        compare the two)."""
         self.exact_programs = sorted({p for pack in packs.packs.values() for p in pack.programs
                                       if "*" not in p and "?" not in p})
         self.pattern, lines = build_pattern(packs)
         total = self.pattern.groups
         self.covered_groups = [itemgetter(k) for k in range(total - lines, total)]
+        self._words = _plain_tag_words(packs) if use_c and _fastscan is not None else None
+        if self._words is not None:
+            self.scan = self._scan_c
+
+    def _scan_c(self, block: bytes) -> tuple[int, Counter, list[tuple[int, bytes, bool]]]:
+        n, n3339, n3164, picked = _fastscan.scan(block, *self._words)
+        formats = Counter()
+        if n3339:
+            formats["rfc3339"] = n3339
+        if n3164:
+            formats["rfc3164"] = n3164
+        return n, formats, picked
 
     def scan(self, block: bytes) -> tuple[int, Counter, list[tuple[int, bytes, bool]]]:
         """(line count, {format: n} of lines passed over or picked with a fast header,
