@@ -129,3 +129,29 @@ def test_tag_shapes_the_c_pre_filter_cannot_read_go_to_the_regex():
     assert _plain_tag_words(PACKS) is not None                 # the shipped packs: all plain
     assert _plain_tag_words(PACKS.with_aliases({"mx?": "dovecot"})) is None
     assert _plain_tag_words(PACKS.with_aliases({"mx 2": "dovecot"})) is None
+
+
+def test_worker_events_come_back_as_they_were_made():
+    # bulk.py sends a worker's events to the parent as tuples with the time as a timestamp
+    # and its tzinfo: the parent must get the same events, times, offsets and folds back
+    from datetime import datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    from logkey.events import Event
+    from logkey.parse.engine import Stats
+    from logkey.sources.bulk import _packed, _unpacked
+    berlin = ZoneInfo("Europe/Berlin")
+    times = [None, datetime(2026, 11, 27, 10, 0, 0, 185890, tzinfo=timezone.utc),
+             datetime(2026, 11, 27, 10, 0, 0, 999999, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+             datetime(2026, 10, 25, 2, 30, 0, 1, tzinfo=berlin),
+             datetime(2026, 10, 25, 2, 30, 0, 1, tzinfo=berlin, fold=1),
+             datetime(2026, 3, 29, 3, 0, 0, tzinfo=berlin), datetime(1999, 12, 31, 23, 59, 59, 500000)]
+    events = [(i, Event("login", "192.0.2.1", "u", "imap", t, "dovecot", "login", "S", "1", None,
+                        "mail", "rfc3339"), (("mail", "courier"), True, t) if i % 2 else None)
+              for i, t in enumerate(times)] + [(99, None, (("h", "p"), False, None))]
+    back = list(_unpacked(_packed([(7, events, Stats())])))
+    assert [(n, e) for n, e, _ in back] == [(7, events)]
+    for (_, event, cut), (_, again, cut_again) in zip(events, back[0][1]):
+        if event is not None and event.time is not None:
+            assert (again.time.tzinfo, again.time.fold, again.time.utcoffset()) == \
+                (event.time.tzinfo, event.time.fold, event.time.utcoffset())
