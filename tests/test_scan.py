@@ -155,3 +155,21 @@ def test_worker_events_come_back_as_they_were_made():
         if event is not None and event.time is not None:
             assert (again.time.tzinfo, again.time.fold, again.time.utcoffset()) == \
                 (event.time.tzinfo, event.time.fold, event.time.utcoffset())
+
+
+@needs_c
+def test_the_watchers_per_line_fast_path_agrees_with_the_regex():
+    from datetime import timezone
+
+    from logkey.parse.engine import Engine
+    from logkey.parse.headers import Clock
+    lines = hostile_headers() + [b"2026-11-27T10:00:00.1+00:00 mail " + t.encode() + b"[1]: m"
+                                 for t in tags()]
+    results = []
+    for use_c in (True, False):
+        engine = Engine(PACKS, Clock(None, timezone.utc))
+        assert engine._tag_words is not None
+        if not use_c:
+            engine._tag_words = None
+        results.append(([engine.match_line(line) for line in lines], engine.stats))
+    assert results[0] == results[1]

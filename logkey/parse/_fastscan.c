@@ -244,7 +244,33 @@ done:
     return result;
 }
 
+/* classify(line, exact, prefixes, suffixes) -> kind | format << 2, for one line: kind 0 a
+ * standard header whose tag no pack covers, 1 a covered tag, 2 no standard header; format 1
+ * RFC 3339, 2 RFC 3164 (0 with kind 2). The watcher's per-line fast path (engine.py). */
+static PyObject *fastscan_classify(PyObject *self, PyObject *args) {
+    PyObject *line, *exact_t, *prefix_t, *suffix_t;
+    if (!PyArg_ParseTuple(args, "SO!O!O!", &line, &PyTuple_Type, &exact_t, &PyTuple_Type,
+                          &prefix_t, &PyTuple_Type, &suffix_t))
+        return NULL;
+    words exact = {0}, prefixes = {0}, suffixes = {0};
+    PyObject *result = NULL;
+    if (load_words(exact_t, &exact, "exact") < 0 || load_words(prefix_t, &prefixes, "prefixes") < 0
+        || load_words(suffix_t, &suffixes, "suffixes") < 0)
+        goto done;
+    int format = 0;
+    int kind = classify((const unsigned char *)PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line),
+                        &exact, &prefixes, &suffixes, &format);
+    result = PyLong_FromLong(kind | (kind == 2 ? 0 : format << 2));
+done:
+    PyMem_Free(exact.w);
+    PyMem_Free(prefixes.w);
+    PyMem_Free(suffixes.w);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"classify", fastscan_classify, METH_VARARGS,
+     "classify(line, exact, prefixes, suffixes) -> kind | format << 2"},
     {"scan", fastscan_scan, METH_VARARGS,
      "scan(block, exact, prefixes, suffixes) -> (lines, rfc3339, rfc3164, picked)"},
     {NULL, NULL, 0, NULL}};
