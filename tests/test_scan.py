@@ -173,3 +173,18 @@ def test_the_watchers_per_line_fast_path_agrees_with_the_regex():
             engine._tag_words = None
         results.append(([engine.match_line(line) for line in lines], engine.stats))
     assert results[0] == results[1]
+
+
+@needs_c
+def test_c_header_reads_what_the_header_regex_reads():
+    from logkey.parse.headers import parse as parse_c, parse_by_regex
+    lines = hostile_headers() + [b"Nov 27 10:00:00 mail dovecot[1]: [ID 702911 mail.notice] x",
+                                 b"<13>Nov 27 10:00:00 (none) popper[9]: y"]
+    seen = 0
+    for line in lines:
+        a, b = parse_c(line), parse_by_regex(line)
+        assert (a is None) == (b is None), line
+        if a is not None:
+            seen += 1
+            assert [getattr(a, k) for k in a.__slots__] == [getattr(b, k) for k in b.__slots__], line
+    assert seen > 1000

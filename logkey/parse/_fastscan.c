@@ -150,52 +150,78 @@ static int covered(const unsigned char *tag, Py_ssize_t len, const words *exact,
     return 0;
 }
 
-/* 0: a standard header, tag not covered; 1: covered; 2: no standard header. *format: 1 for
- * RFC 3339, 2 for RFC 3164 (when 0 or 1). */
-static int classify(const unsigned char *s, Py_ssize_t n, const words *exact,
-                    const words *prefixes, const words *suffixes, int *format) {
+/* Where the pieces of a standard header are: headers.py's SYSLOG_3339 / SYSLOG_3164 and
+ * from_fast_match read the same. */
+typedef struct {
+    int format;                 /* 1 RFC 3339, 2 RFC 3164 */
+    Py_ssize_t stamp, stamp_end, host, host_end, tag, tag_end, pid, pid_end, message;
+} header_span;
+
+/* 1 when s[0..n) starts with a standard header (its pieces in *h), 0 otherwise. */
+static int standard_header(const unsigned char *s, Py_ssize_t n, header_span *h) {
     Py_ssize_t i = 0;
     if (n > 0 && s[0] == '<') {                 /* (?:<\d{1,3}>)? */
         Py_ssize_t j = 1;
         while (j < n && j <= 3 && is_digit(s[j])) j++;
         if (j > 1 && j < n && s[j] == '>') i = j + 1;
         /* else no PRI: the stamp would have to start with "<", which none does */
-        else return 2;
+        else return 0;
     }
-    Py_ssize_t h;
+    Py_ssize_t after;
+    h->stamp = i;
     if (i < n && is_digit(s[i])) {
-        h = stamp_3339(s, i, n);
-        *format = 1;
+        after = stamp_3339(s, i, n);
+        h->format = 1;
     } else {
-        h = stamp_3164(s, i, n);
-        *format = 2;
+        after = stamp_3164(s, i, n);
+        h->format = 2;
     }
-    if (h < 0) return 2;
+    if (after < 0) return 0;
+    h->stamp_end = after - 1;
     /* HOST: [A-Za-z0-9._-]{1,255} | "(none)", then " " */
-    Py_ssize_t j = h;
+    Py_ssize_t j = after;
+    h->host = j;
     if (n - j >= 7 && memcmp(s + j, "(none) ", 7) == 0) {
-        j += 7;
+        j += 6;
     } else {
-        while (j < n && j - h < HOST_MAX && is_host_char(s[j])) j++;
-        if (j == h || j >= n || s[j] != ' ') return 2;
-        j++;
+        while (j < n && j - after < HOST_MAX && is_host_char(s[j])) j++;
+        if (j == after || j >= n || s[j] != ' ') return 0;
     }
+    h->host_end = j++;
     /* TAG: [A-Za-z0-9_][A-Za-z0-9_./@+-]{0,63} taken possessively, then (?:\[\d{1,10}\])?": " */
     Py_ssize_t t = j;
-    if (t >= n || !is_alnum_(s[t])) return 2;
+    if (t >= n || !is_alnum_(s[t])) return 0;
     j = t + 1;
     while (j < n && j - t < TAG_MAX && is_tag_char(s[j])) j++;
-    Py_ssize_t len = j - t;
+    h->tag = t;
+    h->tag_end = j;
+    h->pid = h->pid_end = -1;
     if (j < n && s[j] == '[') {
         Py_ssize_t k = j + 1;
         while (k < n && k - j - 1 < 10 && is_digit(s[k])) k++;
-        if (k > j + 1 && k + 2 < n && s[k] == ']' && s[k + 1] == ':' && s[k + 2] == ' ')
-            return covered(s + t, len, exact, prefixes, suffixes);
-        return 2;       /* with the pid left out, "[" would have to be ":" */
+        if (k > j + 1 && k + 2 < n && s[k] == ']' && s[k + 1] == ':' && s[k + 2] == ' ') {
+            h->pid = j + 1;
+            h->pid_end = k;
+            h->message = k + 3;
+            return 1;
+        }
+        return 0;       /* with the pid left out, "[" would have to be ":" */
     }
-    if (j + 1 < n && s[j] == ':' && s[j + 1] == ' ')
-        return covered(s + t, len, exact, prefixes, suffixes);
-    return 2;
+    if (j + 1 < n && s[j] == ':' && s[j + 1] == ' ') {
+        h->message = j + 2;
+        return 1;
+    }
+    return 0;
+}
+
+/* 0: a standard header, tag not covered; 1: covered; 2: no standard header. *format: 1 for
+ * RFC 3339, 2 for RFC 3164 (when 0 or 1). */
+static int classify(const unsigned char *s, Py_ssize_t n, const words *exact,
+                    const words *prefixes, const words *suffixes, int *format) {
+    header_span h;
+    if (!standard_header(s, n, &h)) return 2;
+    *format = h.format;
+    return covered(s + h.tag, h.tag_end - h.tag, exact, prefixes, suffixes);
 }
 
 static PyObject *fastscan_scan(PyObject *self, PyObject *args) {
@@ -268,7 +294,39 @@ done:
     return result;
 }
 
+static PyObject *format_names[3];
+
+/* header(line) -> (format, stamp, host, program, pid, message, rest) of a line with a standard
+ * header, what headers.from_fast_match gives (before its Solaris msgid check); None otherwise. */
+static PyObject *fastscan_header(PyObject *self, PyObject *arg) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "header: bytes");
+        return NULL;
+    }
+    const char *s = PyBytes_AS_STRING(arg);
+    Py_ssize_t n = PyBytes_GET_SIZE(arg);
+    header_span h;
+    if (!standard_header((const unsigned char *)s, n, &h)) Py_RETURN_NONE;
+    PyObject *pid;
+    if (h.pid >= 0) {
+        pid = PyUnicode_DecodeASCII(s + h.pid, h.pid_end - h.pid, NULL);
+    } else {
+        pid = Py_None;
+        Py_INCREF(pid);
+    }
+    if (pid == NULL) return NULL;
+    PyObject *out = Py_BuildValue("(Oy#y#NNy#y#)", format_names[h.format],
+                                  s + h.stamp, h.stamp_end - h.stamp, s + h.host,
+                                  h.host_end - h.host,
+                                  PyUnicode_DecodeASCII(s + h.tag, h.tag_end - h.tag, NULL),
+                                  pid, s + h.message, n - h.message, s + h.stamp_end + 1,
+                                  n - h.stamp_end - 1);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"header", fastscan_header, METH_O,
+     "header(line) -> (format, stamp, host, program, pid, message, rest) or None"},
     {"classify", fastscan_classify, METH_VARARGS,
      "classify(line, exact, prefixes, suffixes) -> kind | format << 2"},
     {"scan", fastscan_scan, METH_VARARGS,
@@ -279,4 +337,9 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastscan",
                                     "scan.py's pre-filter in C (see the source's comment).",
                                     -1, methods};
 
-PyMODINIT_FUNC PyInit__fastscan(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastscan(void) {
+    format_names[1] = PyUnicode_InternFromString("rfc3339");
+    format_names[2] = PyUnicode_InternFromString("rfc3164");
+    if (format_names[1] == NULL || format_names[2] == NULL) return NULL;
+    return PyModule_Create(&module);
+}

@@ -144,10 +144,13 @@ class Engine:
         # it, one regex match and one dict lookup, and no Header object.
         if self._tag_words is not None and own_rules is None:
             code = _fastscan.classify(line, *self._tag_words)
-            if code & 3 == 0:
+            kind = code & 3                 # 0 a tag no pack covers, 1 a covered one, 2 other
+            if kind != 2:
                 stats.formats["rfc3339" if code >> 2 == 1 else "rfc3164"] += 1
-                return None
-        m = headers.SYSLOG_3339.match(line) or headers.SYSLOG_3164.match(line)
+                return None if kind == 0 else self.match_header(headers.parse(line), where)
+            m = None
+        else:
+            m = headers.SYSLOG_3339.match(line) or headers.SYSLOG_3164.match(line)
         if m is not None and own_rules is None:
             stats.formats["rfc3164" if m.re is headers.SYSLOG_3164 else "rfc3339"] += 1
             tag = m.group(3)                # the tag (headers checks the group numbers)

@@ -32,6 +32,11 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone, tzinfo
 
+try:                            # the standard header read in C (scan.py's pre-filter, setup.py)
+    from ._fastscan import header as _c_header
+except ImportError:
+    _c_header = None
+
 # --- the fast path: "<stamp> host tag[pid]: " covers nearly every line of a mail log -------
 # The host is a host name, an IPv4 address or "(none)": nothing with "(" or "<", so a dovecot
 # own-file line such as "<stamp> imap(user name with spaces)<pid><session>: ..." can never be
@@ -99,10 +104,28 @@ class Header:
 
 def parse(line: bytes) -> Header | None:
     """Parse one line (without its newline). None when no known header is found."""
+    if _c_header is not None:
+        fields = _c_header(line)
+        if fields is not None:
+            return from_fast_fields(fields)
+        return parse_slow(line)
+    return parse_by_regex(line)
+
+
+def parse_by_regex(line: bytes) -> Header | None:
+    """parse() without _fastscan (tests/test_scan.py holds the two to the same headers)."""
     m = SYSLOG_3339.match(line) or SYSLOG_3164.match(line)
     if m is not None:
         return from_fast_match(m, line)
     return parse_slow(line)
+
+
+def from_fast_fields(fields: tuple) -> Header:
+    """The Header of _fastscan.header's fields: SYSLOG_3339 / SYSLOG_3164 read in C."""
+    fmt, stamp, host, program, pid, message, rest = fields
+    if message[:4] == b"[ID ":
+        message = _SOLARIS_MSGID.sub(b"", message, count=1)
+    return Header(fmt, stamp, host, program, pid, message, rest)
 
 
 def from_fast_match(m, line: bytes) -> Header:
