@@ -16,7 +16,7 @@ import regex
 from . import headers
 from .correlate import LOGOUT_HOLD, Correlator
 from ..events import CONNECT, GATE_PROTOCOLS, LOGIN, Event, canonical_ip
-from .match import PackSet
+from .match import IGNORED, PackSet
 from .scan import _fastscan, _plain_tag_words
 
 NEAR_MISS_WORDS = regex.compile(r"(?i)log(?:ged |\s?)in|logout|auth|user|pass|session")
@@ -215,12 +215,13 @@ class Engine:
                              self.clock.time(header))
         message = text.decode("utf-8", "surrogateescape")
         try:
-            m = rules.match(message, program, header.pid)
+            m = rules.match_or_ignored(message, program, header.pid)
         except TimeoutError:
             self.stats.timeouts += 1
             return None
-        if m is None:
-            self._no_match(rules, program, message, where)
+        if m is None or m is IGNORED:
+            self._no_match(rules, program, message, where,
+                           (m is IGNORED) if rules.folds_ignore else None)
             return None
         stats = self.stats
         rule = m.rule
@@ -247,14 +248,17 @@ class Engine:
                      rule.id, m.session, m.pid, rule.join,
                      header.host.decode("ascii") if header.host else None, header.format)
 
-    def _no_match(self, rules, program, message, where):
+    def _no_match(self, rules, program, message, where, known=None):
+        """`known`: whether a known non-event matched, when the rules' match already told
+        (Dispatch.folds_ignore); None: ask rules.ignored."""
         if not NEAR_MISS_WORDS.search(message):
             return
-        try:
-            known = rules.ignored(message)
-        except TimeoutError:
-            self.stats.timeouts += 1
-            return
+        if known is None:
+            try:
+                known = rules.ignored(message)
+            except TimeoutError:
+                self.stats.timeouts += 1
+                return
         if known:
             self.stats.ignored += 1             # a known non-event (a failure, a statistic)
             return

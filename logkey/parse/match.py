@@ -35,6 +35,10 @@ class Match:
 
 
 _INLINE_FLAGS = regex.compile(r"\(\?[aiLmsux]+\)")
+_BACKREFERENCE = regex.compile(r"\\[1-9]|\\g<|\(\?P=|\(\?P>|\(\?&|\(\?R|\(\?[0-9]")
+
+
+IGNORED = object()       # Dispatch.match_or_ignored: no rule, a known non-event
 
 
 class Dispatch:
@@ -43,7 +47,7 @@ class Dispatch:
     time limit however many rules apply; first branch that matches the whole message wins,
     exactly as trying the rules in order would."""
     __slots__ = ("rules", "pattern", "markers", "ignore", "cut_at", "packs", "_names",
-                 "_marker_at", "_rule_names")
+                 "_marker_at", "_rule_names", "folds_ignore")
 
     def __init__(self, rules: list[Rule], ignore: list[regex.Pattern], cut_at: int | None = None,
                  packs: tuple[str, ...] = ()):
@@ -56,15 +60,28 @@ class Dispatch:
         self.pattern = None
         self.markers = [(f"_r{i}", rule) for i, rule in enumerate(rules)]
         sources = [r.pattern.pattern for r in rules]
-        if rules and not any(_INLINE_FLAGS.search(src) for src in sources):
-            try:
-                self.pattern = regex.compile("(?:" + "|".join(
-                    f"(?P<_r{i}>)(?:{src[1:-1]})" for i, src in enumerate(sources)) + ")")
-            except regex.error:
-                self.pattern = None
         self.ignore = None
         if ignore:
             self.ignore = regex.compile("(?:" + "|".join(f"(?:{p.pattern})" for p in ignore) + ")")
+        # The known non-events ride in the same regex, after every rule, when they can: a line
+        # no rule matches is then told ignored or not by the same match, under the same time
+        # limit, not by a second one. An ignore pattern matches a prefix (re.match), hence the
+        # "(?s:.*)" after it; one with inline flags or a back-reference stays on its own.
+        self.folds_ignore = bool(ignore) and not any(
+            _INLINE_FLAGS.search(p.pattern) or _BACKREFERENCE.search(p.pattern) for p in ignore)
+        if rules and not any(_INLINE_FLAGS.search(src) for src in sources):
+            branches = [f"(?P<_r{i}>)(?:{src[1:-1]})" for i, src in enumerate(sources)]
+            folded = branches + [f"(?P<_i{i}>)(?:{p.pattern})(?s:.*)" for i, p in enumerate(ignore)]
+            for candidate in ((folded, branches) if self.folds_ignore else (branches,)):
+                try:
+                    self.pattern = regex.compile("(?:" + "|".join(candidate) + ")")
+                    break
+                except regex.error:
+                    self.pattern = None
+            self.folds_ignore = self.folds_ignore and self.pattern is not None and \
+                candidate is folded
+        else:
+            self.folds_ignore = False
         # Where each pattern's groups are in m.groups(): one call per line reads them all (a
         # group looked up by name costs more than all of them by position).
         self._names = _present(self.pattern) if self.pattern is not None else None
@@ -78,6 +95,12 @@ class Dispatch:
     def match(self, message: str, program: str | None, header_pid: str | None):
         """The first rule matching the whole message, as a Match; None when none matches.
         Raises TimeoutError when the match hits its time limit."""
+        m = self.match_or_ignored(message, program, header_pid)
+        return None if m is IGNORED else m
+
+    def match_or_ignored(self, message: str, program: str | None, header_pid: str | None):
+        """match(), or IGNORED when no rule matches and `folds_ignore` and a known non-event
+        does (when not `folds_ignore`, ignored() answers that)."""
         # The time limit is passed by position (string, pos, endpos, concurrent, partial,
         # timeout): as a keyword, regex's argument parsing costs more than most matches.
         if self.pattern is not None:
@@ -88,7 +111,7 @@ class Dispatch:
             for at, rule in self._marker_at:
                 if groups[at] is not None:      # the branch that matched
                     return _to_match(rule, groups, self._names, program, header_pid)
-            return None
+            return IGNORED                      # an ignore branch (only they are left)
         for rule, names in zip(self.rules, self._rule_names):
             m = rule.pattern.fullmatch(message, None, None, None, False, MATCH_TIMEOUT)
             if m is not None:
