@@ -188,3 +188,16 @@ def test_c_header_reads_what_the_header_regex_reads():
             seen += 1
             assert [getattr(a, k) for k in a.__slots__] == [getattr(b, k) for k in b.__slots__], line
     assert seen > 1000
+
+
+@needs_c
+def test_c_pre_filter_reads_every_glob_shape_and_long_words_as_the_regex():
+    long = "y" * 70
+    packs = PACKS.with_aliases({"mx2": "dovecot", long: "dovecot", "y" * 64: "dovecot"})
+    tagged = [b"Nov 27 10:00:00 mail %s: m" % t for t in
+              (b"mx2", b"mx", b"mx22", long.encode(), b"y" * 64, b"y" * 63, b"a/imaps", b"imaps",
+               b"perdition.imap", b"perdition.", b"perdition", b"qpopperx", b"x/pop3sx")]
+    block = b"\n".join(hostile_headers()[:2000] + tagged)
+    c, r = Scanner(packs), Scanner(packs, use_c=False)
+    assert c.scan != r.scan
+    assert c.scan(block) == r.scan(block)

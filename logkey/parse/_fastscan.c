@@ -106,10 +106,20 @@ typedef struct {
     Py_ssize_t n;
 } word;
 
+/* A set of words, by length (exact tags are compared only with those of the tag's length) and
+ * by first and last byte (most tags of a mail log, Postfix's, start or end with none of the
+ * covered ones' bytes, and are passed over without a comparison). */
 typedef struct {
-    word *w;
+    word *w;                    /* sorted by length */
     Py_ssize_t count;
+    Py_ssize_t by_len[TAG_MAX + 2];     /* words of length L: w[by_len[L] .. by_len[L + 1]) */
+    unsigned char first[256], last[256];
 } words;
+
+static int by_length(const void *a, const void *b) {
+    Py_ssize_t x = ((const word *)a)->n, y = ((const word *)b)->n;
+    return (x > y) - (x < y);
+}
 
 static int load_words(PyObject *tuple, words *out, const char *what) {
     if (!PyTuple_Check(tuple)) {
@@ -122,31 +132,48 @@ static int load_words(PyObject *tuple, words *out, const char *what) {
         PyErr_NoMemory();
         return -1;
     }
+    memset(out->first, 0, sizeof out->first);
+    memset(out->last, 0, sizeof out->last);
     for (Py_ssize_t k = 0; k < out->count; k++) {
         PyObject *b = PyTuple_GET_ITEM(tuple, k);
-        if (!PyBytes_Check(b)) {
+        if (!PyBytes_Check(b) || PyBytes_GET_SIZE(b) > TAG_MAX) {
             PyMem_Free(out->w);
             out->w = NULL;
-            PyErr_Format(PyExc_TypeError, "%s: a tuple of bytes", what);
+            PyErr_Format(PyExc_TypeError, "%s: a tuple of bytes of at most %d", what, TAG_MAX);
             return -1;
         }
         out->w[k].s = PyBytes_AS_STRING(b);
         out->w[k].n = PyBytes_GET_SIZE(b);
+        if (out->w[k].n == 0) {             /* "*": every tag */
+            memset(out->first, 1, sizeof out->first);
+            memset(out->last, 1, sizeof out->last);
+        } else {
+            out->first[(unsigned char)out->w[k].s[0]] = 1;
+            out->last[(unsigned char)out->w[k].s[out->w[k].n - 1]] = 1;
+        }
+    }
+    qsort(out->w, out->count, sizeof(word), by_length);
+    Py_ssize_t k = 0;
+    for (Py_ssize_t len = 0; len <= TAG_MAX + 1; len++) {
+        while (k < out->count && out->w[k].n < len) k++;
+        out->by_len[len] = k;
     }
     return 0;
 }
 
 static int covered(const unsigned char *tag, Py_ssize_t len, const words *exact,
                    const words *prefixes, const words *suffixes) {
-    for (Py_ssize_t k = 0; k < exact->count; k++)
-        if (exact->w[k].n == len && memcmp(exact->w[k].s, tag, len) == 0) return 1;
-    for (Py_ssize_t k = 0; k < prefixes->count; k++)
-        if (prefixes->w[k].n <= len && memcmp(prefixes->w[k].s, tag, prefixes->w[k].n) == 0)
-            return 1;
-    for (Py_ssize_t k = 0; k < suffixes->count; k++)
-        if (suffixes->w[k].n <= len
-            && memcmp(suffixes->w[k].s, tag + len - suffixes->w[k].n, suffixes->w[k].n) == 0)
-            return 1;
+    /* len is 1..TAG_MAX (standard_header) */
+    if (exact->first[tag[0]])
+        for (Py_ssize_t k = exact->by_len[len]; k < exact->by_len[len + 1]; k++)
+            if (memcmp(exact->w[k].s, tag, len) == 0) return 1;
+    if (prefixes->first[tag[0]] || prefixes->by_len[1] > 0)
+        for (Py_ssize_t k = 0; k < prefixes->by_len[len + 1]; k++)
+            if (memcmp(prefixes->w[k].s, tag, prefixes->w[k].n) == 0) return 1;
+    if (suffixes->last[tag[len - 1]] || suffixes->by_len[1] > 0)
+        for (Py_ssize_t k = 0; k < suffixes->by_len[len + 1]; k++)
+            if (memcmp(suffixes->w[k].s, tag + len - suffixes->w[k].n, suffixes->w[k].n) == 0)
+                return 1;
     return 0;
 }
 

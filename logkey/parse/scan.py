@@ -133,10 +133,12 @@ def _plain_tag_words(packs: PackSet) -> tuple[tuple, tuple, tuple] | None:
                 suffixes.add(tail)
             else:
                 return None
-    words = [tuple(sorted(w.encode() for w in group)) for group in (exact, prefixes, suffixes)]
+    words = [sorted(w.encode() for w in group) for group in (exact, prefixes, suffixes)]
     if not all(plain.fullmatch(w) for group in words for w in group):
         return None
-    return words[0], words[1], words[2]
+    # A tag is at most 64 characters (headers.TAG): a longer word matches none
+    exact, prefixes, suffixes = (tuple(w for w in group if len(w) <= 64) for group in words)
+    return exact, prefixes, suffixes
 
 
 class Scanner:
