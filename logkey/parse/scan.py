@@ -145,8 +145,6 @@ class Scanner:
     def __init__(self, packs: PackSet, use_c: bool = True):
         """`use_c`: take _fastscan where it can answer (False: always the regex; the tests
         compare the two)."""
-        self.exact_programs = sorted({p for pack in packs.packs.values() for p in pack.programs
-                                      if "*" not in p and "?" not in p})
         self.pattern, lines = build_pattern(packs)
         total = self.pattern.groups
         self.covered_groups = [itemgetter(k) for k in range(total - lines, total)]

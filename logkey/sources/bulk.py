@@ -14,6 +14,7 @@ from datetime import datetime
 from operator import attrgetter
 
 from ..events import Event
+from ..parse import headers
 from ..parse.engine import Engine, Stats
 from .lines import BLOCK, open_log, read_blocks
 from ..parse.scan import Scanner
@@ -149,6 +150,19 @@ def _is_plain_file(path: str) -> int:
         return 0
 
 
+def _compile_first_tags(path: str, scanner: Scanner, matcher: Engine) -> None:
+    """Compile, before the fork, the rules of the covered tags the file's first block shows:
+    once here instead of once in each worker. Tags seen only later are compiled where they
+    are met; tags never met (most of the 46 the packs name, on most logs) never are."""
+    with open(path, "rb") as f:
+        head = f.read(BLOCK)
+    _, _, picks = scanner.scan(head[:max(0, head.rfind(b"\n"))])
+    for _, line, _ in picks:
+        header = headers.parse(line)
+        if header is not None and header.program is not None:
+            matcher.packs.rules_for(header.program)
+
+
 def matched_blocks(path: str, scanner: Scanner, matcher: Engine, cap: int,
                    workers: int | None = None):
     """`matcher` is an Engine used for its stateless matching only."""
@@ -165,8 +179,7 @@ def matched_blocks(path: str, scanner: Scanner, matcher: Engine, cap: int,
     chunk = max(CHUNK_MIN_BYTES, size // (workers * 4), BLOCK)
     jobs = [(path, start, min(size, start + chunk), cap) for start in range(0, size, chunk)]
     import multiprocessing                   # only for large files
-    for program in scanner.exact_programs:   # compile dispatch once, before the fork
-        matcher.packs.rules_for(program)
+    _compile_first_tags(path, scanner, matcher)
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(workers, initializer=_worker_init, initargs=(scanner, matcher)) as pool:
         for blocks in pool.imap(_match_chunk, jobs):
