@@ -127,7 +127,7 @@ def test_rule_programs_limit_a_rule_to_some_tags(tmp_path):
 ])
 def test_pack_loader_builds_what_safe_loader_builds(text):
     import yaml
-    from logkey.parse.packs import _Loader
+    from logkey.parse.packyaml import Loader as _Loader
     assert yaml.load(text, Loader=_Loader) == yaml.load(text, Loader=yaml.SafeLoader)
 
 
@@ -146,7 +146,7 @@ def test_pack_loader_refuses_as_safe_loader_does(tmp_path, text, reason):
 def test_shipped_packs_load_as_safe_loader_reads_them():
     import yaml
     from logkey.parse.packfiles import shipped_dir
-    from logkey.parse.packs import _Loader
+    from logkey.parse.packyaml import Loader as _Loader
     for path in sorted(shipped_dir().glob("*.yaml")):
         text = path.read_bytes()
         assert yaml.load(text, Loader=_Loader) == yaml.load(text, Loader=yaml.SafeLoader), path

@@ -13,9 +13,9 @@ from typing import Callable
 
 import regex
 import yaml
-from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from . import lint
+from .packyaml import Loader
 from ..errors import LogkeyError
 from ..events import CONNECT, KINDS, LOGIN, LOGOUT
 
@@ -90,52 +90,6 @@ class Pack:
     cut_at: int | None = None     # messages this long may be cut by the logger (see Dispatch)
     journal: dict | None = None   # program -> {trusted journal field: accepted values} (journal.py)
     proxies: list = field(default_factory=list)   # trusted_proxies, shared with its rules
-
-
-_YAML = "tag:yaml.org,2002:"
-_PLAIN_SCALARS = {_YAML + t: yaml.SafeLoader.yaml_constructors[_YAML + t]
-                  for t in ("int", "bool", "null", "float")}
-
-
-class _Unusual(Exception):
-    """A node _Loader's fast path leaves to SafeConstructor (the whole document)."""
-
-
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when present: 10x faster
-    """yaml's safe loader, building a document of only strings, numbers, booleans, nulls,
-    mappings with scalar keys and lists in one recursive pass, a third of the time
-    SafeConstructor's takes (its generators and per-node bookkeeping). Any other node (another
-    tag, a merge key, a node met twice through an alias) leaves the whole document to
-    SafeConstructor, so the data and the errors are its own."""
-
-    def construct_document(self, node):
-        try:
-            return self._plain(node, set())
-        except _Unusual:
-            return super().construct_document(node)
-
-    def _plain(self, node, seen):
-        cls, tag = node.__class__, node.tag
-        if cls is ScalarNode:
-            if tag == "tag:yaml.org,2002:str":
-                return node.value
-            construct = _PLAIN_SCALARS.get(tag)
-            if construct is None:
-                raise _Unusual
-            return construct(self, node)
-        if id(node) in seen:
-            raise _Unusual
-        seen.add(id(node))
-        if cls is MappingNode and tag == "tag:yaml.org,2002:map":
-            out = {}
-            for key, value in node.value:
-                if key.__class__ is not ScalarNode:
-                    raise _Unusual
-                out[self._plain(key, seen)] = self._plain(value, seen)
-            return out
-        if cls is SequenceNode and tag == "tag:yaml.org,2002:seq":
-            return [self._plain(item, seen) for item in node.value]
-        raise _Unusual
 
 
 def _fail(path, where, reason):
@@ -222,7 +176,7 @@ def load_pack(path: Path) -> Pack:
         _fail(path, "", "pack file name must be [a-z0-9_-]+.yaml")
     try:
         with open(path, "rb") as f:
-            data = yaml.load(f, Loader=_Loader)
+            data = yaml.load(f, Loader=Loader)
     except OSError as exc:
         _fail(path, "", exc.strerror or str(exc))
     except yaml.YAMLError as exc:
