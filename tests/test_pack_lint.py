@@ -116,3 +116,37 @@ def test_rule_programs_limit_a_rule_to_some_tags(tmp_path):
     with pytest.raises(PackError) as e:
         load_pack(tmp_path / "bad.yaml")
     assert "events[0] (one): programs must be a list" in str(e.value)
+
+
+@pytest.mark.parametrize("text", [
+    "a: [1, 0o17, 1:20, .inf, ~, yes, '2', x]\nb: {c: d}\n",
+    "a: &x {k: v}\nb: *x\n",                    # an alias: SafeConstructor's shared object
+    "a: &x {k: v}\n<<: *x\n",                   # a merge key
+    "a: 2026-11-27\nb: !!binary aGk=\n",        # tags the fast path leaves to SafeConstructor
+    "{a: 1, a: 2}\n",
+])
+def test_pack_loader_builds_what_safe_loader_builds(text):
+    import yaml
+    from logkey.parse.packyaml import Loader as _Loader
+    assert yaml.load(text, Loader=_Loader) == yaml.load(text, Loader=yaml.SafeLoader)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("programs: [testd]\n? [a]\n: b\n", "found unhashable key"),
+    ("programs: [testd]\nx: !foo y\n", "could not determine a constructor"),
+])
+def test_pack_loader_refuses_as_safe_loader_does(tmp_path, text, reason):
+    p = write(tmp_path, text)
+    with pytest.raises(PackError) as e:
+        load_pack(p)
+    assert str(e.value).startswith(f"{p}: line "), str(e.value)
+    assert reason in str(e.value)
+
+
+def test_shipped_packs_load_as_safe_loader_reads_them():
+    import yaml
+    from logkey.parse.packfiles import shipped_dir
+    from logkey.parse.packyaml import Loader as _Loader
+    for path in sorted(shipped_dir().glob("*.yaml")):
+        text = path.read_bytes()
+        assert yaml.load(text, Loader=_Loader) == yaml.load(text, Loader=yaml.SafeLoader), path

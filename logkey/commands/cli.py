@@ -13,9 +13,6 @@ from .. import __version__
 from .. import config as config_mod
 from ..errors import LogkeyError
 from ..ownlog import configure as configure_log, to_stderr
-from ..parse.headers import Clock
-from ..parse.match import own_file_rules
-from ..parse.packfiles import load_packs
 
 
 class UsageError(Exception):
@@ -36,12 +33,15 @@ def _load_config(args):
 
 
 def _packs(args, cfg):
+    from ..parse.packfiles import load_packs    # (regex, the packs: not for gates, check ...)
     names = args.pack or cfg.packs
     return load_packs(names, cfg.patterns_dir, services=cfg.services, proxies=cfg.trusted_proxies)
 
 
 def cmd_dry_run(args) -> int:
     from .dryrun import run
+    from ..parse.headers import Clock
+    from ..parse.match import own_file_rules
     cfg = _load_config(args)
     packs = _packs(args, cfg)
     # the aliases of the configuration's logs: entries (a site's own tags, e.g. instance_name)

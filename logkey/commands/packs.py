@@ -15,7 +15,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from ..parse.packfiles import load_packs, shipped_dir
 
 SOURCE_KINDS = ("captured", "published", "constructed", "other")
 
@@ -37,6 +36,7 @@ def source_kind(source) -> str:
 
 def origin(pack) -> tuple[str, bool]:
     """("shipped" | "local", overrides a shipped pack of the same name)."""
+    from ..parse.packfiles import shipped_dir
     shipped = shipped_dir().resolve()
     path = Path(pack.path).resolve()
     if path.parent == shipped:
@@ -69,6 +69,7 @@ def _load(args, cfg, wanted):
     files = [a for a in wanted if _is_file_arg(a)]
     names = [Path(a).stem if _is_file_arg(a) else a for a in wanted]
     only = cfg.packs and sorted(set(cfg.packs) | {Path(f).stem for f in files})
+    from ..parse.packfiles import load_packs    # (not at import: every command builds the parser)
     return load_packs(only or None, cfg.patterns_dir, extra=files, services=cfg.services, proxies=cfg.trusted_proxies), names
 
 

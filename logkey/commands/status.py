@@ -27,7 +27,6 @@ import sys
 import time
 
 from . import security
-from ..sources.journal import printable
 from ..daemon.statusfile import STATUS_EVERY, STATUS_NAME, lag, read_status
 
 STALE_AFTER = 4 * STATUS_EVERY      # seconds: a watcher's status older than this is stale
@@ -168,6 +167,7 @@ def _watcher(cfg, report: Report, now: float) -> dict | None:
 
 def _drift(status: dict | None, report: Report, now: float) -> None:
     """A warning for each pack whose lines look like logins while it reads none."""
+    from ..sources.journal import printable     # (not at import: every command builds the parser)
     for pack, d in sorted(((status or {}).get("drift") or {}).items()):
         if not isinstance(d, dict) or not d.get("lines"):
             continue

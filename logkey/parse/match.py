@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from functools import cached_property
 from operator import itemgetter
 from typing import TYPE_CHECKING
 
@@ -47,7 +48,7 @@ class Dispatch:
     time limit however many rules apply; first branch that matches the whole message wins,
     exactly as trying the rules in order would."""
     __slots__ = ("rules", "pattern", "markers", "ignore", "cut_at", "packs", "_names",
-                 "_marker_at", "_rule_names", "folds_ignore")
+                 "_marker_at", "_rule_names", "folds_ignore", "_ignore_src")
 
     def __init__(self, rules: list[Rule], ignore: list[regex.Pattern], cut_at: int | None = None,
                  packs: tuple[str, ...] = ()):
@@ -60,13 +61,16 @@ class Dispatch:
         self.pattern = None
         self.markers = [(f"_r{i}", rule) for i, rule in enumerate(rules)]
         sources = [r.pattern.pattern for r in rules]
+        # The known non-events: for a line no rule matched that looks like a login
+        # (Engine._no_match). Each pattern was compiled when its pack was loaded, so a bad one
+        # was refused there. They ride in the rules' regex, after every rule, when they can: a
+        # line no rule matches is then told ignored or not by the same match, under the same
+        # time limit, not by a second one. An ignore pattern matches a prefix (re.match), hence
+        # the "(?s:.*)" after it; one with inline flags or a back-reference stays on its own,
+        # compiled at the first line that needs it (ignored()).
         self.ignore = None
-        if ignore:
-            self.ignore = regex.compile("(?:" + "|".join(f"(?:{p.pattern})" for p in ignore) + ")")
-        # The known non-events ride in the same regex, after every rule, when they can: a line
-        # no rule matches is then told ignored or not by the same match, under the same time
-        # limit, not by a second one. An ignore pattern matches a prefix (re.match), hence the
-        # "(?s:.*)" after it; one with inline flags or a back-reference stays on its own.
+        self._ignore_src = ("(?:" + "|".join(f"(?:{p.pattern})" for p in ignore) + ")"
+                            if ignore else None)
         self.folds_ignore = bool(ignore) and not any(
             _INLINE_FLAGS.search(p.pattern) or _BACKREFERENCE.search(p.pattern) for p in ignore)
         if rules and not any(_INLINE_FLAGS.search(src) for src in sources):
@@ -119,8 +123,12 @@ class Dispatch:
         return None
 
     def ignored(self, message: str) -> bool:
-        return self.ignore is not None and \
-            self.ignore.match(message, None, None, None, False, MATCH_TIMEOUT) is not None
+        ignore = self.ignore
+        if ignore is None:
+            if self._ignore_src is None:
+                return False
+            ignore = self.ignore = regex.compile(self._ignore_src)
+        return ignore.match(message, None, None, None, False, MATCH_TIMEOUT) is not None
 
 
 NO_RULES = Dispatch([], [])
@@ -133,6 +141,7 @@ class PackSet:
 
     def __init__(self, packs: list[Pack], aliases: dict[str, str] | None = None):
         self.packs = {p.name: p for p in packs}
+        self._loaded = list(packs)
         self.aliases = dict(aliases or {})
         exact: dict[str, list[Pack]] = {}
         self._globs: list[tuple[str, Pack]] = []
@@ -143,12 +152,18 @@ class PackSet:
                 else:
                     exact.setdefault(prog, []).append(pack)
         self._exact = exact
-        cuts = [p.cut_at for p in packs if p.untagged and p.cut_at is not None]
-        self.untagged = Dispatch([r for p in packs for r in p.untagged],
-                                 [i for p in packs if p.untagged for i in p.ignore],
-                                 min(cuts) if cuts else None,
-                                 tuple(p.name for p in packs if p.untagged))
         self._cache: dict[str, Dispatch] = {}
+
+    @cached_property
+    def untagged(self) -> Dispatch:
+        """The rules for messages without a program tag, compiled at the first such message
+        (then a plain attribute: cached_property keeps it in the instance's __dict__)."""
+        packs = self._loaded
+        cuts = [p.cut_at for p in packs if p.untagged and p.cut_at is not None]
+        return Dispatch([r for p in packs for r in p.untagged],
+                        [i for p in packs if p.untagged for i in p.ignore],
+                        min(cuts) if cuts else None,
+                        tuple(p.name for p in packs if p.untagged))
 
     def rules_for(self, program: str) -> Dispatch:
         """The rules for a tag (empty for programs no pack covers). O(1) after the first call."""

@@ -14,9 +14,8 @@ from typing import Callable
 import regex
 import yaml
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when present: 10x faster
-
 from . import lint
+from .packyaml import Loader
 from ..errors import LogkeyError
 from ..events import CONNECT, KINDS, LOGIN, LOGOUT
 
@@ -177,7 +176,7 @@ def load_pack(path: Path) -> Pack:
         _fail(path, "", "pack file name must be [a-z0-9_-]+.yaml")
     try:
         with open(path, "rb") as f:
-            data = yaml.load(f, Loader=_Loader)
+            data = yaml.load(f, Loader=Loader)
     except OSError as exc:
         _fail(path, "", exc.strerror or str(exc))
     except yaml.YAMLError as exc:
