@@ -181,6 +181,17 @@ def test_whole_request_fast_path_agrees_with_the_decoder():
               b"request=smtpd_access_policy\r\n\r\n", bytes(range(256)) * 4, b"request=x\n=\n\n",
               b"client_address=1.2.3.4\nrequest=smtpd_access_policy\n\n", b"a=b\n\n",
               encode(postfix_request(OPEN_V4)) * 2, encode(postfix_request(OPEN_V4))[:-1]]
+    # The request line first, as smtpd sends it (the fast path's own branch): the address
+    # absent, empty, repeated, first-line-like, or a longer name ending in client_address.
+    first = b"request=smtpd_access_policy\n"
+    cases += [first + b"\n", first + b"client_address=\n\n",
+              first + b"client_address=192.0.2.7\nclient_address=192.0.2.8\n\n",
+              first + b"xclient_address=192.0.2.7\n\n", first + b"client_address\n\n",
+              first + b"client_address==192.0.2.7\n\n", first + b"client_address=1\0\n\n",
+              first + b"request=other\nclient_address=192.0.2.7\n\n",
+              b"request=smtpd_access_policyx\nclient_address=192.0.2.7\n\n",
+              first[:-1] + b"\r\nclient_address=192.0.2.7\n\n", first + b"=x\n\n",
+              first + b"client_address=192.0.2.7\n=\n\n", first + b"a=b\n\n\n"]
     rnd = random.Random(4)
     base = encode(postfix_request(OPEN_V4))
     for _ in range(3000):

@@ -49,15 +49,12 @@ Errors: every OSError becomes StoreError with one line; an invalid key is ValueE
 from __future__ import annotations
 
 import errno
-import fcntl
 import grp
 import os
 import re
 import secrets
 import stat
-import termios
 import time
-from array import array
 from typing import Iterator
 
 from ..atomic import write_atomic
@@ -108,7 +105,6 @@ class DirStore(Store):
         self._paths: dict[str, tuple] = {}         # key -> (name, path), checked (is_open)
         self._changes = None                        # inotify on the directory (remember_answers)
         self._memo: dict = {}                       # key -> (asked at, valid until, open)
-        self._queued = array("i", [0])
         self.temps_removed = 0                      # stale temp files the last purge() removed
         self._make_dir()
 
@@ -240,6 +236,7 @@ class DirStore(Store):
             changes.close()
             return False
         self._changes, self._memo = changes, {}
+        self._changed = changes._poller.poll              # poll(0): events queued?
         self._watch_gone = flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT | flags.IGNORED
         return True
 
@@ -252,8 +249,7 @@ class DirStore(Store):
             return self.is_open(ip, ipv6_prefix)
         now = time.time()
         # Changes first, then the memo: a change the kernel finished before this call is seen.
-        fcntl.ioctl(changes.fileno(), termios.FIONREAD, self._queued, True)
-        if self._queued[0]:
+        if self._changed(0):
             self._drain_changes()
             if self._changes is None:
                 return self.is_open(ip, ipv6_prefix, now)
