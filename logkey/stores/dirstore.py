@@ -21,7 +21,13 @@ its mtime is later than now, and it holds the record of that gate (JSON naming i
 `base.record_data`). A checker lstats the name and, when it is a regular file with a future
 mtime, reads it once (O_NOFOLLOW); `is_open` remembers which file versions (device, inode,
 ctime, size) held a good record, so a long-running checker pays one lstat per lookup. The
-content is `GateRecord.to_json()`, also for people and for `logkey gates`.
+policy service goes further (`remember_answers`, `recent_is_open`): it keeps its answers while
+an inotify watch on the directory reports no event (any write, rename, removal or touch empties
+them, checked with one poll(2) before each answer), never an open answer past the gate's mtime
+and none older than MEMO_AGE (1 s: the bound for a writer whose changes inotify cannot report,
+as on another NFS client, where the attribute cache already allows seconds); the miss wait
+asks is_open itself. The content is `GateRecord.to_json()`, also for people and for `logkey
+gates`.
 
 Writes are atomic: the record goes to a dot-prefixed temp file in the same directory (mode
 0640), its mtime is set to the expiry, it is fsynced and renamed over the gate's name, then the

@@ -2,7 +2,8 @@
 decide.py; a miss waited on (miss_wait), and a store outage logged once.
 
 Takes: the gate store, ipv6_prefix, miss_wait (seconds) and whether lookups run in threads
-(default: in the event loop for the dir store, whose `is_open` is one lstat; in a small
+(default: in the event loop for the dir store, answered from its memo while the kernel reports
+no change in the gate directory, else one lstat (DirStore.recent_is_open); in a small
 thread pool for the others, so a slow Redis never stalls the loop).
 Gives: `answer(request)` (in-loop) and `answer_async(request)` -> (action, the address to wait
 for on a miss, or None); `wait_open(ip)` -> the action after the miss wait.
