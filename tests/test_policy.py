@@ -398,6 +398,11 @@ def test_policy_open_gate_ok_else_dunno_on_every_listener(server):
     server.gates.delete(OPEN_V4)                      # `logkey close` takes effect at once
     with connect(server.unix) as s:
         assert ask(s, OPEN_V4) == b"action=DUNNO\n\n"
+        server.open_gate(OPEN_V4)                     # and so do a new gate, and a touch
+        assert ask(s, OPEN_V4) == b"action=OK\n\n"   # (the server's answers are remembered
+        past = time.time() - 1                        # only while the directory is unchanged)
+        os.utime(os.path.join(server.gates.path, OPEN_V4), (past, past))
+        assert ask(s, OPEN_V4) == b"action=DUNNO\n\n"
     st = os.stat(server.unix)
     assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == __import__("grp").getgrnam(
         "daemon").gr_gid
