@@ -18,6 +18,16 @@ responder answers (with the default 1 s, each would wait a second for a gate to 
 timed into the Prometheus histogram), to show what the metrics cost. --event-loop is the loop
 both servers run on (the same for both, so the ratio compares like with like; uvloop must be
 installed: pip install uvloop); the client always runs on asyncio's own.
+
+The client cycles through 2,000 requests (1,000 gated IPs), so after the first second nearly
+every lookup is answered from the dir store's memo (DirStore.recent_is_open, kept for up to a
+second while inotify reports no change); a real site's hit rate is that of a client's
+requests within a second (one per RCPT of a transaction). Measured 2026-12-02 with --gates
+20000, before and after that memo and the leaner request check, alternating, three runs each,
+medians, on a 2-core machine shared with another session's CPU-heavy benchmarks: ratio 0.38 ->
+0.60 on asyncio (p99 3.85 -> 4.32 ms, 36.6 -> 21.1 us CPU a request), 0.42 -> 0.82 on uvloop
+(p99 3.60 -> 4.16 ms, 30.0 -> 16.1 us); with the default 100,000 gates, one run each:
+asyncio 0.35 -> 0.54, uvloop 0.54 -> 0.89 (p99 1.26 ms, 12.2 us a request).
 """
 from __future__ import annotations
 
@@ -278,8 +288,9 @@ def main() -> None:
         if "logkey+metrics" in results:
             print(f"logkey with metrics / without: "
                   f"{results['logkey+metrics']['rps'] / results['logkey']['rps']:.2f}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    finally:                  # rm -rf: shutil.rmtree takes long over 100,000 gate files
+        if subprocess.run(["rm", "-rf", "--", tmp]).returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

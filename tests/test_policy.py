@@ -181,6 +181,17 @@ def test_whole_request_fast_path_agrees_with_the_decoder():
               b"request=smtpd_access_policy\r\n\r\n", bytes(range(256)) * 4, b"request=x\n=\n\n",
               b"client_address=1.2.3.4\nrequest=smtpd_access_policy\n\n", b"a=b\n\n",
               encode(postfix_request(OPEN_V4)) * 2, encode(postfix_request(OPEN_V4))[:-1]]
+    # The request line first, as smtpd sends it (the fast path's own branch): the address
+    # absent, empty, repeated, first-line-like, or a longer name ending in client_address.
+    first = b"request=smtpd_access_policy\n"
+    cases += [first + b"\n", first + b"client_address=\n\n",
+              first + b"client_address=192.0.2.7\nclient_address=192.0.2.8\n\n",
+              first + b"xclient_address=192.0.2.7\n\n", first + b"client_address\n\n",
+              first + b"client_address==192.0.2.7\n\n", first + b"client_address=1\0\n\n",
+              first + b"request=other\nclient_address=192.0.2.7\n\n",
+              b"request=smtpd_access_policyx\nclient_address=192.0.2.7\n\n",
+              first[:-1] + b"\r\nclient_address=192.0.2.7\n\n", first + b"=x\n\n",
+              first + b"client_address=192.0.2.7\n=\n\n", first + b"a=b\n\n\n"]
     rnd = random.Random(4)
     base = encode(postfix_request(OPEN_V4))
     for _ in range(3000):
@@ -386,6 +397,11 @@ def test_policy_open_gate_ok_else_dunno_on_every_listener(server):
                 assert ask(s, CLOSED_V6) == b"action=DUNNO\n\n"
     server.gates.delete(OPEN_V4)                      # `logkey close` takes effect at once
     with connect(server.unix) as s:
+        assert ask(s, OPEN_V4) == b"action=DUNNO\n\n"
+        server.open_gate(OPEN_V4)                     # and so do a new gate, and a touch
+        assert ask(s, OPEN_V4) == b"action=OK\n\n"   # (the server's answers are remembered
+        past = time.time() - 1                        # only while the directory is unchanged)
+        os.utime(os.path.join(server.gates.path, OPEN_V4), (past, past))
         assert ask(s, OPEN_V4) == b"action=DUNNO\n\n"
     st = os.stat(server.unix)
     assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == __import__("grp").getgrnam(

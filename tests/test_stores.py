@@ -410,6 +410,61 @@ def test_dir_is_open_rereads_a_rewritten_file(gates):
     assert not s.is_open("192.0.2.1") and s.bad_records == 1
 
 
+def test_dir_remembered_answers_see_every_change_at_once(gates, tmp_path):
+    """recent_is_open (the policy service's lookup) answers from its memo only while the
+    kernel reports no change in the directory: every way a gate opens or closes is seen by
+    the next lookup, and an open answer never outlives the gate's mtime."""
+    s = DirStore(gates)
+    assert s.remember_answers() and s.remember_answers()        # once is enough
+    now = time.time()
+    s.put(gate("192.0.2.1", now + 300))
+    assert s.recent_is_open("192.0.2.1") and s.recent_is_open("192.0.2.1")
+    assert not s.recent_is_open("192.0.2.2") and "192.0.2.2" in s._memo   # a miss remembered
+    s.put(gate("192.0.2.2", now + 300))                              # ... then opened
+    assert s.recent_is_open("192.0.2.2")
+    assert s.recent_is_open("192.0.2.1") and "192.0.2.1" in s._memo
+    s.delete("192.0.2.1")                                            # `logkey close`
+    assert not s.recent_is_open("192.0.2.1")
+    os.utime(gates / "192.0.2.2", (now - 1, now - 1))                # touch -d: closed
+    assert not s.recent_is_open("192.0.2.2")
+    os.utime(gates / "192.0.2.2", (now + 300, now + 300))            # and extended again
+    assert s.recent_is_open("192.0.2.2")
+    with open(gates / "192.0.2.2", "r+b") as f:                     # garbage written in place
+        f.write(b"#")
+    os.utime(gates / "192.0.2.2", (now + 300, now + 300))
+    assert not s.recent_is_open("192.0.2.2") and s.bad_records == 1
+    elsewhere = DirStore(tmp_path / "other")                         # renamed in from outside
+    elsewhere.put(gate("192.0.2.3", now + 300))
+    assert not s.recent_is_open("192.0.2.3")
+    os.rename(tmp_path / "other" / "192.0.2.3", gates / "192.0.2.3")
+    assert s.recent_is_open("192.0.2.3")
+    os.rename(gates / "192.0.2.3", tmp_path / "other" / "192.0.2.3")   # and out again
+    assert not s.recent_is_open("192.0.2.3")
+    s.put(gate("192.0.2.4", time.time() + 0.3))        # expires well inside MEMO_AGE
+    assert dirstore.MEMO_AGE > 0.3
+    assert s.recent_is_open("192.0.2.4")
+    time.sleep(0.4)                                    # no change in the directory meanwhile
+    assert not s.recent_is_open("192.0.2.4")
+    s.close()
+
+
+def test_dir_remembered_answers_stop_when_the_directory_goes(gates):
+    """The directory removed (or moved away, or its file system unmounted): the watch is gone,
+    so the lookups go back to one lstat each, on the path, whatever is there now."""
+    s = DirStore(gates)
+    assert s.remember_answers()
+    s.put(gate("192.0.2.1", time.time() + 300))
+    assert s.recent_is_open("192.0.2.1")
+    shutil.rmtree(gates)
+    assert not s.recent_is_open("192.0.2.1") and s._changes is None
+    gates.mkdir(mode=0o750)
+    s.put(gate("192.0.2.1", time.time() + 300))
+    assert s.recent_is_open("192.0.2.1")
+    gates.rename(gates.with_name("moved"))
+    assert not s.recent_is_open("192.0.2.1")
+    s.close()
+
+
 def plant(gates, name, kind, outside):
     """A non-regular entry under a gate name; `outside` is a directory beyond the store."""
     path = gates / name

@@ -21,7 +21,13 @@ its mtime is later than now, and it holds the record of that gate (JSON naming i
 `base.record_data`). A checker lstats the name and, when it is a regular file with a future
 mtime, reads it once (O_NOFOLLOW); `is_open` remembers which file versions (device, inode,
 ctime, size) held a good record, so a long-running checker pays one lstat per lookup. The
-content is `GateRecord.to_json()`, also for people and for `logkey gates`.
+policy service goes further (`remember_answers`, `recent_is_open`): it keeps its answers while
+an inotify watch on the directory reports no event (any write, rename, removal or touch empties
+them, checked with one poll(2) before each answer), never an open answer past the gate's mtime
+and none older than MEMO_AGE (1 s: the bound for a writer whose changes inotify cannot report,
+as on another NFS client, where the attribute cache already allows seconds); the miss wait
+asks is_open itself. The content is `GateRecord.to_json()`, also for people and for `logkey
+gates`.
 
 Writes are atomic: the record goes to a dot-prefixed temp file in the same directory (mode
 0640), its mtime is set to the expiry, it is fsynced and renamed over the gate's name, then the
@@ -68,6 +74,8 @@ TEMP_SUFFIX = ".tmp"
 TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{12}(?:\.purge)?\.tmp")   # what put()/purge() create
 GOOD_MAX = 65536                # file versions remembered as holding a good record (is_open)
 PATHS_MAX = 65536               # keys whose file name is remembered (is_open)
+MEMO_MAX = 65536                # answers remembered (recent_is_open)
+MEMO_AGE = 1.0                  # seconds a remembered answer is trusted at most (recent_is_open)
 
 
 _GATE_NAME = re.compile(r"[0-9a-f.:]{2,45}(?:_[0-9]{1,3})?")
@@ -101,6 +109,8 @@ class DirStore(Store):
         self.gid = self._resolve_group(group)
         self._good: dict[str, tuple] = {}          # name -> identity of a version with a record
         self._paths: dict[str, tuple] = {}         # key -> (name, path), checked (is_open)
+        self._changes = None                        # inotify on the directory (remember_answers)
+        self._memo: dict = {}                       # key -> (asked at, valid until, open)
         self.temps_removed = 0                      # stale temp files the last purge() removed
         self._make_dir()
 
@@ -189,8 +199,10 @@ class DirStore(Store):
         then its record read once per version of the file. `ip` must be canonical (every
         caller passes canonical_ip output); the file name is the key itself ("/" -> "_" for a
         prefix gate), nothing else."""
-        if now is None:
-            now = time.time()
+        return self._open_until(ip, ipv6_prefix, time.time() if now is None else now) > 0.0
+
+    def _open_until(self, ip: str, ipv6_prefix: int | None, now: float) -> float:
+        """is_open's lookup: the expiry (mtime) of the first open gate for `ip`, 0.0 if none."""
         for key in (keys_for(ip, ipv6_prefix) if ipv6_prefix and ":" in ip else (ip,)):
             name, path = self._paths.get(key) or self._path_of(key)
             try:
@@ -204,8 +216,76 @@ class DirStore(Store):
             elif st.st_mtime > now and (
                     self._good.get(name) == _identity(st) or
                     self._read(key, name, now) is not None):
-                return True
-        return False
+                return st.st_mtime
+        return 0.0
+
+    # -- remembered answers (the policy service): no lstat while the directory is unchanged --
+
+    def remember_answers(self) -> bool:
+        """Let `recent_is_open` answer from a memo of its last answers, emptied whenever the
+        kernel reports a change in the directory (inotify: a gate written, renamed, removed,
+        touched); an open answer is never kept past the gate's mtime. False (and recent_is_open
+        is is_open) when inotify is not available."""
+        if self._changes is not None:
+            return True
+        from ..sources.inotify import INotify, flags
+        try:
+            changes = INotify(nonblocking=True)
+        except OSError:
+            return False
+        try:                    # every event that may change whether a gate is open
+            changes.add_watch(self.path, flags.CREATE | flags.DELETE | flags.MOVED_FROM
+                              | flags.MOVED_TO | flags.MODIFY | flags.ATTRIB | flags.CLOSE_WRITE
+                              | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR
+                              | flags.DONT_FOLLOW)
+        except OSError:
+            changes.close()
+            return False
+        self._changes, self._memo = changes, {}
+        self._changed = changes._poller.poll              # poll(0): events queued?
+        self._watch_gone = flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT | flags.IGNORED
+        return True
+
+    def recent_is_open(self, ip: str, ipv6_prefix: int | None = None) -> bool:
+        """is_open(ip, ipv6_prefix) now, from the memo when nothing in the directory changed
+        since that answer (remember_answers) and it is under MEMO_AGE seconds old (the bound
+        for a writer whose changes inotify never reports, e.g. on another NFS client)."""
+        changes = self._changes
+        if changes is None:
+            return self.is_open(ip, ipv6_prefix)
+        now = time.time()
+        # Changes first, then the memo: a change the kernel finished before this call is seen.
+        if self._changed(0):
+            self._drain_changes()
+            if self._changes is None:
+                return self.is_open(ip, ipv6_prefix, now)
+        key = ip if not ipv6_prefix else (ip, ipv6_prefix)
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] <= now < memo[1]:
+            return memo[2]
+        until = self._open_until(ip, ipv6_prefix, now)
+        if len(self._memo) >= MEMO_MAX:
+            self._memo.clear()
+        self._memo[key] = (now, min(until, now + MEMO_AGE) if until else now + MEMO_AGE,
+                           until > 0.0)
+        return until > 0.0
+
+    def _drain_changes(self) -> None:
+        """Read the queued change events and forget every remembered answer; when the watch
+        is gone (the directory removed, moved or unmounted) stop remembering altogether."""
+        self._memo.clear()
+        try:
+            events = self._changes.read(timeout=0)
+        except OSError:
+            events = None
+        if events is None or any(e.mask & self._watch_gone for e in events):
+            self._changes.close()
+            self._changes, self._memo = None, {}
+
+    def close(self) -> None:
+        if self._changes is not None:
+            self._changes.close()
+            self._changes, self._memo = None, {}
 
     def _path_of(self, key: str) -> tuple[str, str]:
         """(file name, path) of a key is_open is asked about, checked once and remembered (a

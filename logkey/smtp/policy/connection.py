@@ -27,6 +27,8 @@ class Connection(asyncio.Protocol):
     def __init__(self, lookups, limits, listener: str):
         self.lookups, self.limits, self.listener = lookups, limits, listener
         self.decoder = Decoder(limits.max_request, KEEP)
+        self.max_request = limits.max_request
+        self.partial = False            # the decoder holds part of a request (decoder.pending)
         self.transport = None
         self.since = time.monotonic()   # last completed request, or start of a partial one
         self.busy = False               # a threaded lookup or a miss wait is in flight
@@ -53,8 +55,8 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes):
         lookups = self.lookups
-        if lookups.inline and not self.busy and not self.decoder.pending:
-            fields = whole_request(data, self.limits.max_request)
+        if not (self.busy or self.partial) and lookups.inline:
+            fields = whole_request(data, self.max_request)
             if fields is not None:                    # one whole request: the usual case
                 self.since = time.monotonic()
                 metrics = lookups.metrics
@@ -68,12 +70,14 @@ class Connection(asyncio.Protocol):
                     metrics.answer(action, time.perf_counter() - started)
                 self.transport.write(REPLIES[action])
                 return
-        had_partial = self.decoder.pending
+        had_partial = self.partial
         try:
             requests = self.decoder.feed(data)
         except ProtocolError as exc:
+            self.partial = False                      # a spent decoder holds nothing
             self.limits.client_error(self, str(exc))
             return
+        self.partial = self.decoder.pending
         if requests or not had_partial:
             self.since = time.monotonic()
         if not requests:

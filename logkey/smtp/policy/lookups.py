@@ -2,7 +2,8 @@
 decide.py; a miss waited on (miss_wait), and a store outage logged once.
 
 Takes: the gate store, ipv6_prefix, miss_wait (seconds) and whether lookups run in threads
-(default: in the event loop for the dir store, whose `is_open` is one lstat; in a small
+(default: in the event loop for the dir store, answered from its memo while the kernel reports
+no change in the gate directory, else one lstat (DirStore.recent_is_open); in a small
 thread pool for the others, so a slow Redis never stalls the loop).
 Gives: `answer(request)` (in-loop) and `answer_async(request)` -> (action, the address to wait
 for on a miss, or None); `wait_open(ip)` -> the action after the miss wait.
@@ -36,6 +37,12 @@ class Lookups:
         self.inline = not threaded if threaded is not None else isinstance(store, DirStore)
         self.is_open = (store.is_open if ipv6_prefix is None else    # one call less per lookup
                         lambda ip: store.is_open(ip, ipv6_prefix))
+        # In-loop answers of the dir store come from its memo while the directory is unchanged
+        # (DirStore.remember_answers); the miss wait always asks the store itself.
+        self.probe_open = self.is_open
+        if self.inline and isinstance(store, DirStore) and store.remember_answers():
+            self.probe_open = (store.recent_is_open if ipv6_prefix is None else
+                               lambda ip: store.recent_is_open(ip, ipv6_prefix))
         self._error, self._consulted = None, False
         self.pool = None if self.inline else ThreadPoolExecutor(THREADS, "logkey-policy")
         self.outage, self.outage_answers = False, 0
@@ -62,7 +69,7 @@ class Lookups:
     # The in-loop path: one request at a time, so the state lives on the object.
     def _probe(self, ip: str) -> bool:
         self._consulted = True
-        return self.is_open(ip)
+        return self.probe_open(ip)
 
     def _failed(self, exc: BaseException) -> None:
         self._error = exc
@@ -93,7 +100,7 @@ class Lookups:
             if ip is None:
                 return DUNNO, None
             consulted = True
-            is_open = self.is_open(ip) is True
+            is_open = self.probe_open(ip) is True
         except Exception as exc:                      # never OK on error (decide.py)
             self.account(exc, consulted)
             return DUNNO, None

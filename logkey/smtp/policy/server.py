@@ -2,8 +2,8 @@
 listeners (listeners.py) accept connections (connection.py: the codec in protocol.py, the
 lookups in lookups.py and decide.py), held to the limits in limits.py.
 
-Reads: the gate store (one `is_open` per request: one open/fstat for the dir store, run on
-the event loop; other stores run in a small thread pool so a slow Redis never stalls the loop).
+Reads: the gate store (one lookup per request: for the dir store its memo while inotify
+reports no change in the directory, else one lstat, run on the event loop; other stores run in a small thread pool so a slow Redis never stalls the loop).
 Writes: nothing but replies, the unix sockets it listens on (removed on exit) and log lines.
 Trust: anyone who can connect is a client; a client that breaks the protocol, sends more than
 `max_request` bytes in one request, or stays idle or half-way through a request for longer
