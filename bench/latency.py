@@ -83,7 +83,7 @@ def baseline(logins: int) -> list[float]:
     """A minimal inotify follower in its own process: the floor for 'see an appended line'."""
     code = r"""
 import os, sys
-from logkey.sources.inotify import INotify, flags
+from logkey.inotify import INotify, flags
 log, flag_dir = sys.argv[1], sys.argv[2]
 ino = INotify(); ino.add_watch(log, flags.MODIFY)
 f = open(log, "rb"); buf = b""

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "logkey"
 
 # The stages, lowest first. A module may import from its own stage and from a lower rank only.
 # The top-level modules are shared by all stages (vocabulary and small helpers: errors, events,
-# atomic, unixsock, ownlog, hostport); config is read by the stages that run as programs.
+# atomic, unixsock, ownlog, hostport, inotify); config is read by the stages that run as programs.
 RANKS = {
     "shared": 0,
     "parse": 1, "stores": 1,
@@ -26,7 +26,7 @@ RANKS = {
     "commands": 7,
     "entry": 8, "__main__": 9,
 }
-SHARED = {"errors", "events", "atomic", "unixsock", "ownlog", "hostport", "__init__"}
+SHARED = {"errors", "events", "atomic", "unixsock", "ownlog", "hostport", "inotify", "__init__"}
 STAGES = ("sources", "parse", "gates", "stores", "smtp", "pop", "daemon", "commands")
 LONG = 300           # lines; a longer module says at its top why it is one module
 SLACK = 40           # "about 300": a module a little over is not worth splitting for its own sake

@@ -74,7 +74,7 @@ def test_the_changelog_follows_the_version():
 
 def test_every_requirement_is_a_debian_package():
     deps = pyproject_dependencies()
-    assert "inotify-simple" not in deps                  # not in Debian: logkey/sources/inotify.py
+    assert "inotify-simple" not in deps                  # not in Debian: logkey/inotify.py
     assert set(deps) == set(DEBIAN_NAME), "a new requirement needs its Debian package here"
     stanza = binary_stanza()
     depends, recommends = relations(stanza["Depends"]), relations(stanza["Recommends"])

@@ -485,7 +485,7 @@ def test_wait_wakes_on_append_and_polls_without_inotify(tmp_path, monkeypatch):
     log.write_bytes(b"")
     for inotify in (True, False):
         if not inotify:
-            monkeypatch.setattr("logkey.sources.inotify.INotify", _no_inotify)    # inotify_init1 fails: polling
+            monkeypatch.setattr("logkey.inotify.INotify", _no_inotify)    # inotify_init1 fails: polling
         f = Follower([str(log)], str(tmp_path / "state"), line_time=ALWAYS_RECENT, poll_interval=0.05)
         assert (f.fileno() is not None) == inotify
         f.read()

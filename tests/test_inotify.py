@@ -1,4 +1,4 @@
-"""logkey/sources/inotify.py, the standard-library inotify the follower uses, against the real kernel:
+"""logkey/inotify.py, the standard-library inotify the follower uses, against the real kernel:
 the events follow.py reads (create, modify, rename pairs, delete, the watch's end), names that
 are not UTF-8, non-blocking reads, a wait that wakes on the event, and the flag values against
 the kernel's own header when it is installed."""
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from logkey.sources.inotify import INotify, flags
+from logkey.inotify import INotify, flags
 
 DIR_MASK = (flags.MODIFY | flags.CREATE | flags.MOVED_TO | flags.MOVED_FROM | flags.DELETE
             | flags.CLOSE_WRITE | flags.ATTRIB)

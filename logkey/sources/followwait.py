@@ -36,7 +36,7 @@ class ChangeWatch:
         self._ino = None
         self._wds: dict[int, str] = {}
         try:
-            from . import inotify as inotify_simple  # its interface, from the stdlib (inotify.py)
+            from .. import inotify as inotify_simple  # its interface, from the stdlib (logkey/inotify.py)
             self._ino = inotify_simple.INotify(nonblocking=True)
             self._fl = inotify_simple.flags
             self._mask = 0

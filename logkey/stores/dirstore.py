@@ -228,7 +228,7 @@ class DirStore(Store):
         is is_open) when inotify is not available."""
         if self._changes is not None:
             return True
-        from ..sources.inotify import INotify, flags
+        from ..inotify import INotify, flags
         try:
             changes = INotify(nonblocking=True)
         except OSError:
