@@ -177,6 +177,44 @@ static int covered(const unsigned char *tag, Py_ssize_t len, const words *exact,
     return 0;
 }
 
+/* The three word sets of a call, kept from the last call: the callers (scan.py, engine.py)
+ * pass the same three tuples every time, so they are read once, not once per line or block.
+ * The tuples are held (immutable), so the same objects mean the same words. */
+typedef struct {
+    PyObject *tuples[3];
+    words sets[3];
+} tagset;
+
+static tagset last_tags;
+
+static void free_tagset(tagset *t) {
+    for (int k = 0; k < 3; k++) {
+        PyMem_Free(t->sets[k].w);
+        t->sets[k].w = NULL;
+        Py_CLEAR(t->tuples[k]);
+    }
+}
+
+static const tagset *load_tagset(PyObject *exact, PyObject *prefixes, PyObject *suffixes) {
+    PyObject *tuples[3] = {exact, prefixes, suffixes};
+    static const char *what[3] = {"exact", "prefixes", "suffixes"};
+    if (last_tags.tuples[0] == exact && last_tags.tuples[1] == prefixes
+        && last_tags.tuples[2] == suffixes)
+        return &last_tags;
+    tagset fresh = {{NULL, NULL, NULL}, {{0}}};
+    for (int k = 0; k < 3; k++) {
+        if (load_words(tuples[k], &fresh.sets[k], what[k]) < 0) {
+            free_tagset(&fresh);
+            return NULL;
+        }
+        Py_INCREF(tuples[k]);
+        fresh.tuples[k] = tuples[k];
+    }
+    free_tagset(&last_tags);
+    last_tags = fresh;
+    return &last_tags;
+}
+
 /* Where the pieces of a standard header are: headers.py's SYSLOG_3339 / SYSLOG_3164 and
  * from_fast_match read the same. */
 typedef struct {
@@ -251,16 +289,20 @@ static int classify(const unsigned char *s, Py_ssize_t n, const words *exact,
     return covered(s + h.tag, h.tag_end - h.tag, exact, prefixes, suffixes);
 }
 
-static PyObject *fastscan_scan(PyObject *self, PyObject *args) {
-    PyObject *block, *exact_t, *prefix_t, *suffix_t;
-    if (!PyArg_ParseTuple(args, "SO!O!O!", &block, &PyTuple_Type, &exact_t, &PyTuple_Type,
+/* The arguments of scan() and classify(): (bytes, exact, prefixes, suffixes). */
+static const tagset *subject_and_tags(PyObject *args, PyObject **subject) {
+    PyObject *exact_t, *prefix_t, *suffix_t;
+    if (!PyArg_ParseTuple(args, "SO!O!O!", subject, &PyTuple_Type, &exact_t, &PyTuple_Type,
                           &prefix_t, &PyTuple_Type, &suffix_t))
         return NULL;
-    words exact = {0}, prefixes = {0}, suffixes = {0};
+    return load_tagset(exact_t, prefix_t, suffix_t);
+}
+
+static PyObject *fastscan_scan(PyObject *self, PyObject *args) {
+    PyObject *block;
+    const tagset *tags = subject_and_tags(args, &block);
+    if (tags == NULL) return NULL;
     PyObject *picked = NULL, *result = NULL;
-    if (load_words(exact_t, &exact, "exact") < 0 || load_words(prefix_t, &prefixes, "prefixes") < 0
-        || load_words(suffix_t, &suffixes, "suffixes") < 0)
-        goto done;
     picked = PyList_New(0);
     if (picked == NULL) goto done;
     const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(block);
@@ -270,7 +312,8 @@ static PyObject *fastscan_scan(PyObject *self, PyObject *args) {
         const unsigned char *nl = memchr(s + start, '\n', size - start);
         Py_ssize_t end = nl ? (Py_ssize_t)(nl - s) : size;
         int format = 0;
-        int kind = classify(s + start, end - start, &exact, &prefixes, &suffixes, &format);
+        int kind = classify(s + start, end - start, &tags->sets[0], &tags->sets[1],
+                            &tags->sets[2], &format);
         if (kind != 2) {
             if (format == 1) n3339++;
             else n3164++;
@@ -290,9 +333,6 @@ static PyObject *fastscan_scan(PyObject *self, PyObject *args) {
     }
     result = Py_BuildValue("(nnnO)", index, n3339, n3164, picked);
 done:
-    PyMem_Free(exact.w);
-    PyMem_Free(prefixes.w);
-    PyMem_Free(suffixes.w);
     Py_XDECREF(picked);
     return result;
 }
@@ -301,24 +341,13 @@ done:
  * standard header whose tag no pack covers, 1 a covered tag, 2 no standard header; format 1
  * RFC 3339, 2 RFC 3164 (0 with kind 2). The watcher's per-line fast path (engine.py). */
 static PyObject *fastscan_classify(PyObject *self, PyObject *args) {
-    PyObject *line, *exact_t, *prefix_t, *suffix_t;
-    if (!PyArg_ParseTuple(args, "SO!O!O!", &line, &PyTuple_Type, &exact_t, &PyTuple_Type,
-                          &prefix_t, &PyTuple_Type, &suffix_t))
-        return NULL;
-    words exact = {0}, prefixes = {0}, suffixes = {0};
-    PyObject *result = NULL;
-    if (load_words(exact_t, &exact, "exact") < 0 || load_words(prefix_t, &prefixes, "prefixes") < 0
-        || load_words(suffix_t, &suffixes, "suffixes") < 0)
-        goto done;
+    PyObject *line;
+    const tagset *tags = subject_and_tags(args, &line);
+    if (tags == NULL) return NULL;
     int format = 0;
     int kind = classify((const unsigned char *)PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line),
-                        &exact, &prefixes, &suffixes, &format);
-    result = PyLong_FromLong(kind | (kind == 2 ? 0 : format << 2));
-done:
-    PyMem_Free(exact.w);
-    PyMem_Free(prefixes.w);
-    PyMem_Free(suffixes.w);
-    return result;
+                        &tags->sets[0], &tags->sets[1], &tags->sets[2], &format);
+    return PyLong_FromLong(kind | (kind == 2 ? 0 : format << 2));
 }
 
 static PyObject *format_names[3];
