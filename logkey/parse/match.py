@@ -71,21 +71,19 @@ class Dispatch:
         self.ignore = None
         self._ignore_src = ("(?:" + "|".join(f"(?:{p.pattern})" for p in ignore) + ")"
                             if ignore else None)
-        self.folds_ignore = bool(ignore) and not any(
+        foldable = bool(ignore) and not any(
             _INLINE_FLAGS.search(p.pattern) or _BACKREFERENCE.search(p.pattern) for p in ignore)
+        self.folds_ignore = False
         if rules and not any(_INLINE_FLAGS.search(src) for src in sources):
             branches = [f"(?P<_r{i}>)(?:{src[1:-1]})" for i, src in enumerate(sources)]
             folded = branches + [f"(?P<_i{i}>)(?:{p.pattern})(?s:.*)" for i, p in enumerate(ignore)]
-            for candidate in ((folded, branches) if self.folds_ignore else (branches,)):
+            for candidate, folds in ([(folded, True)] if foldable else []) + [(branches, False)]:
                 try:
                     self.pattern = regex.compile("(?:" + "|".join(candidate) + ")")
-                    break
                 except regex.error:
-                    self.pattern = None
-            self.folds_ignore = self.folds_ignore and self.pattern is not None and \
-                candidate is folded
-        else:
-            self.folds_ignore = False
+                    continue
+                self.folds_ignore = folds
+                break
         # Where each pattern's groups are in m.groups(): one call per line reads them all (a
         # group looked up by name costs more than all of them by position).
         self._names = _present(self.pattern) if self.pattern is not None else None
