@@ -20,7 +20,7 @@ import pytest
 
 from logkey.smtp.policy.decide import DUNNO, OK, decide
 from logkey.smtp.policy.protocol import (Decoder, ProtocolError, encode, parse, reply,
-                                         whole_request)
+                                         whole_request, whole_request_python)
 from logkey.smtp.policy.connection import KEEP
 from logkey.smtp.policy.listeners import PolicyError, parse_listen
 from logkey.smtp.policy.lookups import Lookups
@@ -169,10 +169,16 @@ def decoded_as_whole_request(data: bytes, max_request: int = 65536):
             None if address is None else address.encode("utf-8", "surrogateescape"))
 
 
-def test_whole_request_fast_path_agrees_with_the_decoder():
+WHOLE_REQUESTS = [whole_request_python] + ([whole_request] if whole_request is not
+                                           whole_request_python else [])
+
+
+@pytest.mark.parametrize("whole_request", WHOLE_REQUESTS, ids=lambda f: f.__module__)
+def test_whole_request_fast_path_agrees_with_the_decoder(whole_request):
     """The connection's fast path (one request per write) never takes what the Decoder refuses,
     and takes the same values: every transcript request, every refused one, and random bytes
-    flipped, dropped or doubled in a real request."""
+    flipped, dropped or doubled in a real request. Both versions: Python, and C (_request.c)
+    where it was built."""
     import random
     cases = [r for r, _ in transcript()]
     cases += [b"garbage\n", b"request=smtpd_access_policy\nno equals sign\n\n", b"=value\n\n",
@@ -208,8 +214,15 @@ def test_whole_request_fast_path_agrees_with_the_decoder():
         cases.append(bytes(data))
     for data in cases:
         assert whole_request(data) == decoded_as_whole_request(data), data
+        assert whole_request(bytearray(data)) == whole_request(data), data
     big = b"request=smtpd_access_policy\nx=" + b"a" * 300 + b"\n\n"
     assert whole_request(big, 300) is None and decoded_as_whole_request(big, 300) is None
+    assert whole_request(big, len(big)) == (b"smtpd_access_policy", None)
+    assert whole_request(big, len(big) - 1) is None
+    at_default = b"request=smtpd_access_policy\nx=" + b"a" * (65536 - 32) + b"\n\n"
+    assert len(at_default) == 65536 and whole_request(at_default) is not None
+    assert whole_request(at_default[:-2] + b"a\n\n") is None      # one byte over the default
+
 
 
 # -- decision ---------------------------------------------------------------------------------

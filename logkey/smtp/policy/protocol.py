@@ -196,8 +196,8 @@ _POSTFIX_FIRST = b"request=smtpd_access_policy\n"     # the first line of what s
 _CLIENT_ADDRESS = b"\nclient_address="
 
 
-def whole_request(data: bytes, max_request: int = DEFAULT_MAX_REQUEST
-                  ) -> tuple[bytes, bytes | None] | None:
+def whole_request_python(data: bytes, max_request: int = DEFAULT_MAX_REQUEST
+                         ) -> tuple[bytes, bytes | None] | None:
     """The fast path for what Postfix sends on a persistent connection, one request per
     write: when `data` is exactly one complete request that keeps every rule above, its
     `request` and `client_address` values as raw bytes (the address None when absent).
@@ -222,6 +222,14 @@ def whole_request(data: bytes, max_request: int = DEFAULT_MAX_REQUEST
     if not request:
         return None
     return request, first_value(data, _CLIENT_ADDRESS)
+
+
+# The same answers in one pass in C (_request.c, built where a compiler is; ~0.3 us a request
+# against ~2.4 us here); tests/test_policy_request.py holds the two to each other.
+try:
+    from ._request import whole_request
+except ImportError:
+    whole_request = whole_request_python
 
 
 def reply(action: str) -> bytes:
