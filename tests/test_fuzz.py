@@ -1,7 +1,7 @@
 """Fuzzing the header parser, the pack engine and the bulk pre-filter (hypothesis, bounded in
 examples): no exception escapes, every address that comes out is canonical and written in the
 lines, the pre-filter never drops a line that has an event, and a line that hits the matcher's
-time limit gives no event and is counted (match.MATCH_TIMEOUT set to 0: every match hits it).
+time limit gives no event and is counted (match.regex_timeout set to 0: every match hits it).
 
 Inputs: random bytes; header-shaped prefixes with random messages; and mutations of every real
 line logkey knows (the packs' samples and the captured logs): bytes inserted, deleted,
@@ -143,7 +143,7 @@ def test_bulk_prefilter_never_drops_a_line_with_an_event(lines):
 
 @pytest.fixture
 def no_time(monkeypatch):
-    """Every regex match that runs hits its time limit (the matcher reads MATCH_TIMEOUT at each
+    """Every regex match that runs hits its time limit (the matcher reads regex_timeout at each
     call; a pattern that fails on its literal prefix returns before any check, so the time-outs
     raised are recorded here to compare with what the engine counted)."""
     raised = []
@@ -157,7 +157,7 @@ def no_time(monkeypatch):
                 raise
         return wrapper
 
-    monkeypatch.setattr(match, "MATCH_TIMEOUT", 0)
+    monkeypatch.setattr(match, "regex_timeout", 0)
     monkeypatch.setattr(match.Dispatch, "match_or_ignored",      # (what the engine calls)
                         recording(match.Dispatch.match_or_ignored))
     monkeypatch.setattr(match.Dispatch, "ignored", recording(match.Dispatch.ignored))

@@ -61,10 +61,12 @@ def cmd_dry_run(args) -> int:
     # "now" is read once, so every worker infers RFC 3164 years from the same instant.
     clock = Clock(now or datetime.now(timezone.utc), cfg.timezone)
     from ..sources.logtrust import LogWarnings
-    run(args.files, packs, clock, at=now, window=cfg.window,
-        join_window=cfg.join_window, logout_hold=cfg.logout_hold, json_out=args.json, out=sys.stdout,
-        line_max=cfg.line_max, own_rules=own_rules, journals=journals,
-        warnings=LogWarnings(cfg.logs, own_file=own_rules is not None))
+    from ..parse.timelimit import cpu_limit
+    with cpu_limit():
+        run(args.files, packs, clock, at=now, window=cfg.window,
+            join_window=cfg.join_window, logout_hold=cfg.logout_hold, json_out=args.json,
+            out=sys.stdout, line_max=cfg.line_max, own_rules=own_rules, journals=journals,
+            warnings=LogWarnings(cfg.logs, own_file=own_rules is not None))
     return 0
 
 

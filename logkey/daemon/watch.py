@@ -44,6 +44,7 @@ import signal
 import time
 
 from ..gates.policy import GatePolicy, PolicyConfig
+from ..parse import timelimit
 from ..parse.match import PackSet
 from ..stores import Store, open_store
 from . import reload as reloading
@@ -162,6 +163,10 @@ class Watcher:
 
     # --- the loop -------------------------------------------------------------------------
     def run(self, once: bool = False, load_config=None) -> int:
+        with timelimit.cpu_limit():         # the rule matches' time limit, by a CPU timer
+            return self._run(once, load_config)
+
+    def _run(self, once: bool, load_config) -> int:
         if once:
             self.sources.stop_at_end()
             while self.step():

@@ -14,7 +14,7 @@ from datetime import datetime
 from operator import attrgetter
 
 from ..events import Event
-from ..parse import headers
+from ..parse import headers, timelimit
 from ..parse.engine import Engine, Stats
 from .lines import BLOCK, open_log, read_blocks
 from ..parse.scan import Scanner
@@ -125,6 +125,7 @@ def _unpacked(blocks: list):
 def _worker_init(scanner: Scanner, matcher: Engine):
     global _worker
     _worker = (scanner, matcher)
+    timelimit.forked_child()
 
 
 def _match_chunk(args):
