@@ -254,6 +254,28 @@ def test_check_json_and_exit_codes(tmp_path):
     assert out.returncode == 2 and out.stderr.decode().count("\n") == 1
 
 
+def test_reading_commands_do_not_make_a_missing_store(tmp_path):
+    """check, gates and an export only read: a missing gate directory is a store without
+    gates, left for the watcher to make (root's `logkey check` must not leave a root-owned
+    directory the watcher's user cannot write); a store others may write is still refused."""
+    cfg = write_config(tmp_path)
+    gates = tmp_path / "gates"
+    assert not gates.exists()
+    proc = run_logkey("check", "--config", str(cfg), "192.0.2.70")
+    assert proc.returncode == 1 and proc.stdout.decode() == "192.0.2.70: closed\n"
+    assert run_logkey("gates", "--config", str(cfg), check=0).stderr == b""
+    out = run_logkey("export", "--config", str(cfg), "--format", "text", check=0)
+    assert out.stdout == b""
+    assert not gates.exists()
+    run_logkey("open", "--config", str(cfg), "192.0.2.70", "--user", "u", check=0)
+    assert gates.is_dir()
+    assert run_logkey("check", "--config", str(cfg), "192.0.2.70").returncode == 0
+    gates.chmod(0o777)
+    proc = run_logkey("check", "--config", str(cfg), "192.0.2.70")
+    assert proc.returncode == 2 and b"writable by others" in proc.stderr
+    assert proc.stderr.count(b"\n") == 1
+
+
 def test_never_gate_mynetworks_asks_the_real_postconf(tmp_path):
     """postconf (Debian's postfix, installed by .ci/run) reads main.cf from $MAIL_CONFIG."""
     import shutil

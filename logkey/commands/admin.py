@@ -28,9 +28,9 @@ def _ip(text: str) -> str:
     return ip
 
 
-def _store(cfg):
+def _store(cfg, create: bool = True):
     try:
-        return open_store(cfg.store)
+        return open_store(cfg.store, create)
     except StoreError as exc:
         raise AdminError(f"store: {exc}") from None
 
@@ -41,7 +41,7 @@ def _when(t: float) -> str:
 
 def cmd_gates(cfg, as_json: bool, out=sys.stdout) -> int:
     now = time.time()
-    store = _store(cfg)
+    store = _store(cfg, create=False)
     try:
         gates = sorted(store.scan(now), key=lambda g: (g.expires, g.key))
     except StoreError as exc:
@@ -116,7 +116,7 @@ def _exports_now(cfg) -> int:
 def cmd_check(cfg, ip_text: str, as_json: bool = False) -> int:
     """Exit 0 when a gate for the IP is open, 1 when not (2 on error, by the caller)."""
     ip = _ip(ip_text)
-    store = _store(cfg)
+    store = _store(cfg, create=False)
     try:
         gate = next((g for g in (store.get(k) for k in keys_for(ip, cfg.ipv6_prefix))
                      if g is not None), None)

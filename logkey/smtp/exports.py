@@ -73,7 +73,7 @@ def main(args) -> int:
     try:
         cfg = config_mod.load(args.config)
         now = time.time()
-        store = open_store(cfg.store)
+        store = open_store(cfg.store, create=False)     # (an export only reads the store)
         try:
             if args.format is None:
                 return 0 if sync_configured(cfg, store, now) else 2

@@ -104,7 +104,13 @@ def _one_line(err: BaseException) -> str:
 
 
 class DirStore(Store):
-    def __init__(self, path: str | os.PathLike, group: str | int | None = None):
+    """`create`: make the directory when it is missing (the watcher, `logkey open`); a
+    reader's one-off question (`logkey check`, `gates`, an export) passes False: a missing
+    directory is then a store without gates, and is not made by whoever asked (root's
+    `logkey check` would leave a directory the watcher's user cannot write)."""
+
+    def __init__(self, path: str | os.PathLike, group: str | int | None = None,
+                 create: bool = True):
         self.path = os.fspath(path)
         self.gid = self._resolve_group(group)
         self._good: dict[str, tuple] = {}          # name -> identity of a version with a record
@@ -112,7 +118,11 @@ class DirStore(Store):
         self._changes = None                        # inotify on the directory (remember_answers)
         self._memo: dict = {}                       # key -> (asked at, valid until, open)
         self.temps_removed = 0                      # stale temp files the last purge() removed
-        self._make_dir()
+        self.missing = False                        # create=False and no directory (no gates)
+        if create:
+            self._make_dir()
+        else:
+            self._check_existing()
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -139,18 +149,30 @@ class DirStore(Store):
             except FileNotFoundError:                  # parents missing: they get the umask
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
                 return self._make_dir()
-            st = os.stat(self.path)
-            if not stat.S_ISDIR(st.st_mode):
-                raise StoreError(f"gate store {self.path}: not a directory")
-            if st.st_mode & (stat.S_IWOTH | stat.S_IWGRP):    # whoever writes opens gates
-                raise StoreError(f"gate store {self.path}: directory is writable by "
-                                 f"{'others' if st.st_mode & stat.S_IWOTH else 'its group'} "
-                                 f"(mode {stat.S_IMODE(st.st_mode):04o}); only logkey's user "
-                                 "may write there")
+            st = self._checked_stat()
             if self.gid is not None and st.st_gid != self.gid:
                 os.chown(self.path, -1, self.gid)
         except OSError as e:
             raise StoreError(f"gate store {self.path}: {_one_line(e)}") from None
+
+    def _check_existing(self) -> None:
+        try:
+            self._checked_stat()
+        except FileNotFoundError:
+            self.missing = True
+        except OSError as e:
+            raise StoreError(f"gate store {self.path}: {_one_line(e)}") from None
+
+    def _checked_stat(self) -> os.stat_result:
+        st = os.stat(self.path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise StoreError(f"gate store {self.path}: not a directory")
+        if st.st_mode & (stat.S_IWOTH | stat.S_IWGRP):    # whoever writes opens gates
+            raise StoreError(f"gate store {self.path}: directory is writable by "
+                             f"{'others' if st.st_mode & stat.S_IWOTH else 'its group'} "
+                             f"(mode {stat.S_IMODE(st.st_mode):04o}); only logkey's user "
+                             "may write there")
+        return st
 
     def _file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -363,6 +385,10 @@ class DirStore(Store):
     def _gate_names(self) -> list[tuple[str, str]]:
         try:
             names = sorted(os.listdir(self.path))
+        except FileNotFoundError as e:
+            if self.missing:
+                return []
+            raise self._error("list directory", e) from None
         except OSError as e:
             raise self._error("list directory", e) from None
         return [(n, k) for n in names if (k := name_to_key(n)) is not None]
