@@ -3,8 +3,8 @@
  * a ~600-byte request cost about 2.4 us, a fifth of the service's CPU per request).
  *
  * whole_request(data, max_request=65536) -> (request, client_address or None) or None
- *   The same answer as protocol.py's Python whole_request (tests/test_policy_request.py holds
- *   the two to it): a tuple only when `data` is exactly one complete request, at most
+ *   The same answer as protocol.py's Python whole_request (tests/test_policy.py holds the
+ *   two to it): a tuple only when `data` is exactly one complete request, at most
  *   max_request bytes, every line of it holding "=", none starting with "=", no NUL, and a
  *   non-empty request= attribute; the values are the first line's of each name. Anything
  *   else gives None, and the caller hands `data` to the Decoder, which answers it or raises
