@@ -49,7 +49,8 @@ def count(path: str, *packs: str) -> int:
                           env={**os.environ, "LOGKEY_CONFIG": os.devnull, "PYTHONHASHSEED": "0"})
     found = COLLECTED.findall(done.stderr)
     if done.returncode != 0 or not found:
-        sys.exit("valgrind run failed: " + done.stderr.decode(errors="replace")[-500:])
+        sys.exit(f"valgrind run failed (exit {done.returncode}, {args[4:]}): "
+                 + done.stderr.decode(errors="replace")[-500:])
     return int(found[-1])
 
 

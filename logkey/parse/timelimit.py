@@ -35,10 +35,10 @@ _WATCHED = frozenset({match.Dispatch.match_or_ignored.__code__,
 
 class _Watch:
     """The handler's state: the ticket seen at the last tick, and for how many ticks."""
-    __slots__ = ("ticket", "ticks", "needed", "depth", "previous")
+    __slots__ = ("ticket", "ticks", "needed", "depth")
 
     def __init__(self):
-        self.ticket, self.ticks, self.needed, self.depth, self.previous = None, 0, 0, 0, None
+        self.ticket, self.ticks, self.needed, self.depth = None, 0, 0, 0
 
 
 _watch = _Watch()
@@ -75,7 +75,7 @@ def cpu_limit():
         finally:
             watch.depth -= bool(watch.depth)
         return
-    watch.previous = signal.signal(signal.SIGPROF, _on_tick)
+    signal.signal(signal.SIGPROF, _on_tick)
     watch.ticket, watch.ticks, watch.depth = None, 0, 1
     # A match whose ticket is seen at k + 1 ticks in a row has run for at least k * TICK.
     watch.needed = max(1, round(match.MATCH_TIMEOUT / TICK))
@@ -88,7 +88,11 @@ def cpu_limit():
         signal.setitimer(signal.ITIMER_PROF, 0, 0)   # no tick after this returns
         match.regex_timeout = limit
         watch.depth = 0
-        signal.signal(signal.SIGPROF, watch.previous)
+        # Not back to SIG_DFL, whose action is to end the process: a tick the kernel sent
+        # before the timer stopped may reach us after this (valgrind, which delivers signals
+        # late, was killed so at the end of a dry-run). Ignored, it is harmless; _can_arm
+        # accepts SIG_IGN, so the limit can be armed again.
+        signal.signal(signal.SIGPROF, signal.SIG_IGN)
 
 
 def forked_child() -> None:
