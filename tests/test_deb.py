@@ -44,9 +44,11 @@ def relations(value: str) -> dict:
     return out
 
 
-def pyproject_dependencies() -> dict:
+def pyproject_dependencies(extra: str | None = None) -> dict:
+    """The requirements (or those of the optional extra `extra`) with their lower bounds."""
     text = (ROOT / "pyproject.toml").read_text()
-    block = re.search(r"(?ms)^dependencies = \[(.*?)^\]", text).group(1)
+    block = (re.search(r"(?ms)^dependencies = \[(.*?)^\]", text).group(1) if extra is None
+             else re.search(rf"(?m)^{extra} = \[(.*)\]$", text).group(1))
     deps = {}
     for name, bound in re.findall(r'"([A-Za-z0-9_.-]+)>=([^"]+)"', block):
         deps[name.lower().replace("_", "-")] = bound
@@ -73,7 +75,9 @@ def test_the_changelog_follows_the_version():
 
 
 def test_every_requirement_is_a_debian_package():
-    deps = pyproject_dependencies()
+    # only the Redis store needs redis: an extra (logkey[redis]), not a requirement
+    assert "redis" not in pyproject_dependencies() and "redis" in pyproject_dependencies("redis")
+    deps = {**pyproject_dependencies(), **pyproject_dependencies("redis")}
     assert "inotify-simple" not in deps                  # not in Debian: logkey/inotify.py
     assert set(deps) == set(DEBIAN_NAME), "a new requirement needs its Debian package here"
     stanza = binary_stanza()

@@ -602,6 +602,30 @@ def rstore(redis_server):
     s.close()
 
 
+def test_without_the_redis_client_a_redis_store_is_one_clear_error(tmp_path):
+    """redis is an extra (logkey[redis]): without it `config check`, `watch` and `check` each
+    stop at a redis store with one line naming what to install; a dir store needs nothing."""
+    import sys
+    blocked = ("import sys; sys.modules['redis'] = None; sys.argv[0] = 'logkey'; "
+               "from logkey import entry; sys.exit(entry.main())")
+    cfg = tmp_path / "c.yaml"
+    (tmp_path / "mail.log").write_text("")
+    for redis_store, store in ((True, "{type: redis, url: 'redis://127.0.0.1:1/0'}"),
+                               (False, f"{{type: dir, path: {tmp_path / 'g'}}}")):
+        cfg.write_text(f"logs:\n  - path: {tmp_path / 'mail.log'}\nstore: {store}\n"
+                       f"state_dir: {tmp_path / 'state'}\n")
+        for args in (["config", "check", "--config", str(cfg)],
+                     ["watch", "--once", "--config", str(cfg)],
+                     ["check", "--config", str(cfg), "127.0.0.1"]):
+            proc = subprocess.run([sys.executable, "-c", blocked, *args], capture_output=True,
+                                  timeout=60)
+            if redis_store:
+                assert proc.returncode == 2, (args, proc.stderr)
+                assert b"logkey[redis]" in proc.stderr and proc.stderr.count(b"\n") == 1
+            else:
+                assert proc.returncode in (0, 1) and b"logkey[redis]" not in proc.stderr, proc.stderr
+
+
 def test_redis_ttl_and_value(rstore):
     t = time.time()
     g = gate("2001:db8:1:2::/64", t + 60)

@@ -147,6 +147,11 @@ def cmd_purge(cfg) -> int:
 def cmd_config_check(cfg) -> int:
     from ..daemon.build import build
     packs, _ = build(cfg)
+    if cfg.store["type"] == "redis":
+        from ..stores import redisstore
+        if redisstore.redis is None:        # what `watch` would stop at (an extra: logkey[redis])
+            raise AdminError(f"{cfg.path}: store.type: redis needs the 'redis' package (pip "
+                             "install 'logkey[redis]', or Debian's python3-redis)")
     print(f"{cfg.path}: ok ({len(cfg.logs)} log(s), {len(packs.packs)} pack(s), "
           f"{cfg.store['type']} store)")
     return 0

@@ -87,7 +87,8 @@ class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "logkey:gate:", sentinel: dict | None = None,
                  *, timeout: float = TIMEOUT):
         if redis is None:
-            raise StoreError("the redis store needs the 'redis' package (pip install 'redis>=4')")
+            raise StoreError("the redis store needs the 'redis' package (pip install "
+                             "'logkey[redis]', or Debian's python3-redis)")
         self.prefix = prefix
         self._run_id = None                        # the answering server's (writes_lost)
         self.where = _safe_url(url)
