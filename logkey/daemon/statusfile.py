@@ -123,8 +123,8 @@ class StatusWriter:
         if mono >= self.next_write:
             self.last_write, self.next_write = mono, mono + STATUS_EVERY
             if not self.w.applier.pending:      # offsets first (never past a gate not yet stored)
-                try:
-                    self.w.sources.follower.commit()
+                try:                            # (the files' offsets and the journal cursors)
+                    self.w.sources.commit()
                 except OSError as exc:
                     log.warning("state_dir %s: %s", self.w.cfg.state_dir, exc.strerror or exc)
             self.write()
