@@ -137,6 +137,25 @@ def test_sources_take_popwrap_datagrams_and_count_bad_ones(tmp_path):
         sources.close()
 
 
+def test_a_start_that_cannot_bind_its_sockets_leaves_nothing_open(tmp_path):
+    """The follower (its files and inotify) is attached before the sockets are bound: a bind
+    that fails (the dovecot_policy port taken) closes it again with the popwrap socket."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "mail.log").write_text(login("192.0.2.8"))
+        key = tmp_path / "policy.key"
+        key.write_text("k" * 32 + "\n")
+        key.chmod(0o400)
+        cfg = load(tmp_path, f"popwrap: {{socket: {tmp_path / 'popwrap.sock'}}}\n"
+                   f"dovecot_policy: {{listen: '127.0.0.1:{port}', api_key_file: {key}}}\n")
+        before = sorted(os.listdir("/proc/self/fd"))
+        with pytest.raises(WatchError, match="dovecot_policy"):
+            Watcher(cfg)
+        assert sorted(os.listdir("/proc/self/fd")) == before
+
+
 # --- feeding.py ----------------------------------------------------------------------------
 def test_feeder_gives_each_login_with_its_source_and_notes_the_last_event(tmp_path, caplog):
     cfg = load(tmp_path)

@@ -88,6 +88,7 @@ class Watcher:
             self.attach_logs()
             self.sources.bind(cfg)
         except BaseException:
+            self.sources.close()                # the logs attached and sockets bound so far
             if store is not None:               # the watcher's store, as close() says
                 store.close()
             raise
