@@ -10,8 +10,10 @@ import os
 
 def write_atomic(path: str, data: bytes, *, mode: int = 0o640, uid: int = -1, gid: int = -1,
                  mtime_ns: int | None = None, temp_suffix: str = ".tmp",
-                 sync_dir: bool = True) -> None:
-    """Raises OSError (the temp file removed); `uid`/`gid` -1 leave them as created."""
+                 sync_dir: bool = True, sync: bool = True) -> None:
+    """Raises OSError (the temp file removed); `uid`/`gid` -1 leave them as created.
+    `sync=False`: neither the file nor the directory is fsynced; the caller makes a batch of
+    such writes durable at once (DirStore.put_batch)."""
     head, name = os.path.split(path)
     tmp = os.path.join(head, "." + name + "." + os.urandom(6).hex() + temp_suffix)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -26,7 +28,8 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o640, uid: int = -1, gi
                 view = view[os.write(fd, view):]
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, path)
@@ -36,7 +39,7 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o640, uid: int = -1, gi
         except OSError:
             pass
         raise
-    if sync_dir:
+    if sync and sync_dir:
         dfd = os.open(head or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dfd)

@@ -103,6 +103,12 @@ class Store(ABC):
     def put(self, gate: GateRecord) -> None:
         """Create or replace the gate (atomic for readers)."""
 
+    def put_batch(self, gates: list[GateRecord]) -> None:
+        """put() each gate; all of them stored (as durably as put) when it returns. A store
+        may write a batch faster than one gate at a time (DirStore: one sync for all)."""
+        for gate in gates:
+            self.put(gate)
+
     @abstractmethod
     def get(self, key: str, now: float | None = None) -> GateRecord | None:
         """The gate if it exists and has not expired at `now` (default: time.time())."""

@@ -103,6 +103,42 @@ def _one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+_SYNCFS = []            # [libc's syncfs, or None where there is none], looked up at first use
+
+
+def _syncfs(path: str) -> bool:
+    """syncfs(2) of the file system holding `path`; False where the C library has none."""
+    if not _SYNCFS:
+        try:
+            import ctypes                   # (only a writer's batch gets here)
+            _SYNCFS.append(getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None))
+        except (ImportError, OSError):
+            _SYNCFS.append(None)
+    syncfs = _SYNCFS[0]
+    if syncfs is None:
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if syncfs(fd) != 0:
+            import ctypes
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+    return True
+
+
+def _fsync_path(path: str, flags: int = 0) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | flags)
+    except FileNotFoundError:
+        return                              # removed since (a purge): nothing to keep
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class DirStore(Store):
     """`create`: make the directory when it is missing (the watcher, `logkey open`); a
     reader's one-off question (`logkey check`, `gates`, an export) passes False: a missing
@@ -182,7 +218,8 @@ class DirStore(Store):
 
     # -- writing ----------------------------------------------------------------------------
 
-    def put(self, gate: GateRecord) -> None:
+    def put(self, gate: GateRecord, sync: bool = True) -> None:
+        """`sync=False`: for put_batch, which makes the batch durable at once."""
         name = key_to_name(gate.key)
         uid, gid = -1, -1 if self.gid is None else self.gid
         if os.geteuid() == 0:           # root's `logkey open`: the file is the store owner's
@@ -194,9 +231,31 @@ class DirStore(Store):
         try:                                           # the mtime IS the expiry
             write_atomic(self._file(name), gate.to_json().encode() + b"\n", mode=FILE_MODE,
                          uid=uid, gid=gid,
-                         mtime_ns=int(round(gate.expires * 1e9)), temp_suffix=TEMP_SUFFIX)
+                         mtime_ns=int(round(gate.expires * 1e9)), temp_suffix=TEMP_SUFFIX,
+                         sync=sync)
         except OSError as e:
             raise self._error(f"write gate {name}", e) from None
+
+    def put_batch(self, gates: list[GateRecord]) -> None:
+        """Each gate written and renamed into place as put() does (readers see it at once),
+        then all made durable together: one syncfs(2) of the store's file system where the C
+        library has it, else an fsync of each file and one of the directory. put() pays two
+        fsyncs a gate, ~7 ms each on a virtual disk: a watcher catching up on a busy log
+        wrote ~70 gates a second. A crash before the sync returns loses nothing: the read
+        offsets are saved only after it (daemon/applying.py), so the lines are read again."""
+        if len(gates) < 2:
+            for gate in gates:
+                self.put(gate)
+            return
+        for gate in gates:
+            self.put(gate, sync=False)
+        try:
+            if not _syncfs(self.path):
+                for gate in gates:
+                    _fsync_path(self._file(key_to_name(gate.key)))
+                _fsync_path(self.path, os.O_DIRECTORY)
+        except OSError as e:
+            raise self._error("sync gates", e) from None
 
     def delete(self, key: str) -> bool:
         name = key_to_name(key)
