@@ -202,3 +202,44 @@ def test_every_decision_says_why():
     p.on_event(ev("login", "192.0.2.9", T0 + 700, pack="qpopper"), now=T0 + 700)
     [a] = p.on_tick(T0 + 710, still_stored=lambda key: False, check_all=True)
     assert (a.key, a.why) == ("192.0.2.9", "removed")
+
+
+def test_max_ips_per_user_counts_by_its_index_as_a_scan_of_every_gate_would():
+    """The per-user index (GatePolicy._keys_of) against the rule it replaces, a count over
+    every gate, on a random stream of logins (a gate's user changing with its latest login),
+    logouts, ticks and adopted records."""
+    import random
+    from logkey.stores.base import GateRecord
+    rnd = random.Random(17)
+    p = policy(window=600, max_ips_per_user=3, logout_packs=frozenset({"dovecot"}))
+    users = ["u1", "u2", "u3", None]
+    now = T0
+    refused = 0
+    for i in range(4000):
+        now += rnd.choice((0, 1, 5, 30))
+        ip = f"192.0.2.{rnd.randrange(1, 40)}"
+        user = rnd.choice(users)
+        op = rnd.random()
+        if op < 0.6:
+            key = p.key_for(ip)
+            gate = p.gates.get(key)
+            is_new = gate is None or gate.record.expires <= now
+            held = sum(1 for g in p.gates.values()
+                       if g.record.user == user and g.record.expires > now)
+            out = p.on_event(ev("login", ip, now, user=user, session=f"s{i % 7}"), now=now)
+            expect_refused = user is not None and is_new and held >= 3
+            assert any(isinstance(a, Refuse) for a in out) == expect_refused, (i, held)
+            refused += expect_refused
+        elif op < 0.8:
+            p.on_event(ev("logout", ip, now, user=user, session=f"s{i % 7}"), now=now)
+        elif op < 0.95:
+            p.on_tick(now, still_stored=lambda k: rnd.random() < 0.9)
+        else:
+            p.adopt([GateRecord(ip, user, "manual", None, now, now + 300, "logkey open")], now)
+        index = {u: set(keys) for u, keys in p._keys_of.items()}
+        scan: dict = {}
+        for key, g in p.gates.items():
+            if g.record.user is not None:
+                scan.setdefault(g.record.user, set()).add(key)
+        assert index == scan, i
+    assert refused > 50                 # the limit was met often enough to be tested

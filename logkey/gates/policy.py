@@ -98,6 +98,9 @@ class GatePolicy:
     def __init__(self, config: PolicyConfig):
         self.config = config
         self.gates: dict[str, _Gate] = {}
+        # user -> the keys of the gates that name that user (max_ips_per_user counts them
+        # there, not over every gate: a catch-up opening thousands paid a scan of all each)
+        self._keys_of: dict[str, set[str]] = {}
         self.counts: Counter = Counter()            # decisions, see the module docstring
         # never_gate / only_gate answers per canonical IP, for the config they were found with
         self._networks_of: PolicyConfig | None = None
@@ -171,17 +174,21 @@ class GatePolicy:
             if new:
                 limit = self.config.max_ips_per_user
                 if limit and event.user is not None:
-                    held = sum(1 for g in self.gates.values()
-                               if g.record.user == event.user and g.record.expires > now)
+                    held = sum(1 for k in self._keys_of.get(event.user, ())
+                               if (g := self.gates.get(k)) is not None
+                               and g.record.user == event.user and g.record.expires > now)
                     if held >= limit:
                         return [Refuse(event, key, source, MAX_IPS, f"{held} open, limit {limit}")]
+                if gate is not None:
+                    self._forget(key)                   # an expired gate, not yet ticked away
                 gate = _Gate(GateRecord(key, event.user, event.pack, event.protocol, t,
                                         t + window, source), last=t)
-                self.gates[key] = gate
+                self._remember(key, gate)
             rec = gate.record
             before = None if new else (rec.expires, rec.user, rec.source, rec.pack, rec.protocol)
             if t >= gate.last:                          # the latest login names the gate
-                rec.user = event.user or rec.user
+                if event.user and event.user != rec.user:
+                    self._renamed(key, rec, event.user)
                 rec.pack, rec.protocol, rec.source = event.pack, event.protocol, source or rec.source
             gate.last = max(gate.last, t)
             rec.expires = max(rec.expires, gate.last + window)
@@ -205,7 +212,7 @@ class GatePolicy:
             rec.expires = gate.last + window            # the logout sets the expiry ...
             self._extend(gate, now)                     # ... unless other sessions stay open
             if rec.expires <= now:
-                del self.gates[key]
+                self._forget(key)
                 return [Delete(key, LOGGED_OUT, rec)]
             return [Put(rec, why=LOGOUT_REFRESH, event=event, source=source)]
         return []
@@ -226,6 +233,29 @@ class GatePolicy:
             return True
         return False
 
+    # --- the gates and their users' index ---------------------------------------------
+    def _remember(self, key: str, gate: "_Gate") -> None:
+        self.gates[key] = gate
+        if gate.record.user is not None:
+            self._keys_of.setdefault(gate.record.user, set()).add(key)
+
+    def _forget(self, key: str) -> None:
+        gate = self.gates.pop(key)
+        self._unindex(key, gate.record.user)
+
+    def _renamed(self, key: str, rec: GateRecord, user: str) -> None:
+        """The gate's record names `user` now (its latest login's)."""
+        self._unindex(key, rec.user)
+        rec.user = user
+        self._keys_of.setdefault(user, set()).add(key)
+
+    def _unindex(self, key: str, user: str | None) -> None:
+        keys = self._keys_of.get(user) if user is not None else None
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._keys_of[user]
+
     # --- the timer ------------------------------------------------------------------------
     def on_tick(self, now: float, still_stored=None, check_all: bool = False) -> list:
         """Extensions of open sessions, and forgetting expired gates. `still_stored(key)`,
@@ -235,12 +265,12 @@ class GatePolicy:
         actions = []
         for key, gate in list(self.gates.items()):
             if gate.record.expires <= now:
-                del self.gates[key]
+                self._forget(key)
                 actions.append(Delete(key, EXPIRED, gate.record))
                 continue
             if still_stored is not None and (gate.sessions or check_all) \
                     and not still_stored(key):
-                del self.gates[key]
+                self._forget(key)
                 actions.append(Delete(key, REMOVED, gate.record))
                 continue
             if gate.sessions:
@@ -259,7 +289,7 @@ class GatePolicy:
                 continue
             gate = self.gates.get(rec.key)
             if gate is None:
-                self.gates[rec.key] = _Gate(rec, last=rec.expires - self.config.window)
+                self._remember(rec.key, _Gate(rec, last=rec.expires - self.config.window))
                 changed += 1
             elif rec.expires > gate.record.expires:
                 gate.record.expires = rec.expires
