@@ -676,6 +676,32 @@ def test_redis_expired_never_written(rstore):
     assert rstore.client.exists("logkey:gate:192.0.2.7") == 0
 
 
+def test_redis_put_batch_is_one_pipeline_with_each_gate_as_put_writes_it(rstore):
+    t = time.time()
+    rstore.put(gate("192.0.2.9", t + 60))
+    batch = [gate(f"192.0.2.{i}", t + 60 + i) for i in range(1, 9)] + [gate("192.0.2.9", t - 1)]
+    rstore.put_batch(batch)                         # 192.0.2.9 expired: deleted, as put does
+    c = rstore.client
+    assert sorted(k.decode() for k in c.keys("*")) == sorted(
+        f"logkey:gate:192.0.2.{i}" for i in range(1, 9))
+    for i in range(1, 9):
+        assert 58_000 + i * 1000 < c.pttl(f"logkey:gate:192.0.2.{i}") <= 60_000 + i * 1000
+        assert json.loads(c.get(f"logkey:gate:192.0.2.{i}")) == json.loads(batch[i - 1].to_json())
+
+
+def test_redis_put_batch_to_a_server_that_is_gone_is_one_store_error(redis_server):
+    s = open_store({"type": "redis", "url": redis_server.url})
+    s.put(gate("192.0.2.1", time.time() + 60))
+    redis_server.stop()
+    try:
+        with pytest.raises(StoreError, match="cannot write 2 gates") as err:
+            s.put_batch([gate("192.0.2.2", time.time() + 60), gate("192.0.2.3", time.time() + 60)])
+        assert "\n" not in str(err.value)
+    finally:
+        redis_server.start()
+        s.close()
+
+
 def test_redis_bad_keys_write_nothing(rstore):
     for bad in BAD_KEYS:
         with pytest.raises(ValueError):

@@ -143,6 +143,25 @@ class RedisStore(Store):
         except redis.RedisError as e:
             raise self._fail(f"write gate {gate.key}", e) from None
 
+    def put_batch(self, gates: list[GateRecord]) -> None:
+        """put() for each, in one pipeline: one round trip for a catch-up's thousands of gates
+        instead of one each (a Redis on another host: a millisecond or more apiece)."""
+        if len(gates) < 2:
+            return super().put_batch(gates)
+        now = time.time()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for gate in gates:
+                name = self._name(gate.key)
+                ttl_ms = int((gate.expires - now) * 1000)
+                if ttl_ms <= 0:
+                    pipe.delete(name)              # already expired: never written
+                else:
+                    pipe.set(name, gate.to_json(), px=ttl_ms)
+            pipe.execute()                         # raises the first command's error
+        except redis.RedisError as e:
+            raise self._fail(f"write {len(gates)} gates", e) from None
+
     def delete(self, key: str) -> bool:
         name = self._name(key)
         try:
