@@ -168,9 +168,15 @@ def test_put_batch_stores_every_gate_durably_and_at_once(store, monkeypatch, syn
     instead of two fsyncs a gate."""
     now = time.time()
     batch = [gate(f"192.0.2.{i}", now + 60 + i) for i in range(1, 40)]
-    synced = []
+    synced, syncfs_calls = [], []
     if isinstance(store, DirStore):
-        if not syncfs:
+        if syncfs:
+            dirstore._syncfs(store.path)                 # looks libc's syncfs up
+            libc_syncfs = dirstore._SYNCFS[0]
+            assert libc_syncfs is not None, "glibc has syncfs"
+            monkeypatch.setattr(dirstore, "_SYNCFS",
+                                [lambda fd: syncfs_calls.append(fd) or libc_syncfs(fd)])
+        else:
             monkeypatch.setattr(dirstore, "_SYNCFS", [None])
         real_fsync = os.fsync
         monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
@@ -179,6 +185,7 @@ def test_put_batch_stores_every_gate_durably_and_at_once(store, monkeypatch, syn
     assert all(store.get(g.key).expires == pytest.approx(g.expires) for g in batch)
     if isinstance(store, DirStore):
         assert len(synced) == (0 if syncfs else len(batch) + 1)
+        assert len(syncfs_calls) == (1 if syncfs else 0)
         assert not [n for n in os.listdir(store.path) if n.startswith(".")]    # no temp left
     store.put_batch([])
     store.put_batch(batch[:1])                       # one gate: put() as before

@@ -150,8 +150,7 @@ def cmd_config_check(cfg) -> int:
     if cfg.store["type"] == "redis":
         from ..stores import redisstore
         if redisstore.redis is None:        # what `watch` would stop at (an extra: logkey[redis])
-            raise AdminError(f"{cfg.path}: store.type: redis needs the 'redis' package (pip "
-                             "install 'logkey[redis]', or Debian's python3-redis)")
+            raise AdminError(f"{cfg.path}: store.type: redis {redisstore.MISSING_CLIENT}")
     print(f"{cfg.path}: ok ({len(cfg.logs)} log(s), {len(packs.packs)} pack(s), "
           f"{cfg.store['type']} store)")
     return 0

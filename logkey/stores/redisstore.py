@@ -48,6 +48,8 @@ try:
 except ImportError:                        # reported by RedisStore(), not at import
     redis = None
 
+# What a redis store lacks without the client (an extra): RedisStore() and config check say it.
+MISSING_CLIENT = "needs the 'redis' package (pip install 'logkey[redis]', or Debian's python3-redis)"
 TIMEOUT = 1.0             # seconds, connect and each command
 SCAN_COUNT = 500          # SCAN's COUNT hint, and keys per MGET
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
@@ -87,8 +89,7 @@ class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "logkey:gate:", sentinel: dict | None = None,
                  *, timeout: float = TIMEOUT):
         if redis is None:
-            raise StoreError("the redis store needs the 'redis' package (pip install "
-                             "'logkey[redis]', or Debian's python3-redis)")
+            raise StoreError(f"the redis store {MISSING_CLIENT}")
         self.prefix = prefix
         self._run_id = None                        # the answering server's (writes_lost)
         self.where = _safe_url(url)
