@@ -51,7 +51,7 @@ LOGINS = [
     "sent=1200, time=3",
     "imapd: LOGIN FAILED, user=u{n}@example.net, ip=[::ffff:{ip}]",
     "cyrus/imap[{pid}]: login: client{n}.example.net [{ip}] u{n} plaintext User logged in",
-    "popper[{pid}]: POP login by user \"u{n}\" at (client.example.net) {ip}",
+    "popper[{pid}]: (v4.1.0) POP login by user \"u{n}\" at (client.example.net) {ip}",
     "vpopmail[{pid}]: vchkpw-pop3: (PLAIN) login success u{n}@example.net:{ip}",
 ]
 # An IMAP-heavy mail store (issue 17): dovecot's logins, logouts, failed and aborted logins

@@ -86,6 +86,9 @@ class INotify:
         self._fd = _call(lib.inotify_init1, os.O_CLOEXEC | (os.O_NONBLOCK if nonblocking else 0))
         self._poller = select.poll()
         self._poller.register(self._fd, select.POLLIN)
+        # poll(timeout ms): non-empty when events are queued (poll(0): without waiting). A
+        # bound method, not a wrapper: the policy service asks once a request (dirstore.py).
+        self.poll = self._poller.poll
 
     def fileno(self) -> int:
         return self._fd

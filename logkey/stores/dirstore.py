@@ -323,7 +323,7 @@ class DirStore(Store):
             changes.close()
             return False
         self._changes, self._memo = changes, {}
-        self._changed = changes._poller.poll              # poll(0): events queued?
+        self._changed = changes.poll                      # poll(0): events queued?
         self._watch_gone = flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT | flags.IGNORED
         return True
 
