@@ -5,7 +5,8 @@ The changelog follows the one version in logkey/__init__.py; debian/control depe
 Debian's package for every requirement in pyproject.toml, with a lower bound no older than
 pyproject's; inotify_simple, which Debian lacks, is not required; the sysusers and tmpfiles
 files are contrib/systemd's own; the unit rewrite in debian/rules matches the shipped units;
-and debian/oldsetuptools.py still finds the two license lines it rewrites for Debian 12."""
+debian/oldsetuptools.py still finds the two license lines it rewrites for Debian 12; and the
+package builds the C parts and requires them (Architecture: any)."""
 import re
 import subprocess
 import sys
@@ -119,3 +120,24 @@ def test_oldsetuptools_rewrites_only_the_license(tmp_path):
     assert [line for line in new if line not in old] == ['license = {text = "GPL-2.0-or-later"}']
     assert not (dest / "debian").exists() and not (dest / ".git").exists()
     assert (dest / "bin" / "logkey").exists() and (dest / "COPYING").exists()
+
+
+def test_the_package_builds_its_c_parts_and_requires_them(tmp_path):
+    """Architecture: any with the C parts built and required (LOGKEY_REQUIRE_C): a package
+    whose compile failed must not build, or it would run the slower fallback unseen."""
+    stanza = binary_stanza()
+    assert stanza["Architecture"] == "any"
+    assert "${shlibs:Depends}" in stanza["Depends"]
+    source = control_fields((DEBIAN / "control").read_text().split("\n\n")[0])
+    assert "python3-all-dev" in relations(source["Build-Depends"])
+    rules = (DEBIAN / "rules").read_text()
+    assert re.search(r"(?m)^export LOGKEY_REQUIRE_C = 1$", rules)
+    assert "LOGKEY_PURE_PYTHON" not in rules
+    probe = ("import os, setuptools; setuptools.setup = lambda **kw: print("
+             "sorted((e.name, e.optional) for e in kw['ext_modules'])); "
+             "exec(open('setup.py').read())")
+    for env, optional in (({}, True), ({"LOGKEY_REQUIRE_C": "1"}, False)):
+        out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                             text=True, env={"PATH": "/usr/bin:/bin", **env}, check=True).stdout
+        assert out.strip() == str([("logkey.parse._fastscan", optional),
+                                   ("logkey.smtp.policy._request", optional)])
