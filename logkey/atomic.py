@@ -8,6 +8,17 @@ of the directory. Imports only `os`: relayclient uses it on its start-up path.
 import os
 
 
+def fsync_path(path: str, directory: bool = False) -> None:
+    """fsync a file (never through a symlink) or a directory, by name. Raises OSError."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if directory
+                                          else os.O_NOFOLLOW | os.O_NONBLOCK)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: str, data: bytes, *, mode: int = 0o640, uid: int = -1, gid: int = -1,
                  mtime_ns: int | None = None, temp_suffix: str = ".tmp",
                  sync_dir: bool = True, sync: bool = True) -> None:
@@ -40,8 +51,4 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o640, uid: int = -1, gi
             pass
         raise
     if sync and sync_dir:
-        dfd = os.open(head or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_path(head or ".", directory=True)

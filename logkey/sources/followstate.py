@@ -19,7 +19,7 @@ import logging
 import os
 import re
 
-from ..atomic import write_atomic
+from ..atomic import fsync_path, write_atomic
 
 log = logging.getLogger("logkey.follow")
 
@@ -76,11 +76,7 @@ class StateFiles:
 
     def sync(self) -> None:
         """fsync the state directory: the renames of save() are on disk."""
-        fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(self.state_dir, directory=True)
 
     def _remove_stale_temps(self) -> None:
         """State temp files of a follower killed while writing one (.KEY.json.HEX.tmp): only

@@ -63,7 +63,7 @@ import stat
 import time
 from typing import Iterator
 
-from ..atomic import write_atomic
+from ..atomic import fsync_path, write_atomic
 from .base import GateRecord, Store, StoreError, check_key, keys_for, now_or, record_data
 
 DIR_MODE = 0o750
@@ -126,17 +126,6 @@ def _syncfs(path: str) -> bool:
     finally:
         os.close(fd)
     return True
-
-
-def _fsync_path(path: str, flags: int = 0) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | flags)
-    except FileNotFoundError:
-        return                              # removed since (a purge): nothing to keep
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DirStore(Store):
@@ -252,8 +241,11 @@ class DirStore(Store):
         try:
             if not _syncfs(self.path):
                 for gate in gates:
-                    _fsync_path(self._file(key_to_name(gate.key)))
-                _fsync_path(self.path, os.O_DIRECTORY)
+                    try:
+                        fsync_path(self._file(key_to_name(gate.key)))
+                    except FileNotFoundError:
+                        pass                    # removed since (a purge): nothing to keep
+                fsync_path(self.path, directory=True)
         except OSError as e:
             raise self._error("sync gates", e) from None
 

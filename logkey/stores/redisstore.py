@@ -133,14 +133,19 @@ class RedisStore(Store):
 
     # -- writing ----------------------------------------------------------------------------
 
-    def put(self, gate: GateRecord) -> None:
+    def _write(self, target, gate: GateRecord, now: float) -> None:
+        """The gate's command on `target`, the client or a pipeline: SET with its time to
+        live, or DEL for a gate already expired (never written)."""
         name = self._name(gate.key)
-        ttl_ms = int((gate.expires - time.time()) * 1000)
+        ttl_ms = int((gate.expires - now) * 1000)
+        if ttl_ms <= 0:
+            target.delete(name)
+        else:
+            target.set(name, gate.to_json(), px=ttl_ms)
+
+    def put(self, gate: GateRecord) -> None:
         try:
-            if ttl_ms <= 0:
-                self.client.delete(name)           # already expired: never written
-            else:
-                self.client.set(name, gate.to_json(), px=ttl_ms)
+            self._write(self.client, gate, time.time())
         except redis.RedisError as e:
             raise self._fail(f"write gate {gate.key}", e) from None
 
@@ -153,12 +158,7 @@ class RedisStore(Store):
         try:
             pipe = self.client.pipeline(transaction=False)
             for gate in gates:
-                name = self._name(gate.key)
-                ttl_ms = int((gate.expires - now) * 1000)
-                if ttl_ms <= 0:
-                    pipe.delete(name)              # already expired: never written
-                else:
-                    pipe.set(name, gate.to_json(), px=ttl_ms)
+                self._write(pipe, gate, now)
             pipe.execute()                         # raises the first command's error
         except redis.RedisError as e:
             raise self._fail(f"write {len(gates)} gates", e) from None
