@@ -683,12 +683,19 @@ def test_redis_expired_never_written(rstore):
     assert rstore.client.exists("logkey:gate:192.0.2.7") == 0
 
 
-def test_redis_put_batch_is_one_pipeline_with_each_gate_as_put_writes_it(rstore):
+def test_redis_put_batch_is_one_pipeline_with_each_gate_as_put_writes_it(rstore, monkeypatch):
     t = time.time()
     rstore.put(gate("192.0.2.9", t + 60))
     batch = [gate(f"192.0.2.{i}", t + 60 + i) for i in range(1, 9)] + [gate("192.0.2.9", t - 1)]
-    rstore.put_batch(batch)                         # 192.0.2.9 expired: deleted, as put does
     c = rstore.client
+    pipelines = []
+    real_pipeline = c.pipeline
+    monkeypatch.setattr(c, "pipeline", lambda **kw: pipelines.append(kw) or real_pipeline(**kw))
+    for command in ("set", "delete"):               # not a round trip a gate
+        monkeypatch.setattr(c, command, lambda *a, **kw: pytest.fail("a command outside the pipeline"))
+    rstore.put_batch(batch)                         # 192.0.2.9 expired: deleted, as put does
+    assert pipelines == [{"transaction": False}]
+    monkeypatch.undo()
     assert sorted(k.decode() for k in c.keys("*")) == sorted(
         f"logkey:gate:192.0.2.{i}" for i in range(1, 9))
     for i in range(1, 9):
