@@ -139,7 +139,8 @@ def test_worker_events_come_back_as_they_were_made():
 
     from logkey.events import Event
     from logkey.parse.engine import Stats
-    from logkey.sources.bulk import _packed, _unpacked
+    from logkey.parse.fastpath import packed_entry
+    from logkey.sources.bulk import _unpacked
     berlin = ZoneInfo("Europe/Berlin")
     times = [None, datetime(2026, 11, 27, 10, 0, 0, 185890, tzinfo=timezone.utc),
              datetime(2026, 11, 27, 10, 0, 0, 999999, tzinfo=timezone(timedelta(hours=5, minutes=30))),
@@ -149,7 +150,7 @@ def test_worker_events_come_back_as_they_were_made():
     events = [(i, Event("login", "192.0.2.1", "u", "imap", t, "dovecot", "login", "S", "1", None,
                         "mail", "rfc3339"), (("mail", "courier"), True, t) if i % 2 else None)
               for i, t in enumerate(times)] + [(99, None, (("h", "p"), False, None))]
-    back = list(_unpacked(_packed([(7, events, Stats())])))
+    back = list(_unpacked([(7, [packed_entry(*entry) for entry in events], Stats())]))
     assert [(n, e) for n, e, _ in back] == [(7, events)]
     for (_, event, cut), (_, again, cut_again) in zip(events, back[0][1]):
         if event is not None and event.time is not None:

@@ -380,6 +380,359 @@ static PyObject *fastscan_header(PyObject *self, PyObject *arg) {
     return out;
 }
 
+/* ---- The covered lines of a block, for bulk reading (fastpath.py) -------------------------
+ *
+ * match_picks(picks, ctx, timeout, cap) -> (entries, hits, timeouts, not_pop_imap)
+ *   picks    scan()'s [(index, line, header_counted)]
+ *   ctx      fastpath.FastPath.context: (table, plan_for, slow, no_match, fields, protocol_of,
+ *            stamp_time, canonical)
+ *   entries  [(index, packed event, None)]: what bulk.py's per-line loop gives for the same
+ *            lines, in the same order
+ *   hits     [(pack, rule id)], one per rule match counted here (the caller adds them up)
+ * An ordinary line (a standard header, a tag whose plan is in the table, a rule without a
+ * proxy, an IP in canonical form or one canonical_ip accepts) is read here: the header, the
+ * message's decoding, the rule's match (by calling the pack's compiled regex, the regex
+ * module's, with the time limit the caller passes), its groups, the protocol, the login check,
+ * the event. Everything else goes to the Python callbacks: slow() reads the whole line as
+ * Engine.match_picked does (before anything is counted here, so nothing is counted twice),
+ * no_match() a line no rule matched, fields() a rule's key=value list, protocol_of() a protocol
+ * name not seen before, stamp_time() a stamp, canonical() an address not in canonical form.
+ * tests/test_fastpath.py holds this to the per-line path on every pack's samples and on
+ * hostile lines. */
+
+static long long match_ticket;   /* the matches started here, for the time limit (timelimit.py) */
+static int in_match;             /* 1 while one runs */
+
+/* ticket() -> the running match's ticket (negative: never one of match.py's), or None */
+static PyObject *fastscan_ticket(PyObject *self, PyObject *unused) {
+    if (!in_match) Py_RETURN_NONE;
+    return PyLong_FromLongLong(-match_ticket);
+}
+
+/* events.py's _CANONICAL_IPV4, fullmatch: four octets 0..255 in ASCII digits, no leading zero */
+static int canonical_quad(const char *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    for (int octet = 0; octet < 4; octet++) {
+        if (octet) {
+            if (i >= n || s[i] != '.') return 0;
+            i++;
+        }
+        Py_ssize_t start = i;
+        int value = 0;
+        while (i < n && i - start < 3 && is_digit((unsigned char)s[i])) value = value * 10 + (s[i++] - '0');
+        if (i == start || (i - start > 1 && s[start] == '0') || value > 255) return 0;
+    }
+    return i == n;
+}
+
+/* The canonical form of `ip` (a new reference), None when canonical() refuses it, NULL on error. */
+static PyObject *canonical_ip(PyObject *ip, PyObject *canonical) {
+    Py_ssize_t n;
+    const char *s = PyUnicode_Check(ip) ? PyUnicode_AsUTF8AndSize(ip, &n) : NULL;
+    if (s == NULL) {
+        PyErr_Clear();
+        return PyObject_CallOneArg(canonical, ip);
+    }
+    if (canonical_quad(s, n)) {
+        Py_INCREF(ip);
+        return ip;
+    }
+    if (n > 7 && s[0] == ':' && s[1] == ':' && (s[2] | 0x20) == 'f' && (s[3] | 0x20) == 'f'
+        && (s[4] | 0x20) == 'f' && (s[5] | 0x20) == 'f' && s[6] == ':' && canonical_quad(s + 7, n - 7))
+        return PyUnicode_DecodeASCII(s + 7, n - 7, NULL);
+    return PyObject_CallOneArg(canonical, ip);
+}
+
+static PyObject *group_at(PyObject *groups, PyObject *idx, Py_ssize_t k) {
+    Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(idx, k));
+    if (at < 0 || at >= PyTuple_GET_SIZE(groups)) return Py_None;
+    return PyTuple_GET_ITEM(groups, at);        /* borrowed */
+}
+
+typedef struct {
+    PyObject *table, *plan_for, *slow, *no_match, *fields, *protocol_of, *stamp_time, *canonical;
+    PyObject *timeout, *entries, *hits;
+    Py_ssize_t cap;
+    long timeouts, not_pop_imap;
+    int last_format;            /* the last stamp read, and its packed time */
+    PyObject *last_stamp, *last_time;
+} block_state;
+
+enum { LINE_DONE = 0, LINE_SLOW = 1, LINE_ERROR = -1 };
+
+/* The packed time of the line's stamp (a new reference), through stamp_time() and the last
+ * stamp's answer. */
+static PyObject *packed_time(block_state *st, const char *s, const header_span *h) {
+    Py_ssize_t len = h->stamp_end - h->stamp;
+    if (st->last_stamp != NULL && st->last_format == h->format
+        && PyBytes_GET_SIZE(st->last_stamp) == len
+        && memcmp(PyBytes_AS_STRING(st->last_stamp), s + h->stamp, len) == 0) {
+        Py_INCREF(st->last_time);
+        return st->last_time;
+    }
+    PyObject *stamp = PyBytes_FromStringAndSize(s + h->stamp, len);
+    if (stamp == NULL) return NULL;
+    PyObject *t = PyObject_CallFunctionObjArgs(st->stamp_time, format_names[h->format], stamp, NULL);
+    if (t == NULL) {
+        Py_DECREF(stamp);
+        return NULL;
+    }
+    Py_XSETREF(st->last_stamp, stamp);
+    Py_INCREF(t);
+    Py_XSETREF(st->last_time, t);
+    st->last_format = h->format;
+    return t;
+}
+
+static int one_line(block_state *st, PyObject *index, PyObject *line) {
+    const char *s = PyBytes_AS_STRING(line);
+    Py_ssize_t n = PyBytes_GET_SIZE(line);
+    header_span h;
+    if (n == 0 || s[n - 1] == '\r' || n > st->cap) return LINE_SLOW;
+    if (!standard_header((const unsigned char *)s, n, &h)) return LINE_SLOW;
+    if (n - h.message >= 4 && memcmp(s + h.message, "[ID ", 4) == 0) return LINE_SLOW;
+    int rc = LINE_ERROR;
+    PyObject *program = NULL, *plan = NULL, *message = NULL, *m = NULL, *groups = NULL;
+    PyObject *header_pid = NULL, *ip = NULL, *user = NULL, *protocol = NULL, *session = NULL;
+    PyObject *pid = NULL, *picked = NULL, *time = NULL, *host = NULL, *event = NULL;
+    PyObject *cut = NULL;
+    program = PyUnicode_DecodeASCII(s + h.tag, h.tag_end - h.tag, NULL);
+    if (program == NULL) goto done;
+    plan = PyDict_GetItemWithError(st->table, program);
+    if (plan == NULL) {
+        if (PyErr_Occurred()) goto done;
+        plan = PyObject_CallOneArg(st->plan_for, program);
+        if (plan == NULL) goto done;
+    } else {
+        Py_INCREF(plan);
+    }
+    if (plan == Py_None) {
+        rc = LINE_SLOW;
+        goto done;
+    }
+    if (!PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) != 6) {
+        PyErr_SetString(PyExc_TypeError, "match_picks: a plan is a 6-tuple");
+        goto done;
+    }
+    PyObject *fullmatch = PyTuple_GET_ITEM(plan, 0), *dispatch = PyTuple_GET_ITEM(plan, 1);
+    PyObject *folds = PyTuple_GET_ITEM(plan, 2), *idx = PyTuple_GET_ITEM(plan, 3);
+    PyObject *markers = PyTuple_GET_ITEM(plan, 4), *cut_at = PyTuple_GET_ITEM(plan, 5);
+    if (cut_at != Py_None) {
+        /* Engine.match_header's cut mark: ((host, program), long, time), for every line of a
+         * tag whose logger cuts long messages, whatever the line gives */
+        Py_ssize_t at = PyLong_AsSsize_t(cut_at);
+        if (at == -1 && PyErr_Occurred()) goto done;
+        time = packed_time(st, s, &h);
+        if (time == NULL) goto done;
+        cut = Py_BuildValue("((y#O)OO)", s + h.host, h.host_end - h.host, program,
+                            n - h.message >= at ? Py_True : Py_False, time);
+        if (cut == NULL) goto done;
+    }
+    message = PyUnicode_DecodeUTF8(s + h.message, n - h.message, "surrogateescape");
+    if (message == NULL) goto done;
+    PyObject *call[6] = {message, Py_None, Py_None, Py_False, Py_False, st->timeout};
+    match_ticket++;
+    in_match = 1;
+    m = PyObject_Vectorcall(fullmatch, call, 6, NULL);
+    in_match = 0;
+    if (m == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TimeoutError)) {
+            PyErr_Clear();
+            st->timeouts++;
+            goto finish;
+        }
+        goto done;
+    }
+    if (m == Py_None) {
+        PyObject *r = PyObject_CallFunctionObjArgs(st->no_match, dispatch, program, message, index,
+                                                   folds == Py_True ? Py_False : Py_None, NULL);
+        if (r == NULL) goto done;
+        Py_DECREF(r);
+        goto finish;
+    }
+    groups = PyObject_CallMethod(m, "groups", NULL);
+    if (groups == NULL) goto done;
+    if (!PyTuple_Check(groups)) {
+        PyErr_SetString(PyExc_TypeError, "match_picks: groups() is not a tuple");
+        goto done;
+    }
+    PyObject *rplan = NULL;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(markers); k++) {
+        PyObject *marker = PyTuple_GET_ITEM(markers, k);
+        if (group_at(groups, marker, 0) != Py_None) {
+            rplan = PyTuple_GET_ITEM(marker, 1);
+            break;
+        }
+    }
+    if (rplan == NULL) {                        /* a known non-event's branch matched */
+        PyObject *r = PyObject_CallFunctionObjArgs(st->no_match, dispatch, program, message, index,
+                                                   Py_True, NULL);
+        if (r == NULL) goto done;
+        Py_DECREF(r);
+        goto finish;
+    }
+    /* rplan: (rule, hits key, kind, is login, pack, rule id, join, has fields, protocol fixed,
+     *         protocol value, protocol memo) */
+    PyObject *rule = PyTuple_GET_ITEM(rplan, 0);
+    if (h.pid >= 0) {
+        header_pid = PyUnicode_DecodeASCII(s + h.pid, h.pid_end - h.pid, NULL);
+        if (header_pid == NULL) goto done;
+    } else {
+        header_pid = Py_NewRef(Py_None);
+    }
+    if (PyTuple_GET_ITEM(rplan, 7) == Py_True) {        /* a key=value list: fields() reads it */
+        picked = PyObject_CallFunctionObjArgs(st->fields, rule, groups, PyTuple_GET_ITEM(plan, 3),
+                                              program, header_pid, NULL);
+        if (picked == NULL) goto done;
+        if (picked == Py_None) {                /* refused, or vouched for by a proxy */
+            rc = LINE_SLOW;
+            goto done;
+        }
+        if (!PyTuple_Check(picked) || PyTuple_GET_SIZE(picked) != 5) {
+            PyErr_SetString(PyExc_TypeError, "match_picks: fields() gives a 5-tuple");
+            goto done;
+        }
+        ip = Py_NewRef(PyTuple_GET_ITEM(picked, 0));
+        user = Py_NewRef(PyTuple_GET_ITEM(picked, 1));
+        protocol = Py_NewRef(PyTuple_GET_ITEM(picked, 2));
+        session = Py_NewRef(PyTuple_GET_ITEM(picked, 3));
+        pid = Py_NewRef(PyTuple_GET_ITEM(picked, 4));
+    } else {
+        if (group_at(groups, idx, 6) != Py_None) {      /* a proxy vouches: slow() checks it */
+            rc = LINE_SLOW;
+            goto done;
+        }
+        ip = Py_NewRef(group_at(groups, idx, 0));
+        user = Py_NewRef(group_at(groups, idx, 1));
+        session = Py_NewRef(group_at(groups, idx, 3));
+        PyObject *own_pid = group_at(groups, idx, 4);
+        pid = Py_NewRef(PyObject_IsTrue(own_pid) == 1 ? own_pid : header_pid);
+        if (PyTuple_GET_ITEM(rplan, 8) == Py_True) {
+            protocol = Py_NewRef(PyTuple_GET_ITEM(rplan, 9));
+        } else {
+            PyObject *raw = group_at(groups, idx, 2);
+            if (raw == Py_None) {
+                protocol = Py_NewRef(Py_None);
+            } else {
+                PyObject *memo = PyTuple_GET_ITEM(rplan, 10);
+                protocol = PyDict_GetItemWithError(memo, raw);
+                if (protocol != NULL) {
+                    Py_INCREF(protocol);
+                } else {
+                    if (PyErr_Occurred()) goto done;
+                    protocol = PyObject_CallFunctionObjArgs(st->protocol_of, rule, raw, memo, NULL);
+                    if (protocol == NULL) goto done;
+                }
+            }
+        }
+    }
+    if (ip != Py_None) {
+        PyObject *canonical = canonical_ip(ip, st->canonical);
+        if (canonical == NULL) goto done;
+        Py_SETREF(ip, canonical);
+        if (ip == Py_None) {                    /* not an address: slow() counts and says so */
+            rc = LINE_SLOW;
+            goto done;
+        }
+    }
+    if (PyList_Append(st->hits, PyTuple_GET_ITEM(rplan, 1)) < 0) goto done;
+    if (PyTuple_GET_ITEM(rplan, 3) == Py_True && !(PyUnicode_Check(protocol) && (
+            PyUnicode_CompareWithASCIIString(protocol, "pop3") == 0
+            || PyUnicode_CompareWithASCIIString(protocol, "imap") == 0))) {
+        st->not_pop_imap++;
+        goto finish;
+    }
+    if (time == NULL) {
+        time = packed_time(st, s, &h);
+        if (time == NULL) goto done;
+    }
+    host = PyUnicode_DecodeASCII(s + h.host, h.host_end - h.host, NULL);
+    if (host == NULL) goto done;
+    event = PyTuple_Pack(12, PyTuple_GET_ITEM(rplan, 2), ip, user, protocol, time,
+                         PyTuple_GET_ITEM(rplan, 4), PyTuple_GET_ITEM(rplan, 5), session, pid,
+                         PyTuple_GET_ITEM(rplan, 6), host, format_names[h.format]);
+    if (event == NULL) goto done;
+finish:
+    if (event != NULL || cut != NULL) {
+        PyObject *entry = PyTuple_Pack(3, index, event ? event : Py_None, cut ? cut : Py_None);
+        if (entry == NULL || PyList_Append(st->entries, entry) < 0) {
+            Py_XDECREF(entry);
+            goto done;
+        }
+        Py_DECREF(entry);
+    }
+    rc = LINE_DONE;
+done:
+    Py_XDECREF(program);
+    Py_XDECREF(plan);
+    Py_XDECREF(message);
+    Py_XDECREF(m);
+    Py_XDECREF(groups);
+    Py_XDECREF(header_pid);
+    Py_XDECREF(picked);
+    Py_XDECREF(ip);
+    Py_XDECREF(user);
+    Py_XDECREF(protocol);
+    Py_XDECREF(session);
+    Py_XDECREF(pid);
+    Py_XDECREF(time);
+    Py_XDECREF(host);
+    Py_XDECREF(event);
+    Py_XDECREF(cut);
+    return rc;
+}
+
+static PyObject *fastscan_match_picks(PyObject *self, PyObject *args) {
+    PyObject *picks, *ctx, *timeout;
+    Py_ssize_t cap;
+    if (!PyArg_ParseTuple(args, "O!O!On", &PyList_Type, &picks, &PyTuple_Type, &ctx, &timeout,
+                          &cap))
+        return NULL;
+    if (PyTuple_GET_SIZE(ctx) != 8 || !PyDict_Check(PyTuple_GET_ITEM(ctx, 0))) {
+        PyErr_SetString(PyExc_TypeError, "match_picks: ctx is (table, 7 callables)");
+        return NULL;
+    }
+    block_state st = {0};
+    PyObject **slot[8] = {&st.table, &st.plan_for, &st.slow, &st.no_match, &st.fields,
+                          &st.protocol_of, &st.stamp_time, &st.canonical};
+    for (int k = 0; k < 8; k++) *slot[k] = PyTuple_GET_ITEM(ctx, k);
+    st.timeout = timeout;
+    st.cap = cap;
+    st.entries = PyList_New(0);
+    st.hits = PyList_New(0);
+    PyObject *result = NULL;
+    if (st.entries == NULL || st.hits == NULL) goto done;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(picks); k++) {
+        PyObject *pick = PyList_GET_ITEM(picks, k);
+        if (!PyTuple_Check(pick) || PyTuple_GET_SIZE(pick) != 3
+            || !PyBytes_Check(PyTuple_GET_ITEM(pick, 1))) {
+            PyErr_SetString(PyExc_TypeError, "match_picks: picks are (index, bytes, counted)");
+            goto done;
+        }
+        PyObject *index = PyTuple_GET_ITEM(pick, 0), *line = PyTuple_GET_ITEM(pick, 1);
+        int rc = PyTuple_GET_ITEM(pick, 2) == Py_True ? one_line(&st, index, line) : LINE_SLOW;
+        if (rc == LINE_ERROR) goto done;
+        if (rc == LINE_SLOW) {
+            PyObject *entry = PyObject_CallFunctionObjArgs(st.slow, index, line,
+                                                           PyTuple_GET_ITEM(pick, 2), NULL);
+            if (entry == NULL) goto done;
+            if (entry != Py_None && PyList_Append(st.entries, entry) < 0) {
+                Py_DECREF(entry);
+                goto done;
+            }
+            Py_DECREF(entry);
+        }
+    }
+    result = Py_BuildValue("(OOll)", st.entries, st.hits, st.timeouts, st.not_pop_imap);
+done:
+    in_match = 0;
+    Py_XDECREF(st.entries);
+    Py_XDECREF(st.hits);
+    Py_XDECREF(st.last_stamp);
+    Py_XDECREF(st.last_time);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"header", fastscan_header, METH_O,
      "header(line) -> (format, stamp, host, program, pid, message, rest) or None"},
@@ -387,6 +740,9 @@ static PyMethodDef methods[] = {
      "classify(line, exact, prefixes, suffixes) -> kind | format << 2"},
     {"scan", fastscan_scan, METH_VARARGS,
      "scan(block, exact, prefixes, suffixes) -> (lines, rfc3339, rfc3164, picked)"},
+    {"match_picks", fastscan_match_picks, METH_VARARGS,
+     "match_picks(picks, ctx, timeout, cap) -> (entries, hits, timeouts, not_pop_imap)"},
+    {"ticket", fastscan_ticket, METH_NOARGS, "ticket() -> the running match's ticket, or None"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastscan",

@@ -264,7 +264,11 @@ class Clock:
         return self.now if self.now is not None else datetime.now(timezone.utc)
 
     def time(self, header: Header) -> datetime | None:
-        key = (header.format, header.stamp)
+        return self.stamp_time(header.format, header.stamp)
+
+    def stamp_time(self, fmt: str, stamp: bytes) -> datetime | None:
+        """The time of a stamp of the header format `fmt`, or None."""
+        key = (fmt, stamp)
         if key == self._cache_key:
             return self._cache_val
         try:
@@ -273,7 +277,7 @@ class Clock:
                 if value.tzinfo is None:
                     value = self._local(value)
             else:
-                value = self._parse(header.format, header.stamp)
+                value = self._parse(fmt, stamp)
         except (ValueError, OverflowError):
             value = None
         self._cache_key, self._cache_val = key, value

@@ -99,6 +99,12 @@ class Dispatch:
     def __bool__(self) -> bool:
         return bool(self.rules)
 
+    def group_positions(self) -> tuple[tuple[int, ...], list]:
+        """Of the combined regex (not None): where each of _WANTED's groups is in m.groups()
+        (-1: none), and [(position of a rule's marker group, the rule)] in rule order."""
+        index = self.pattern.groupindex
+        return tuple(index[k] - 1 if k in index else -1 for k in _WANTED), list(self._marker_at)
+
     def match(self, message: str, program: str | None, header_pid: str | None):
         """The first rule matching the whole message, as a Match; None when none matches.
         Raises TimeoutError when the match hits its time limit."""

@@ -8,7 +8,9 @@ PyErr_CheckSignals every 256 steps, limit or not, so a signal handler can stop a
 `cpu_limit()` arms ITIMER_PROF, which counts the process's CPU time as clock() does, to tick
 every TICK seconds while it is in force, and has match.py pass no timeout to regex. At a
 tick, the handler looks at the Python frame being run: a match in progress is a call of one of
-Dispatch's matching methods, told from the next call by its `ticket` local (a counter). When
+Dispatch's matching methods, told from the next call by its `ticket` local (a counter), or,
+in bulk reading, a call of FastPath.match while its C part runs a match (its ticket is the C
+part's counter, fastpath.running_ticket). When
 the same ticket is seen at LIMIT / TICK ticks in a row, that match has run for at least
 match.MATCH_TIMEOUT seconds of CPU, and the handler raises TimeoutError, which regex passes on
 from the match, as it does its own timeout: the line gives no event and is counted.
@@ -26,11 +28,15 @@ import signal
 import threading
 from contextlib import contextmanager
 
-from . import match
+from . import fastpath, match
 
 TICK = 0.01               # seconds of CPU between checks; a match is stopped within 1 tick
 _WATCHED = frozenset({match.Dispatch.match_or_ignored.__code__,
                       match.Dispatch.ignored.__code__})
+# The frame that calls the C matcher of bulk reading (fastpath.py): no Python frame of its own
+# runs a match, so the ticket is the C part's, asked of it (None between matches).
+_WATCHED_C = fastpath.FastPath.match.__code__
+_c_ticket = fastpath.running_ticket
 
 
 class _Watch:
@@ -46,8 +52,13 @@ _watch = _Watch()
 
 def _on_tick(signum, frame) -> None:
     watch = _watch
-    ticket = frame.f_locals.get("ticket") if frame is not None and \
-        frame.f_code in _WATCHED else None
+    ticket = None
+    if frame is not None:
+        code = frame.f_code
+        if code in _WATCHED:
+            ticket = frame.f_locals.get("ticket")
+        elif code is _WATCHED_C:
+            ticket = _c_ticket()
     if ticket is None or ticket != watch.ticket:
         watch.ticket, watch.ticks = ticket, 0       # a new match (or none) since the last tick
         return

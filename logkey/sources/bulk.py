@@ -1,21 +1,20 @@
 """Reading a log in matched blocks, on every core for a large plain file.
 
 Reads: the file (or stdin / gzip stream, then in this process only). Yields, in file order,
-one (line count, [(index in block, Event or None, cut mark)], Stats) per block: the stateless part of the work
-(pre-filter, header, rules, IP check) is done here; correlation, which needs log order, is
-left to the caller. A large plain file is cut at line boundaries into chunks handled by worker
+one (line count, [(index in block, Event or None, cut mark)], Stats) per block: the stateless
+part of the work (pre-filter, header, rules, IP check; parse/fastpath.py in C where it can) is
+done here; correlation, which needs log order, is left to the caller. A large plain file is cut at line boundaries into chunks handled by worker
 processes; results come back in order, so line numbers and correlation stay exact. Line
 references in the Stats are (path, index in block).
 """
 from __future__ import annotations
 
 import os
-from datetime import datetime
-from operator import attrgetter
 
-from ..events import Event
-from ..parse import headers, timelimit
+from ..events import unpacked_event, unpacked_time
+from ..parse import fastpath, headers, timelimit
 from ..parse.engine import Engine, Stats
+from ..parse.fastpath import FastPath, packed_entry
 from .lines import BLOCK, open_log, read_blocks
 from ..parse.scan import Scanner
 
@@ -26,6 +25,8 @@ _worker: tuple[Scanner, Engine] | None = None
 
 
 def _match_blocks(scanner: Scanner, matcher: Engine, f, cap: int, path: str):
+    """(line count, [(index, packed event, packed cut mark)], Stats) per block."""
+    fast = FastPath(matcher) if fastpath.available() else None
     for block in read_blocks(f, cap):
         stats = matcher.stats = Stats()
         if block is None:
@@ -37,11 +38,14 @@ def _match_blocks(scanner: Scanner, matcher: Engine, f, cap: int, path: str):
         stats.bytes = len(block) + 1
         stats.last_time = matcher.line_time(block[block.rfind(b"\n") + 1:].rstrip(b"\r"))
         stats.formats.update(formats)
+        if fast is not None:
+            yield n, fast.match(picks, path, cap), stats
+            continue
         events = []
         for index, line, counted in picks:
             event = matcher.match_picked(line, (path, index), counted, cap)
             if event is not None or matcher.cut_mark is not None:
-                events.append((index, event, matcher.cut_mark))
+                events.append(packed_entry(index, event, matcher.cut_mark))
         yield n, events, stats
 
 
@@ -74,51 +78,13 @@ class _Range:
         return data
 
 
-# A worker's events go back to the parent as plain tuples, the time as a POSIX timestamp and
-# its tzinfo: pickling an Event (a dataclass) and its datetime cost ~10 us an event on both
-# sides together, about as much as matching its line; the tuple ~1 us.
-_EVENT_FIELDS = attrgetter("kind", "ip", "user", "protocol", "time", "pack", "rule", "session",
-                           "pid", "join", "host", "header")
-
-
-def _packed_time(t: datetime | None):
-    return None if t is None else (t.timestamp(), t.tzinfo)
-
-
-def _unpacked_time(packed) -> datetime | None:
-    if packed is None:
-        return None
-    ts, tz = packed
-    return datetime.fromtimestamp(ts, tz) if tz is not None else datetime.fromtimestamp(ts)
-
-
-def _packed(blocks: list) -> list:
-    out = []
-    for n, events, stats in blocks:
-        packed = []
-        for index, event, cut in events:
-            if event is not None:
-                fields = list(_EVENT_FIELDS(event))
-                fields[4] = _packed_time(fields[4])
-                event = tuple(fields)
-            if cut is not None:
-                cut = (cut[0], cut[1], _packed_time(cut[2]))
-            packed.append((index, event, cut))
-        out.append((n, packed, stats))
-    return out
-
-
-def _unpacked(blocks: list):
+def _unpacked(blocks):
     for n, packed, stats in blocks:
         events = []
         for index, fields, cut in packed:
-            event = None
-            if fields is not None:
-                event = Event(*fields)
-                event.time = _unpacked_time(event.time)
             if cut is not None:
-                cut = (cut[0], cut[1], _unpacked_time(cut[2]))
-            events.append((index, event, cut))
+                cut = (cut[0], cut[1], unpacked_time(cut[2]))
+            events.append((index, None if fields is None else unpacked_event(fields), cut))
         yield n, events, stats
 
 
@@ -136,7 +102,7 @@ def _match_chunk(args):
         e0 = _line_start_at(f, end, size)
         if e0 <= s0:
             return []
-        return _packed(list(_match_blocks(*_worker, _Range(f, s0, e0), cap, path)))
+        return list(_match_blocks(*_worker, _Range(f, s0, e0), cap, path))
 
 
 def _is_plain_file(path: str) -> int:
@@ -172,7 +138,7 @@ def matched_blocks(path: str, scanner: Scanner, matcher: Engine, cap: int,
     if workers < 2 or size < PARALLEL_MIN_BYTES:
         f = open_log(path)
         try:
-            yield from _match_blocks(scanner, matcher, f, cap, path)
+            yield from _unpacked(_match_blocks(scanner, matcher, f, cap, path))
         finally:
             if path != "-":
                 f.close()
