@@ -150,6 +150,7 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
     stats = engine.stats
     # Replayed history: each event is judged at its own time; only the window applies.
     gates = WindowGates(window)
+    on_event = gates.on_event
     progress = _Progress(paths, err)
     lineno = 0
     last_time: datetime | None = None
@@ -176,8 +177,10 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
                     if warnings is not None and event is not None:
                         _warn(err, warnings.event(path, event))
                     for e in engine.sequence(event, cut_mark):
-                        gates.on_event(e)
-                        last_time = _later(last_time, e.time)
+                        on_event(e)
+                        t = e.time
+                        if t is not None and (last_time is None or t > last_time):
+                            last_time = t
                         if json_out:
                             write(_event_json(path, base + index + 1, e) + "\n")
                 lineno += n

@@ -118,6 +118,10 @@ class LogWarnings:
         self.entries = list(entries)
         self.own_file = own_file
         self.seen: set[tuple[str, str]] = set()
+        # (path, kind, header format) already asked about: the answer for one of them is
+        # given once at most (a login's forgeability depends on its kind and format only),
+        # so later events of it are passed over with one set lookup (dry-run asks per event)
+        self._asked: set[tuple] = set()
 
     def _once(self, path: str, check: str) -> bool:
         if (path, check) in self.seen:
@@ -152,6 +156,10 @@ class LogWarnings:
                 "(Who writes the logs)")
 
     def event(self, path: str, event) -> str | None:
+        key = (path, event.kind, getattr(event, "header", None))
+        if key in self._asked:
+            return None
+        self._asked.add(key)
         if not forgeable(event):
             return None
         container = event.header.startswith(CONTAINER_PREFIX)
