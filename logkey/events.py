@@ -65,13 +65,20 @@ _EVENT_FIELDS = attrgetter("kind", "ip", "user", "protocol", "time", "pack", "ru
 
 
 def packed_time(t: datetime | None):
-    return None if t is None else (t.timestamp(), t.tzinfo)
+    if t is None:
+        return None
+    if 1 < t.year < 9999:
+        return (t.timestamp(), t.tzinfo)
+    return t            # near datetime's ends its UTC time may be out of range: sent as it is
 
 
 def unpacked_time(packed) -> datetime | None:
     if packed is None:
         return None
-    ts, tz = packed
+    try:
+        ts, tz = packed
+    except TypeError:   # a datetime near year 1 or 9999 (packed_time)
+        return packed
     return datetime.fromtimestamp(ts, tz) if tz is not None else datetime.fromtimestamp(ts)
 
 

@@ -192,6 +192,41 @@ def test_parallel_and_serial_reading_agree(tmp_path, monkeypatch):
     assert "127.0.0.6" not in serial and '"cut_fragments": 2400' in serial
 
 
+def test_stamps_at_the_ends_of_the_datetime_range(tmp_path, monkeypatch):
+    """A login stamped 9999-12-31 -01:00 (whose UTC time is in year 10000) or 0001-01-01 +01:00
+    (year 0) is reported, in one process and through the workers alike, not a crash."""
+    import io
+    from datetime import datetime, timezone
+
+    from logkey.sources import bulk
+    from logkey.commands import dryrun
+    from logkey.parse.headers import Clock
+    from logkey.parse.packfiles import load_packs
+
+    log = tmp_path / "edge.log"
+    log.write_text("".join(
+        f"{stamp} mail dovecot: pop3-login: Login: user=<u>, method=PLAIN, rip={ip}, "
+        f"lip=192.0.2.1, mpid=1, session=<s{ip}>\n" for stamp, ip in (
+            ("0001-01-01T00:00:00+01:00", "198.51.100.8"),
+            ("2026-11-27T10:00:00+00:00", "198.51.100.9"),
+            ("9999-12-31T23:59:59-01:00", "198.51.100.7"))))
+
+    def report(parallel_min):
+        monkeypatch.setattr(bulk, "PARALLEL_MIN_BYTES", parallel_min)
+        out = io.StringIO()
+        summary = dryrun.run([str(log)], load_packs(),
+                             Clock(datetime(2026, 11, 28, tzinfo=timezone.utc)),
+                             window=600, join_window=600, json_out=True, out=out)
+        return out.getvalue(), summary
+
+    serial, summary = report(1 << 40)
+    assert report(1)[0] == serial
+    assert summary["events"]["login"] == 3
+    assert summary["at"] == "9999-12-31T23:59:59-01:00"
+    assert summary["open_gates"] == [{"ip": "198.51.100.7", "user": "u", "protocol": "pop3",
+                                      "until": "9999-12-31T23:59:59.999999-01:00"}]
+
+
 def test_own_file_reads_every_line_of_a_large_file(tmp_path):
     """--own-file: qpopper's trace file, untagged lines, beyond one 4096-line batch."""
     log = tmp_path / "popper.trace"

@@ -139,6 +139,27 @@ def test_match_time_limit_in_watch_is_warned_and_counted(tmp_path):
     assert "2 more line(s)" in warnings[1] and "3 since start" in warnings[1]
 
 
+def test_stamps_at_the_ends_of_the_datetime_range_in_watch_as_of(tmp_path):
+    """--as-of shifts each line's time; a stamp in year 1 or 9999 cannot be shifted and is
+    judged as read (a future time is clamped to now, an old one is stale), not a crash."""
+    log = tmp_path / "m.log"
+    log.write_text("".join(
+        f"{stamp} mail dovecot: pop3-login: Login: user=<u>, method=PLAIN, rip={ip}, "
+        f"lip=192.0.2.1, mpid=1, session=<s{ip}>\n" for stamp, ip in (
+            ("0001-01-01T00:00:00+01:00", "198.51.100.8"),
+            ("9999-12-31T23:59:59-01:00", "198.51.100.7"),
+            ("2026-11-27T10:00:00+00:00", "198.51.100.9"))))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"logs: [{{path: {log}, packs: [dovecot]}}]\n"
+                   f"store: {{type: dir, path: {tmp_path / 'gates'}}}\n"
+                   f"state_dir: {tmp_path / 'state'}\nnever_gate: []\n")
+    out = run_logkey("watch", "--once", "--config", str(cfg),
+                     "--as-of", "2026-11-27T10:00:05+00:00", check=0)
+    assert out.returncode == 0 and b"internal error" not in out.stderr, out.stderr
+    assert sorted(p.name for p in (tmp_path / "gates").iterdir()) == [
+        "198.51.100.7", "198.51.100.9"]
+
+
 def test_pid_join_needs_the_same_host_and_the_window():
     login = b"Nov 27 10:00:05 mail popa3d[4242]: Authentication passed for bob"
     other_host = b"Nov 27 10:00:04 other popa3d[4242]: Session from 203.0.113.7"

@@ -256,9 +256,16 @@ def _summary(stats, paths, at, open_gates) -> dict:
         "cut_fragments": stats.cut_fragments,
         "near_misses": stats.near_misses,
         "at": at.isoformat() if at else None,
-        "open_gates": [{"ip": g.key, "until": datetime.fromtimestamp(g.expires, at.tzinfo)
-                        .isoformat(), "user": g.user, "protocol": g.protocol} for g in open_gates],
+        "open_gates": [{"ip": g.key, "until": _until(g.expires, at.tzinfo), "user": g.user,
+                        "protocol": g.protocol} for g in open_gates],
     }
+
+
+def _until(expires: float, tz) -> str:
+    try:
+        return datetime.fromtimestamp(expires, tz).isoformat()
+    except (OverflowError, ValueError, OSError):    # a login stamped in year 9999
+        return datetime.max.replace(tzinfo=tz).isoformat()
 
 
 def _human_journal(name, j, out) -> None:

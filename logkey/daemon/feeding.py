@@ -101,7 +101,10 @@ class Feeder:
 
     def _shift(self, event) -> None:
         if self.shift and event.time is not None:
-            event.time += timedelta(seconds=self.shift)
+            try:
+                event.time += timedelta(seconds=self.shift)
+            except OverflowError:   # a stamp near year 1 or 9999: as read (the policy clamps
+                pass                # a future time to now and refuses a stale one)
 
     def seen(self, event) -> None:
         """The last event of each pack, for `logkey status` and the metrics."""
