@@ -167,3 +167,54 @@ def test_short_matches_run_from_c_are_never_stopped(slow_packs, monkeypatch):
         while time.process_time() - started < 1.0:
             n += len(fast.match(picks, "f", CAP))
     assert engine.stats.timeouts == 0 and engine.stats.hits[("slow", "login")] == n
+
+
+STAMPS = [
+    "2026-11-27T10:00:00Z", "2026-11-27T10:00:00+00:00", "2026-11-27T10:00:00-00:00",
+    "2026-11-27T10:00:00.123+01:00", "2026-11-27T10:00:00.123456-05:30",
+    "2026-11-27T10:00:00.999999+23:59", "2026-11-27T23:59:59.000001-23:59",
+    "2024-02-29T12:00:00Z", "2000-02-29T00:00:00+02:00", "1970-01-01T00:00:00Z",
+    "1969-12-31T23:59:59.500-00:01", "1685-01-01T00:00:00+01:00", "2255-12-31T23:59:59.999999-23:59",
+    "2256-01-01T00:00:00.000001Z", "0002-01-01T00:00:00+01:00", "9998-12-31T23:59:59-01:00",
+    # read by Python (other shapes, or out of range), with the same answers
+    "2026-11-27T10:00:00.1+01:00", "2026-11-27T10:00:00.12345+01:00",
+    "2026-11-27T10:00:00.123456789+01:00", "2026-11-27T10:00:00+0100", "2026-11-27T10:00:00",
+    "2026-11-27T10:00:00.123456", "2026-02-29T00:00:00Z", "1900-02-29T00:00:00Z",
+    "2026-04-31T00:00:00Z", "2026-13-01T00:00:00Z", "2026-00-01T00:00:00Z",
+    "2026-11-00T00:00:00Z", "2026-11-27T24:00:00Z", "2026-11-27T23:60:00Z",
+    "2026-11-27T23:59:60Z", "2026-11-27T10:00:00+24:00", "2026-11-27T10:00:00+00:60",
+    "0000-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+]
+
+
+def _login(stamp: str) -> bytes:
+    return (f"{stamp} mail dovecot: pop3-login: Login: user=<u>, method=PLAIN, rip=192.0.2.7, "
+            f"lip=192.0.2.1, mpid=7, session=<abc>").encode()
+
+
+@pytest.mark.parametrize("stamp", STAMPS)
+def test_rfc3339_stamps_read_in_c_as_python_reads_them(stamp):
+    """The C part reads the common RFC 3339 shapes itself (_fastscan.rfc3339_packed): the same
+    POSIX time to the last bit and the same tzinfo (UTC as timezone.utc) as fromisoformat and
+    timestamp(), and it leaves every other stamp to Python."""
+    for tz in (timezone.utc, None):
+        expected, got = both([_login(stamp)], tz=tz)
+        assert got == expected
+        for e, g in zip(expected[0], got[0]):
+            if e[1] is not None and isinstance(e[1][4], tuple):
+                assert repr(g[1][4]) == repr(e[1][4])       # float bits and tzinfo as shown
+                assert (g[1][4][1] is timezone.utc) == (e[1][4][1] is timezone.utc)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.datetimes(min_value=datetime(1600, 1, 1), max_value=datetime(2300, 12, 31)),
+       st.integers(-23 * 60 - 59, 23 * 60 + 59), st.sampled_from([0, 3, 6]))
+def test_rfc3339_stamps_of_any_time_and_offset(when, minutes, digits):
+    sign = "-" if minutes < 0 else "+"
+    zone = f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S").rjust(19, "0")
+    if digits:
+        stamp += "." + f"{when.microsecond:06d}"[:digits]
+    expected, got = both([_login(stamp + zone)])
+    assert got == expected
+    assert repr(got[0][0][1][4]) == repr(expected[0][0][1][4])

@@ -19,6 +19,7 @@
  * per-line loop, so no reentrancy). Copyright: logkey's authors, GPL-2.0-or-later. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <datetime.h>
 #include <string.h>
 
 #define TAG_MAX 64        /* headers.TAG: one first character and up to 63 more */
@@ -456,12 +457,104 @@ typedef struct {
     long timeouts, not_pop_imap;
     int last_format;            /* the last stamp read, and its packed time */
     PyObject *last_stamp, *last_time;
+    int last_offset;            /* the last non-zero UTC offset read in C, and its tzinfo */
+    PyObject *last_zone;
 } block_state;
 
 enum { LINE_DONE = 0, LINE_SLOW = 1, LINE_ERROR = -1 };
 
-/* The packed time of the line's stamp (a new reference), through stamp_time() and the last
- * stamp's answer. */
+static int number(const unsigned char *p, int n) {
+    int v = 0;
+    for (int i = 0; i < n; i++) v = v * 10 + (p[i] - '0');
+    return v;
+}
+
+/* Days from 1970-01-01 to a date of the proleptic Gregorian calendar (as datetime's). */
+static long long days_from_civil(int y, int m, int d) {
+    y -= m <= 2;
+    long long era = (y >= 0 ? y : y - 399) / 400;
+    long long yoe = y - era * 400;
+    long long doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    return era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+}
+
+static int days_in_month(int y, int m) {
+    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    return m == 2 && y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) ? 29 : days[m - 1];
+}
+
+/* The packed time of an RFC 3339 stamp of the shape nearly every such log has (rsyslog's file
+ * format): YYYY-MM-DDTHH:MM:SS, no fraction or 3 or 6 digits of one, then Z or +HH:MM/-HH:MM,
+ * a valid date and time of years 1685..2255: (POSIX time, tzinfo) as Clock.stamp_time and
+ * events.packed_time give it (datetime.fromisoformat, then timestamp(): the microseconds since
+ * the epoch divided by 10**6, rounded once, which a double does the same way only where those
+ * microseconds are exact in it, under 2**53; UTC as datetime.timezone.utc, as fromisoformat
+ * gives it for Z, +00:00 and -00:00). Any other stamp: NULL without an error, and Python reads
+ * it. tests/test_fastpath.py holds the two to the same answers. */
+static PyObject *rfc3339_packed(block_state *st, const unsigned char *p, Py_ssize_t len) {
+    if (len < 20 || p[10] != 'T') return NULL;      /* the scanner checked the digits */
+    int year = number(p, 4), month = number(p + 5, 2), day = number(p + 8, 2);
+    int hour = number(p + 11, 2), minute = number(p + 14, 2), second = number(p + 17, 2);
+    if (year < 1685 || year > 2255 || month < 1 || month > 12 || day < 1
+        || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 59)
+        return NULL;
+    Py_ssize_t z = 19;
+    long long micro = 0;
+    if (p[z] == '.') {
+        Py_ssize_t k = z + 1;
+        while (k < len && is_digit(p[k])) k++;
+        if (k - z - 1 == 3) micro = number(p + z + 1, 3) * 1000LL;
+        else if (k - z - 1 == 6) micro = number(p + z + 1, 6);
+        else return NULL;
+        z = k;
+    }
+    int offset;
+    if (len == z + 1 && p[z] == 'Z') {
+        offset = 0;
+    } else if (len == z + 6 && (p[z] == '+' || p[z] == '-') && p[z + 3] == ':'
+               && digits(p + z + 1, 2) && digits(p + z + 4, 2)) {
+        int hh = number(p + z + 1, 2), mm = number(p + z + 4, 2);
+        if (hh > 23 || mm > 59) return NULL;
+        offset = (p[z] == '-' ? -1 : 1) * (hh * 3600 + mm * 60);
+    } else {
+        return NULL;
+    }
+    long long seconds = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60
+                        + second - offset;
+    long long total = seconds * 1000000 + micro;
+    if (total >= (1LL << 53) || total <= -(1LL << 53))
+        return NULL;        /* at the ends of those years, with the offset */
+    PyObject *ts = PyFloat_FromDouble((double)total / 1e6);
+    if (ts == NULL) return NULL;
+    PyObject *tz;
+    if (offset == 0) {
+        tz = Py_NewRef(PyDateTime_TimeZone_UTC);
+    } else if (st->last_zone != NULL && st->last_offset == offset) {
+        tz = Py_NewRef(st->last_zone);
+    } else {
+        PyObject *delta = PyDelta_FromDSU(0, offset, 0);
+        tz = delta == NULL ? NULL : PyTimeZone_FromOffset(delta);
+        Py_XDECREF(delta);
+        if (tz == NULL) {
+            Py_DECREF(ts);
+            return NULL;
+        }
+        Py_XSETREF(st->last_zone, Py_NewRef(tz));
+        st->last_offset = offset;
+    }
+    PyObject *t = PyTuple_New(2);
+    if (t == NULL) {
+        Py_DECREF(ts);
+        Py_DECREF(tz);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, ts);
+    PyTuple_SET_ITEM(t, 1, tz);
+    return t;
+}
+
+/* The packed time of the line's stamp (a new reference): the last stamp's answer, or read
+ * here (rfc3339_packed), or through stamp_time(). */
 static PyObject *packed_time(block_state *st, const char *s, const header_span *h) {
     Py_ssize_t len = h->stamp_end - h->stamp;
     if (st->last_stamp != NULL && st->last_format == h->format
@@ -469,6 +562,10 @@ static PyObject *packed_time(block_state *st, const char *s, const header_span *
         && memcmp(PyBytes_AS_STRING(st->last_stamp), s + h->stamp, len) == 0) {
         Py_INCREF(st->last_time);
         return st->last_time;
+    }
+    if (h->format == 1) {
+        PyObject *t = rfc3339_packed(st, (const unsigned char *)s + h->stamp, len);
+        if (t != NULL || PyErr_Occurred()) return t;
     }
     PyObject *stamp = PyBytes_FromStringAndSize(s + h->stamp, len);
     if (stamp == NULL) return NULL;
@@ -730,6 +827,7 @@ done:
     Py_XDECREF(st.hits);
     Py_XDECREF(st.last_stamp);
     Py_XDECREF(st.last_time);
+    Py_XDECREF(st.last_zone);
     return result;
 }
 
@@ -753,5 +851,7 @@ PyMODINIT_FUNC PyInit__fastscan(void) {
     format_names[1] = PyUnicode_InternFromString("rfc3339");
     format_names[2] = PyUnicode_InternFromString("rfc3164");
     if (format_names[1] == NULL || format_names[2] == NULL) return NULL;
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL) return NULL;
     return PyModule_Create(&module);
 }
