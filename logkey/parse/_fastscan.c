@@ -459,6 +459,8 @@ typedef struct {
     PyObject *last_stamp, *last_time;
     int last_offset;            /* the last non-zero UTC offset read in C, and its tzinfo */
     PyObject *last_zone;
+    PyTypeObject *match_type;   /* the type of the last match object, and its groups() */
+    PyObject *groups_of;
 } block_state;
 
 enum { LINE_DONE = 0, LINE_SLOW = 1, LINE_ERROR = -1 };
@@ -647,7 +649,14 @@ static int one_line(block_state *st, PyObject *index, PyObject *line) {
         Py_DECREF(r);
         goto finish;
     }
-    groups = PyObject_CallMethod(m, "groups", NULL);
+    if (st->groups_of == NULL || st->match_type != Py_TYPE(m)) {
+        /* the match type's groups(), looked up once a call instead of once a line */
+        PyObject *method = PyObject_GetAttrString((PyObject *)Py_TYPE(m), "groups");
+        if (method == NULL) goto done;
+        Py_XSETREF(st->groups_of, method);
+        st->match_type = Py_TYPE(m);
+    }
+    groups = PyObject_CallOneArg(st->groups_of, m);
     if (groups == NULL) goto done;
     if (!PyTuple_Check(groups)) {
         PyErr_SetString(PyExc_TypeError, "match_picks: groups() is not a tuple");
@@ -828,6 +837,7 @@ done:
     Py_XDECREF(st.last_stamp);
     Py_XDECREF(st.last_time);
     Py_XDECREF(st.last_zone);
+    Py_XDECREF(st.groups_of);
     return result;
 }
 
