@@ -218,3 +218,15 @@ def test_rfc3339_stamps_of_any_time_and_offset(when, minutes, digits):
     expected, got = both([_login(stamp + zone)])
     assert got == expected
     assert repr(got[0][0][1][4]) == repr(expected[0][0][1][4])
+
+
+def test_entries_are_left_out_of_the_collectors_walks():
+    """The C part's entries hold only strings, numbers, None, tzinfos and such tuples, and it
+    untracks them at once (what CPython does at the first collection that walks them)."""
+    import gc
+    expected, got = both(REAL)
+    entries = got[0]
+    assert entries and not any(gc.is_tracked(e) for e in entries)
+    assert not any(gc.is_tracked(e[1]) or gc.is_tracked(e[1][4])
+                   for e in entries if e[1] is not None and isinstance(e[1][4], tuple))
+    assert all(not gc.is_tracked(e[2]) for e in entries if e[2] is not None)
