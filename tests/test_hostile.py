@@ -139,16 +139,22 @@ def test_match_time_limit_in_watch_is_warned_and_counted(tmp_path):
     assert "2 more line(s)" in warnings[1] and "3 since start" in warnings[1]
 
 
-def test_stamps_at_the_ends_of_the_datetime_range_in_watch_as_of(tmp_path):
-    """--as-of shifts each line's time; a stamp in year 1 or 9999 cannot be shifted and is
-    judged as read (a future time is clamped to now, an old one is stale), not a crash."""
-    log = tmp_path / "m.log"
+def edge_stamp_log(log):
+    """Dovecot logins stamped at the ends of datetime's range (9999-12-31 -01:00 is in year
+    10000 in UTC, 0001-01-01 +01:00 in year 0) and one of 2026, written to `log`."""
     log.write_text("".join(
         f"{stamp} mail dovecot: pop3-login: Login: user=<u>, method=PLAIN, rip={ip}, "
         f"lip=192.0.2.1, mpid=1, session=<s{ip}>\n" for stamp, ip in (
             ("0001-01-01T00:00:00+01:00", "198.51.100.8"),
-            ("9999-12-31T23:59:59-01:00", "198.51.100.7"),
-            ("2026-11-27T10:00:00+00:00", "198.51.100.9"))))
+            ("2026-11-27T10:00:00+00:00", "198.51.100.9"),
+            ("9999-12-31T23:59:59-01:00", "198.51.100.7"))))
+    return log
+
+
+def test_stamps_at_the_ends_of_the_datetime_range_in_watch_as_of(tmp_path):
+    """--as-of shifts each line's time; a stamp in year 1 or 9999 cannot be shifted and is
+    judged as read (a future time is clamped to now, an old one is stale), not a crash."""
+    log = edge_stamp_log(tmp_path / "m.log")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"logs: [{{path: {log}, packs: [dovecot]}}]\n"
                    f"store: {{type: dir, path: {tmp_path / 'gates'}}}\n"
