@@ -175,7 +175,9 @@ def run(paths: list[str], packs: PackSet, clock: Clock, *, at: datetime | None =
                 last_time = _later(last_time, block_stats.last_time)
                 for index, event, cut_mark in events:
                     if warnings is not None and event is not None:
-                        _warn(err, warnings.event(path, event))
+                        message = warnings.event(path, event)
+                        if message:
+                            _warn(err, message)
                     for e in engine.sequence(event, cut_mark):
                         on_event(e)
                         t = e.time
