@@ -469,11 +469,14 @@ enum { LINE_DONE = 0, LINE_SLOW = 1, LINE_ERROR = -1 };
  * can be part of a reference cycle, so the collector need not track it. CPython finds that
  * out itself, but only when a collection walks the tuple (_PyTuple_MaybeUntrack), and a
  * worker's results live until its chunk is done: about a tenth of a worker's CPU went into
- * walking them. The same test as CPython's: no item the collector tracks. */
+ * walking them. The same test as CPython's: no item the collector tracks or may track. */
 static void untrack_if_atomic(PyObject *tuple) {
     for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(tuple); k++) {
         PyObject *item = PyTuple_GET_ITEM(tuple, k);
-        if (PyObject_IS_GC(item) && PyObject_GC_IsTracked(item)) return;
+        /* another container may be untracked now and tracked later (a dict): only a tuple
+         * (immutable) that is untracked stays so, as in _PyTuple_MaybeUntrack */
+        if (PyObject_IS_GC(item) && (!PyTuple_CheckExact(item) || PyObject_GC_IsTracked(item)))
+            return;
     }
     if (PyObject_GC_IsTracked(tuple)) PyObject_GC_UnTrack(tuple);
 }
