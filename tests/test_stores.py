@@ -157,8 +157,20 @@ def test_bad_keys_refused(store, bad):
 
 def test_bad_keys_are_bad():
     for bad in BAD_KEYS:
-        with pytest.raises(ValueError):
-            check_key(bad)
+        for _ in range(2):              # refused again: only accepted keys are remembered
+            with pytest.raises(ValueError):
+                check_key(bad)
+    for good in ("192.0.2.1", "2001:db8::1", "2001:db8:1:2::/64"):
+        assert check_key(good) == good == check_key(good)
+
+
+def test_a_record_is_every_field_as_json():
+    """to_json names each field of GateRecord (written out, not dataclasses.asdict, which
+    deep-copies), so a field added to the record must be added there too."""
+    import dataclasses
+    record = gate("2001:db8::7", 1_800_000_000.25, user="b\u00e9\"ob", source=None)
+    assert record.to_json() == json.dumps(dataclasses.asdict(record), sort_keys=True)
+    assert GateRecord.from_json(record.to_json()) == record
 
 
 @pytest.mark.parametrize("syncfs", [True, False])

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterator
 
 from ..errors import LogkeyError
@@ -43,7 +43,11 @@ class GateRecord:
     source: str | None       # "path:line" of the line that opened or last extended it
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        # (dataclasses.asdict deep-copies each value: ~50 us a record; a catch-up writes
+        # tens of thousands)
+        return json.dumps({"expires": self.expires, "key": self.key, "opened": self.opened,
+                           "pack": self.pack, "protocol": self.protocol, "source": self.source,
+                           "user": self.user})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "GateRecord":
@@ -53,15 +57,30 @@ class GateRecord:
 
 def check_key(key: str) -> str:
     """The key itself if it is a canonical address or IPv6 network, else ValueError."""
+    if key in _checked_keys:
+        return key
+    _check_key(key)
+    if len(_checked_keys) >= CHECKED_KEYS_KEPT:
+        _checked_keys.clear()
+    _checked_keys.add(key)
+    return key
+
+
+# Keys `ipaddress` accepted, asked again at each write and read of their gate (a dir store's
+# file names): a set of strings, so an accepted key is the same string, never a look-alike.
+CHECKED_KEYS_KEPT = 65536
+_checked_keys: set[str] = set()
+
+
+def _check_key(key: str) -> None:
     if "/" in key:
         net = ipaddress.ip_network(key, strict=True)
         if net.version != 6 or str(net) != key:
             raise ValueError(f"not a canonical IPv6 network: {key!r}")
-        return key
+        return
     addr = ipaddress.ip_address(key)
     if str(addr) != key or getattr(addr, "scope_id", None):
         raise ValueError(f"not a canonical address: {key!r}")
-    return key
 
 
 def record_data(key: str, raw: bytes | None) -> dict | None:
