@@ -65,13 +65,14 @@ class Feeder:
             raw = engine.match_line(line.data, (line.path, line.lineno), own)
             if engine.near_miss is not None:
                 self.drift.near_miss(*engine.near_miss, now)
-            if raw is not None:                 # a login from a forgeable syslog line?
-                warn(self.trust.event(line.path, raw))
-            for event in engine.sequence(raw, engine.cut_mark):
-                self._shift(event)
-                source = f"{line.path}:{line.lineno}" if line.lineno else line.path
-                self.seen(event)
-                yield event, source
+            if raw is not None or engine.cut_mark is not None:     # (most lines: neither)
+                if raw is not None:             # a login from a forgeable syslog line?
+                    warn(self.trust.event(line.path, raw))
+                for event in engine.sequence(raw, engine.cut_mark):
+                    self._shift(event)
+                    source = f"{line.path}:{line.lineno}" if line.lineno else line.path
+                    self.seen(event)
+                    yield event, source
             if stats.timeouts != self.timeouts_seen:
                 self.timed_out(line)
 
