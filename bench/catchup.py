@@ -20,7 +20,6 @@ without the policy, the audit or a store. Ratios are only meaningful on a quiet 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import DRY_RUN_ENV, MIXES, best, generate, readline_loop  # noqa: E402
+from throughput import DRY_RUN_ENV, arguments, best, generated_mixes, readline_loop  # noqa: E402
 
 T0 = 1_795_000_000.0            # throughput.generate's first stamp; a line every 0.05 s
 
@@ -56,17 +55,10 @@ def watch_once(path: str, tmp: str, lines: int, observe: bool) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lines", type=int, default=1_000_000)
-    ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--keep", metavar="DIR", help="write the generated logs here and keep them")
-    args = ap.parse_args()
+    args = arguments(__doc__, repeat=1)
     n = args.lines
-    print(f"lines: {n} per mix")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (share, logins) in MIXES.items():
-            path = os.path.join(args.keep or tmp, f"mail-{share:.2f}.log")
-            generate(path, n, share=share, logins=logins)
+        for name, _, path in generated_mixes(args, tmp):
             base = best(readline_loop, path, repeat=max(3, args.repeat))
             observe = best(watch_once, path, tmp, n, True, repeat=args.repeat)
             stored = best(watch_once, path, tmp, n, False, repeat=args.repeat)

@@ -124,18 +124,30 @@ def best(fn, *args, repeat=3) -> float:
     return min(fn(*args) for _ in range(repeat))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc: str, repeat: int) -> argparse.Namespace:
+    """--lines, --repeat and --keep, as this bench and bench/catchup.py take them."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--lines", type=int, default=1_000_000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=repeat)
     ap.add_argument("--keep", metavar="DIR", help="write the generated logs here and keep them")
     args = ap.parse_args()
+    print(f"lines: {args.lines} per mix")
+    return args
+
+
+def generated_mixes(args: argparse.Namespace, tmp: str):
+    """(name, share, path) of each mix, generated in --keep's directory or `tmp`."""
+    for name, (share, logins) in MIXES.items():
+        path = os.path.join(args.keep or tmp, f"mail-{share:.2f}.log")
+        generate(path, args.lines, share=share, logins=logins)
+        yield name, share, path
+
+
+def main() -> int:
+    args = arguments(__doc__, repeat=3)
     n = args.lines
-    print(f"lines: {n} per mix")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (share, logins) in MIXES.items():
-            path = os.path.join(args.keep or tmp, f"mail-{share:.2f}.log")
-            generate(path, n, share=share, logins=logins)
+        for name, share, path in generated_mixes(args, tmp):
             base = best(readline_loop, path, repeat=args.repeat)
             one = best(dry_run, path, "dovecot", repeat=args.repeat)
             every = best(dry_run, path, repeat=args.repeat)
