@@ -165,8 +165,8 @@ def test_bad_keys_are_bad():
 
 
 def test_a_record_is_every_field_as_json():
-    """to_json names each field of GateRecord (written out, not dataclasses.asdict, which
-    deep-copies), so a field added to the record must be added there too."""
+    """to_json writes the record's fields as dataclasses.asdict would give them (it does
+    not call asdict, which deep-copies each value), and nothing else."""
     import dataclasses
     record = gate("2001:db8::7", 1_800_000_000.25, user="b\u00e9\"ob", source=None)
     assert record.to_json() == json.dumps(dataclasses.asdict(record), sort_keys=True)
